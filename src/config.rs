@@ -1,0 +1,556 @@
+//! The TOML configuration of DESIGN.md section 12: every key has a default, unknown keys
+//! are errors, durations (`"2s"`) and sizes (`"10GiB"`) are parsed into types, and
+//! `--root DIR` relocates the three folders for a quick start.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration came from, for `check-config` and error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config PATH` or `$COSMOS_CONFIG`.
+    File(PathBuf),
+    /// `/etc/cosmos/config.toml`, found on its own.
+    SystemFile(PathBuf),
+    /// No file: every value is a default.
+    Defaults,
+}
+
+pub const SYSTEM_CONFIG: &str = "/etc/cosmos/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {message}")]
+    Invalid { path: String, key: &'static str, message: String },
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+}
+
+impl ConfigError {
+    /// A usage error (bad file contents) rather than a failure of the host.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, ConfigError::CreateDir { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub paths: Paths,
+    pub watch: Watch,
+    pub runtime: Runtime,
+    pub scheduler: Scheduler,
+    pub outbox: Outbox,
+    pub daemon: Daemon,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    /// cosmos.db, claimed/, archive/, work/.
+    pub state: PathBuf,
+    /// Absolute folders that jobs may name; the inbox is always allowed.
+    pub input_roots: Vec<PathBuf>,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            inbox: "/srv/cosmos/inbox".into(),
+            outbox: "/srv/cosmos/outbox".into(),
+            state: "/var/lib/cosmos".into(),
+            input_roots: Vec::new(),
+        }
+    }
+}
+
+impl Paths {
+    pub fn database(&self) -> PathBuf {
+        self.state.join("cosmos.db")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    Auto,
+    Inotify,
+    Poll,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Watch {
+    pub mode: WatchMode,
+    pub poll_interval: Dur,
+    pub settle: Dur,
+    pub rescan: Dur,
+    pub incomplete_grace: Dur,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            mode: WatchMode::Auto,
+            poll_interval: Dur::secs(2),
+            settle: Dur::secs(2),
+            rescan: Dur::secs(60),
+            incomplete_grace: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Docker,
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    #[serde(rename = "sim")]
+    Sim,
+    #[serde(rename = "transfer1")]
+    Transfer1,
+    #[serde(rename = "transfer2_5")]
+    Transfer2_5,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sim => "sim",
+            Backend::Transfer1 => "transfer1",
+            Backend::Transfer2_5 => "transfer2_5",
+        }
+    }
+}
+
+/// `runtime.gpus`: `"all"`, `[0, 1]` (a worker per GPU), `[[0, 1], [2, 3]]` (a worker per
+/// group) or `[]` (one worker with no GPU, for sim and tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Gpus {
+    Named(AllGpus),
+    Each(Vec<u32>),
+    Groups(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllGpus {
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    pub kind: RuntimeKind,
+    pub backend: Backend,
+    pub backend_args: Vec<String>,
+    pub python: String,
+    pub worker_path: PathBuf,
+    pub image: String,
+    pub checkpoints: PathBuf,
+    pub gpus: Gpus,
+    pub network: String,
+    pub shm_size: Size,
+    pub ipc_host: bool,
+    pub min_free_gpu_mib: u64,
+    pub instance: String,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            kind: RuntimeKind::Docker,
+            backend: Backend::Transfer1,
+            backend_args: Vec::new(),
+            python: "python3".into(),
+            worker_path: PathBuf::new(),
+            image: "cosmos-transfer1:latest".into(),
+            checkpoints: "/srv/cosmos/checkpoints".into(),
+            gpus: Gpus::Named(AllGpus::All),
+            network: "none".into(),
+            shm_size: Size(8 << 30),
+            ipc_host: false,
+            min_free_gpu_mib: 0,
+            instance: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scheduler {
+    pub max_attempts: u32,
+    pub run_timeout: Dur,
+    pub max_affinity_wait: Dur,
+    pub cancel_grace: Dur,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler {
+            max_attempts: 3,
+            run_timeout: Dur::secs(2 * 3600),
+            max_affinity_wait: Dur::secs(600),
+            cancel_grace: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbox {
+    pub mode: FileMode,
+    pub min_free: Size,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox { mode: FileMode(0o644), min_free: Size(10 << 30) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    pub stop_grace: Dur,
+    pub status_interval: Dur,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon { stop_grace: Dur::secs(300), status_interval: Dur::secs(2) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: String,
+    pub dir: PathBuf,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), dir: PathBuf::new() }
+    }
+}
+
+/// A duration written `"500ms"`, `"2s"`, `"10m"` or `"2h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+/// Parses `"500ms"`, `"2s"`, `"10m"`, `"2h"`, `"1d"` (an integer and one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let expected = || format!("expected a duration like \"500ms\", \"2s\", \"10m\" or \"2h\", got {text:?}");
+    let n: u64 = num.parse().map_err(|_| expected())?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(ms_per).map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+            if ms >= per && ms % per == 0 {
+                return write!(f, "{}{unit}", ms / per);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes written `"512MiB"`, `"10GiB"`, `"4096"` (bytes), `"1TiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let expected = || format!("expected a size like \"512MiB\" or \"10GiB\", got {text:?}");
+    let n: u64 = num.parse().map_err(|_| expected())?;
+    let per: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(per).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, per) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= per && self.0 % per == 0 {
+                return write!(f, "{}{unit}", self.0 / per);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_size(&text).map(Size).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A file mode written in octal, `"0644"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match u32::from_str_radix(&text, 8) {
+            Ok(m) if m <= 0o7777 && !text.is_empty() => Ok(FileMode(m)),
+            _ => Err(serde::de::Error::custom(format!("expected an octal file mode like \"0644\", got {text:?}"))),
+        }
+    }
+}
+
+/// The configuration in force and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: ConfigSource,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        config.check(&origin.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid { path: origin.to_string(), key, message };
+        for root in &self.paths.input_roots {
+            if !root.is_absolute() {
+                return Err(bad("paths.input_roots", format!("expected absolute folders, got {:?}", root.display().to_string())));
+            }
+        }
+        if self.scheduler.max_attempts == 0 {
+            return Err(bad("scheduler.max_attempts", "expected at least 1".into()));
+        }
+        if self.watch.poll_interval.0.is_zero() {
+            return Err(bad("watch.poll_interval", "expected a duration above 0".into()));
+        }
+        if self.daemon.status_interval.0.is_zero() {
+            return Err(bad("daemon.status_interval", "expected a duration above 0".into()));
+        }
+        if self.runtime.instance.is_empty()
+            || !self.runtime.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(bad("runtime.instance", format!("expected letters, digits, '.', '_' or '-', got {:?}", self.runtime.instance)));
+        }
+        if let Gpus::Groups(groups) = &self.runtime.gpus {
+            if groups.iter().any(|g| g.is_empty()) {
+                return Err(bad("runtime.gpus", "a GPU group must name at least one GPU".into()));
+            }
+        }
+        let level = self.log.level.to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            return Err(bad("log.level", format!("expected error, warn, info, debug or trace, got {:?}", self.log.level)));
+        }
+        Ok(())
+    }
+
+    /// Loads the configuration the way both binaries do: `--config PATH`, else
+    /// `$COSMOS_CONFIG` (the caller passes it in `explicit`), else `/etc/cosmos/config.toml`
+    /// where it exists, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Self::load_with_system(explicit, Path::new(SYSTEM_CONFIG))
+    }
+
+    fn load_with_system(explicit: Option<&Path>, system: &Path) -> Result<Loaded, ConfigError> {
+        let (path, source) = match explicit {
+            Some(p) => (p.to_path_buf(), ConfigSource::File(p.to_path_buf())),
+            None if system.is_file() => (system.to_path_buf(), ConfigSource::SystemFile(system.to_path_buf())),
+            None => return Ok(Loaded { config: Config::default(), source: ConfigSource::Defaults }),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        Ok(Loaded { config: Config::from_toml(&text, &path)?, source })
+    }
+
+    /// `--root DIR`: inbox, outbox and state go under DIR whatever the file says, created if
+    /// missing. Relative DIR is made absolute so that stored paths stay valid from any cwd.
+    pub fn apply_root(&mut self, root: &Path) -> Result<(), ConfigError> {
+        let root = absolute(root);
+        self.paths.inbox = root.join("inbox");
+        self.paths.outbox = root.join("outbox");
+        self.paths.state = root.join("state");
+        for dir in [&self.paths.inbox, &self.paths.outbox, &self.paths.state] {
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::CreateDir { path: dir.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The effective values as TOML, for `cosmosd check-config`.
+    pub fn to_toml(&self) -> String {
+        // Every field serialises to TOML (strings, integers, arrays, tables).
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// `path` made absolute against the current directory, without touching the filesystem.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => crate::spec::paths::normalize(&cwd.join(path)),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design_card() {
+        let c = Config::default();
+        assert_eq!(c.watch.settle.0, Duration::from_secs(2));
+        assert_eq!(c.scheduler.run_timeout.0, Duration::from_secs(7200));
+        assert_eq!(c.outbox.min_free.0, 10 << 30);
+        assert_eq!(c.outbox.mode.0, 0o644);
+        assert_eq!(c.runtime.gpus, Gpus::Named(AllGpus::All));
+        assert_eq!(c.runtime.kind, RuntimeKind::Docker);
+    }
+
+    #[test]
+    fn parses_durations_sizes_and_gpus() {
+        let text = r#"
+            [watch]
+            settle = "500ms"
+            rescan = "10m"
+            [runtime]
+            kind = "process"
+            backend = "sim"
+            gpus = [[0, 1], [2, 3]]
+            shm_size = "512MiB"
+            [outbox]
+            mode = "0640"
+        "#;
+        let c = Config::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.watch.settle.0, Duration::from_millis(500));
+        assert_eq!(c.watch.rescan.0, Duration::from_secs(600));
+        assert_eq!(c.runtime.gpus, Gpus::Groups(vec![vec![0, 1], vec![2, 3]]));
+        assert_eq!(c.runtime.shm_size.0, 512 << 20);
+        assert_eq!(c.outbox.mode.0, 0o640);
+        assert_eq!(c.runtime.backend, Backend::Sim);
+        let again = Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap();
+        assert_eq!(again, c);
+        let c = Config::from_toml("[runtime]\ngpus = []", Path::new("t.toml")).unwrap();
+        assert_eq!(c.runtime.gpus, Gpus::Each(vec![]));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_the_key() {
+        let err = Config::from_toml("[watch]\nsetle = \"2s\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("setle"), "{err}");
+        let err = Config::from_toml("[watch]\nsettle = \"2 fortnights\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("expected a duration"), "{err}");
+        let err = Config::from_toml("[paths]\ninput_roots = [\"rel\"]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("paths.input_roots"), "{err}");
+        let err = Config::from_toml("[scheduler]\nmax_attempts = 0\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn duration_and_size_text() {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("-2s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert!(parse_size("10 parsecs").is_err());
+        assert_eq!(Size(3 << 20).to_string(), "3MiB");
+    }
+
+    #[test]
+    fn explicit_file_wins_and_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("system.toml");
+        std::fs::write(&sys, "[runtime]\nbackend = \"sim\"\n").unwrap();
+        let loaded = Config::load_with_system(None, &sys).unwrap();
+        assert_eq!(loaded.source, ConfigSource::SystemFile(sys.clone()));
+        assert_eq!(loaded.config.runtime.backend, Backend::Sim);
+        let none = Config::load_with_system(None, &dir.path().join("absent.toml")).unwrap();
+        assert_eq!(none.source, ConfigSource::Defaults);
+        assert!(Config::load_with_system(Some(&dir.path().join("nope.toml")), &sys).is_err());
+    }
+}

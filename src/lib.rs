@@ -1,0 +1,12 @@
+//! Cosmos Workflow: run NVIDIA Cosmos Transfer video generation unattended.
+//!
+//! Data flows one way: `intake` -> [`store`] -> `scheduler` -> `runtime` -> `outbox`.
+//! This crate is the library both binaries share: `cosmosd` (the daemon) and `cosmos`
+//! (the command line).
+
+pub mod cli;
+pub mod config;
+pub mod ids;
+pub mod spec;
+pub mod store;
+pub mod time;

@@ -1,0 +1,478 @@
+//! JSONL job files: one job per line, NVIDIA's batch keys plus our extension keys.
+//! Read line by line with a cap on line length, so memory stays bounded whatever the file.
+
+use super::fields::{self, check_keys, describe, join, Problems};
+use super::{Control, Hint, Job, PathPolicy, Problem, Report, RunSpec, Settings, SimFailure, SimFault, SpecStyle};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+
+/// Limits that keep validation bounded.
+#[derive(Debug, Clone)]
+pub struct JsonlLimits {
+    /// The longest line accepted; a longer one is skipped (never held in memory) and reported.
+    pub max_line_bytes: usize,
+}
+
+impl Default for JsonlLimits {
+    fn default() -> Self {
+        JsonlLimits { max_line_bytes: 1 << 20 }
+    }
+}
+
+/// The keys of a JSONL job line (DESIGN.md section 4).
+pub(crate) const LINE_KEYS: &[&str] = &[
+    "visual_input",
+    "prompt",
+    "control_overrides",
+    "name",
+    "negative_prompt",
+    "seed",
+    "num_steps",
+    "guidance",
+    "sigma_max",
+    "fps",
+    "blur_strength",
+    "canny_threshold",
+    "priority",
+    "upscale_weight",
+    "sim",
+];
+
+const OVERRIDE_KEYS: &[&str] = &["control_weight", "input_control", "input_control_prompt"];
+pub(crate) const MAX_PROMPT_CHARS: usize = 10_000;
+
+enum LineRead {
+    Eof,
+    /// A whole line is in the buffer (without its `\n`).
+    Line { newline: bool },
+    /// The line was longer than the cap; it was skipped up to its end.
+    TooLong { bytes: u64 },
+}
+
+/// Reads one line into `buf`, holding at most `max` bytes of it.
+fn read_capped_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<LineRead> {
+    buf.clear();
+    let mut seen: u64 = 0;
+    let mut too_long = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(match (seen, too_long) {
+                (0, _) => LineRead::Eof,
+                (_, true) => LineRead::TooLong { bytes: seen },
+                (_, false) => LineRead::Line { newline: false },
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        seen += take as u64;
+        if !too_long {
+            if buf.len() + take > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+        }
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(if too_long { LineRead::TooLong { bytes: seen } } else { LineRead::Line { newline: true } });
+        }
+    }
+}
+
+/// Validates a JSONL job stream, handing each good job to `sink` as it goes. Every bad line
+/// is reported; blank lines are skipped.
+pub fn parse_jsonl(
+    mut reader: impl BufRead,
+    policy: &mut PathPolicy,
+    limits: &JsonlLimits,
+    sink: &mut dyn FnMut(Job),
+) -> Report {
+    let mut report = Report::default();
+    let mut buf = Vec::with_capacity(4096);
+    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut line_no: u64 = 0;
+    loop {
+        let read = match read_capped_line(&mut reader, &mut buf, limits.max_line_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                report.add(Problem { line: Some(line_no + 1), key: None, message: format!("cannot read the file: {e}") });
+                break;
+            }
+        };
+        let newline = match read {
+            LineRead::Eof => break,
+            LineRead::TooLong { bytes } => {
+                line_no += 1;
+                report.lines += 1;
+                report.add(Problem {
+                    line: Some(line_no),
+                    key: None,
+                    message: format!(
+                        "line is {bytes} bytes, over the limit of {} bytes; each line must be one job",
+                        limits.max_line_bytes
+                    ),
+                });
+                continue;
+            }
+            LineRead::Line { newline } => newline,
+        };
+        line_no += 1;
+        let mut bytes = &buf[..];
+        if line_no == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        if bytes.last() == Some(&b'\r') {
+            bytes = &bytes[..bytes.len() - 1];
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        report.lines += 1;
+        let mut p = Problems::new(Some(line_no));
+        match serde_json::from_slice::<Value>(bytes) {
+            Err(e) if !newline && e.is_eof() => {
+                report.incomplete_last_line = true;
+                p.push_general("the last line ends without a newline and is not complete JSON (is the file still being written?)");
+            }
+            Err(e) => p.push_general(format!("invalid JSON: {}", json_error_text(&e))),
+            Ok(Value::Object(obj)) => {
+                if let Some(spec) = parse_line_object(&obj, policy, SpecStyle::Jsonl, &mut p) {
+                    if let Some(name) = &spec.name {
+                        if let Some(first) = names.get(name) {
+                            p.push("name", format!("{name:?} is already the name of line {first}; names must be unique in a file"));
+                        } else if names.len() < 1_000_000 {
+                            names.insert(name.clone(), line_no);
+                        }
+                    }
+                    if p.is_empty() {
+                        report.runs += 1;
+                        sink(Job { line: line_no, spec });
+                    }
+                }
+            }
+            Ok(other) => p.push_general(format!("expected a JSON object (one job per line), got {}", describe(&other))),
+        }
+        for problem in p.list {
+            report.add(problem);
+        }
+    }
+    if report.lines == 0 && report.is_ok() {
+        report.add(Problem { line: None, key: None, message: "the file holds no jobs (every line is blank)".into() });
+    }
+    report
+}
+
+/// serde_json's message without its "at line 1 column N" tail, plus the column.
+fn json_error_text(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let msg = match full.rfind(" at line ") {
+        Some(i) => &full[..i],
+        None => &full,
+    };
+    format!("{msg} (column {})", e.column())
+}
+
+/// Validates one job object in the JSONL style (also accepted as a `.json` file).
+pub(crate) fn parse_line_object(
+    obj: &Map<String, Value>,
+    policy: &mut PathPolicy,
+    style: SpecStyle,
+    p: &mut Problems,
+) -> Option<RunSpec> {
+    check_keys(obj, LINE_KEYS, "", p);
+    let visual_input = match obj.get("visual_input") {
+        None => {
+            p.push("visual_input", "missing; expected the path of the input (color) video");
+            None
+        }
+        Some(v) => path_value(v, "visual_input", policy, p),
+    };
+    let prompt = required_prompt(obj, "prompt", p);
+    let controls = match obj.get("control_overrides") {
+        None => {
+            p.push("control_overrides", "missing; expected at least one control, e.g. {\"edge\": {\"control_weight\": 0.5}}");
+            None
+        }
+        Some(v) => parse_overrides(v, policy, p),
+    };
+    let settings = read_settings(obj, "", p);
+    let ext = read_extensions(obj, p);
+    let negative_prompt = obj.get("negative_prompt").and_then(|v| fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p));
+    Some(RunSpec {
+        style,
+        name: ext.name,
+        prompt: prompt?,
+        negative_prompt,
+        visual_input: visual_input?,
+        controls: controls?,
+        settings,
+        priority: ext.priority,
+        upscale_weight: ext.upscale_weight,
+        sim: ext.sim,
+    })
+    .filter(|_| p.is_empty())
+}
+
+pub(crate) fn required_prompt(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<String> {
+    match obj.get(key) {
+        None => {
+            p.push(key, format!("missing; expected the text prompt (1 to {MAX_PROMPT_CHARS} characters)"));
+            None
+        }
+        Some(v) => fields::text(v, key, MAX_PROMPT_CHARS, false, p),
+    }
+}
+
+pub(crate) fn path_value(v: &Value, key: &str, policy: &mut PathPolicy, p: &mut Problems) -> Option<std::path::PathBuf> {
+    match v {
+        Value::String(s) => match policy.resolve(s) {
+            Ok(path) => Some(path),
+            Err(msg) => {
+                p.push(key, msg);
+                None
+            }
+        },
+        other => {
+            p.push(key, format!("expected a file path, got {}", describe(other)));
+            None
+        }
+    }
+}
+
+/// `control_overrides`: hint -> `{control_weight, input_control}`. Weight-0 controls are
+/// checked, then left out: off means not sent to the model.
+fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Problems) -> Option<BTreeMap<Hint, Control>> {
+    let obj = fields::object(v, "control_overrides", p)?;
+    let before = p.list.len();
+    let mut controls = BTreeMap::new();
+    let names: Vec<&str> = Hint::ALL.iter().map(|h| h.as_str()).collect();
+    check_keys(obj, &names, "control_overrides", p);
+    for (key, spec) in obj {
+        let Some(hint) = Hint::parse(key) else { continue };
+        let prefix = join("control_overrides", key);
+        let Some(spec) = fields::object(spec, &prefix, p) else { continue };
+        check_keys(spec, OVERRIDE_KEYS, &prefix, p);
+        let weight = match spec.get("control_weight") {
+            None => {
+                p.push(join(&prefix, "control_weight"), "missing; expected a number in [0, 1] (0 turns the control off)");
+                None
+            }
+            Some(w) => fields::number(w, &join(&prefix, "control_weight"), 0.0, 1.0, false, p),
+        };
+        let input = match spec.get("input_control") {
+            None | Some(Value::Null) => {
+                if !hint.can_generate() {
+                    p.push(
+                        join(&prefix, "input_control"),
+                        format!("missing; `{hint}` cannot be generated from the input video, expected the path of its control video"),
+                    );
+                }
+                None
+            }
+            Some(v) => path_value(v, &join(&prefix, "input_control"), policy, p),
+        };
+        let control_prompt = match spec.get("input_control_prompt") {
+            None => None,
+            Some(_) if hint != Hint::Seg => {
+                p.push(join(&prefix, "input_control_prompt"), "only the `seg` control takes a prompt");
+                None
+            }
+            Some(v) => fields::text(v, &join(&prefix, "input_control_prompt"), MAX_PROMPT_CHARS, false, p),
+        };
+        if let Some(weight) = weight {
+            if weight > 0.0 {
+                controls.insert(hint, Control { weight, input, control_prompt, ..Control::generated(weight) });
+            }
+        }
+    }
+    if p.list.len() == before && controls.is_empty() {
+        p.push("control_overrides", "expected at least one control with control_weight > 0");
+    }
+    Some(controls)
+}
+
+/// The generation settings common to the JSONL and Transfer1 styles.
+pub(crate) fn read_settings(obj: &Map<String, Value>, prefix: &str, p: &mut Problems) -> Settings {
+    let k = |key: &str| join(prefix, key);
+    Settings {
+        seed: obj.get("seed").and_then(|v| fields::integer(v, &k("seed"), 0, u32::MAX as i64, p)).map(|x| x as u64),
+        num_steps: obj.get("num_steps").and_then(|v| fields::integer(v, &k("num_steps"), 1, 1000, p)).map(|x| x as u32),
+        guidance: obj.get("guidance").and_then(|v| fields::number(v, &k("guidance"), 0.0, 20.0, false, p)),
+        sigma_max: obj.get("sigma_max").and_then(|v| fields::number(v, &k("sigma_max"), 0.0, 1000.0, true, p)),
+        fps: obj.get("fps").and_then(|v| fields::integer(v, &k("fps"), 1, 240, p)).map(|x| x as u32),
+        blur_strength: obj.get("blur_strength").and_then(|v| fields::level(v, &k("blur_strength"), p)),
+        canny_threshold: obj.get("canny_threshold").and_then(|v| fields::level(v, &k("canny_threshold"), p)),
+        ..Settings::default()
+    }
+}
+
+/// Our extension keys, shared by every style.
+pub(crate) struct Extensions {
+    pub name: Option<String>,
+    pub priority: i32,
+    pub upscale_weight: Option<f64>,
+    pub sim: Option<SimFault>,
+}
+
+pub(crate) fn read_extensions(obj: &Map<String, Value>, p: &mut Problems) -> Extensions {
+    Extensions {
+        name: obj.get("name").and_then(|v| fields::name(v, "name", p)),
+        priority: obj.get("priority").and_then(|v| fields::integer(v, "priority", -100, 100, p)).unwrap_or(0) as i32,
+        upscale_weight: obj.get("upscale_weight").and_then(|v| fields::number(v, "upscale_weight", 0.0, 1.0, true, p)),
+        sim: obj.get("sim").and_then(|v| parse_sim(v, p)),
+    }
+}
+
+fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
+    let obj = fields::object(v, "sim", p)?;
+    check_keys(obj, &["fail", "attempts", "seconds"], "sim", p);
+    let fail = obj.get("fail").and_then(|v| match v.as_str() {
+        Some("error") => Some(SimFailure::Error),
+        Some("crash") => Some(SimFailure::Crash),
+        Some("hang") => Some(SimFailure::Hang),
+        Some("oom") => Some(SimFailure::Oom),
+        _ => {
+            p.push("sim.fail", format!("expected one of error, crash, hang, oom, got {}", describe(v)));
+            None
+        }
+    });
+    Some(SimFault {
+        fail,
+        attempts: obj.get("attempts").and_then(|v| fields::integer(v, "sim.attempts", 0, 1000, p)).map(|x| x as u32),
+        seconds: obj.get("seconds").and_then(|v| fields::number(v, "sim.seconds", 0.0, 86_400.0, false, p)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::path::Path;
+
+    fn run(text: &str, dir: &Path) -> (Report, Vec<Job>) {
+        let mut jobs = Vec::new();
+        let mut policy = PathPolicy::new(dir, &[]);
+        let report = parse_jsonl(Cursor::new(text.as_bytes().to_vec()), &mut policy, &JsonlLimits::default(), &mut |j| jobs.push(j));
+        (report, jobs)
+    }
+
+    fn videos() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("city1")).unwrap();
+        std::fs::write(dir.path().join("city1/color.mp4"), b"v").unwrap();
+        std::fs::write(dir.path().join("city1/depth.mp4"), b"d").unwrap();
+        dir
+    }
+
+    #[test]
+    fn seed_example_lines_parse_and_weight_zero_is_off() {
+        let dir = videos();
+        let text = concat!(
+            r#"{"visual_input": "city1/color.mp4", "prompt": "A city", "control_overrides": {"vis": {"control_weight": 0.3}, "depth": {"input_control": null, "control_weight": 0.2}, "seg": {"control_weight": 0}}}"#,
+            "\n\n",
+            r#"{"visual_input": "city1/color.mp4", "prompt": "B", "control_overrides": {"depth": {"input_control": "city1/depth.mp4", "control_weight": 1}}, "seed": 7, "blur_strength": "low"}"#,
+            "\n"
+        );
+        let (report, jobs) = run(text, dir.path());
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].line, 1);
+        assert_eq!(jobs[1].line, 3, "blank line skipped but counted");
+        assert_eq!(jobs[0].spec.control_set(), "vis,depth", "seg weight 0 is off");
+        assert_eq!(jobs[1].spec.settings.seed, Some(7));
+        assert!(jobs[1].spec.controls[&Hint::Depth].input.as_ref().unwrap().ends_with("city1/depth.mp4"));
+    }
+
+    #[test]
+    fn every_bad_line_and_key_is_reported() {
+        let dir = videos();
+        let text = concat!(
+            r#"{"visual_input": "city1/color.mp4", "promt": "typo", "control_overrides": {"edge": {"control_weight": 0.5}}}"#, "\n",
+            r#"{"visual_input": "city1/missing.mp4", "prompt": "x", "control_overrides": {"edge": {"control_weight": 1.5}}}"#, "\n",
+            "not json\n",
+            r#"[1, 2]"#, "\n",
+            r#"{"visual_input": "city1/color.mp4", "prompt": "", "control_overrides": {"hdmap": {"control_weight": 0.5}, "deph": {"control_weight": 0.1}}}"#, "\n",
+        );
+        let (report, jobs) = run(text, dir.path());
+        assert!(jobs.is_empty());
+        let shown = report.render(Path::new("jobs.jsonl"));
+        for needle in [
+            "jobs.jsonl:1: promt: unknown key; did you mean `prompt`?",
+            "jobs.jsonl:1: prompt: missing",
+            "jobs.jsonl:2: visual_input: no such file",
+            "jobs.jsonl:2: control_overrides.edge.control_weight: expected a number in [0, 1], got 1.5",
+            "jobs.jsonl:3: invalid JSON",
+            "jobs.jsonl:4: expected a JSON object",
+            "jobs.jsonl:5: prompt: expected a non-empty string",
+            "jobs.jsonl:5: control_overrides.hdmap.input_control: missing",
+            "jobs.jsonl:5: control_overrides.deph: unknown key; did you mean `depth`?",
+        ] {
+            assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_all_zero_weights_are_refused() {
+        let dir = videos();
+        let line = |name: &str, w: f64| {
+            format!(r#"{{"name": "{name}", "visual_input": "city1/color.mp4", "prompt": "p", "control_overrides": {{"vis": {{"control_weight": {w}}}}}}}"#)
+        };
+        let text = format!("{}\n{}\n{}\n", line("a", 0.5), line("a", 0.5), line("b", 0.0));
+        let (report, jobs) = run(&text, dir.path());
+        assert_eq!(jobs.len(), 1);
+        let shown = report.render(Path::new("f.jsonl"));
+        assert!(shown.contains("f.jsonl:2: name: \"a\" is already the name of line 1"), "{shown}");
+        assert!(shown.contains("f.jsonl:3: control_overrides: expected at least one control"), "{shown}");
+    }
+
+    #[test]
+    fn incomplete_last_line_is_flagged() {
+        let dir = videos();
+        let (report, _) = run(r#"{"visual_input": "city1/color.mp4", "prompt": "#, dir.path());
+        assert!(report.incomplete_last_line);
+        assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn overlong_line_is_skipped_without_holding_it() {
+        let dir = videos();
+        let mut text = String::from("{\"prompt\": \"");
+        text.push_str(&"x".repeat(3000));
+        text.push_str("\"}\n");
+        text.push_str(r#"{"visual_input": "city1/color.mp4", "prompt": "ok", "control_overrides": {"vis": {"control_weight": 0.5}}}"#);
+        text.push('\n');
+        let mut jobs = Vec::new();
+        let mut policy = PathPolicy::new(dir.path(), &[]);
+        let limits = JsonlLimits { max_line_bytes: 1024 };
+        let report = parse_jsonl(Cursor::new(text.into_bytes()), &mut policy, &limits, &mut |j| jobs.push(j));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].line, 2);
+        let shown = report.render(Path::new("big.jsonl"));
+        assert!(shown.contains("big.jsonl:1: line is 3014 bytes, over the limit of 1024 bytes"), "{shown}");
+    }
+
+    #[test]
+    fn capped_reader_handles_every_boundary() {
+        let text = b"ab\ncdef\n\ng";
+        let mut r = std::io::BufReader::with_capacity(2, &text[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match read_capped_line(&mut r, &mut buf, 3).unwrap() {
+                LineRead::Eof => break,
+                LineRead::Line { newline } => got.push(format!("{}{}", String::from_utf8_lossy(&buf), if newline { "/" } else { "" })),
+                LineRead::TooLong { bytes } => got.push(format!("long{bytes}")),
+            }
+        }
+        assert_eq!(got, vec!["ab/", "long4", "/", "g"]);
+    }
+}

@@ -1,0 +1,383 @@
+//! Job formats: JSONL job files (DESIGN.md section 4) and run-spec files (section 5), parsed
+//! and validated into one internal [`RunSpec`]; and the NVIDIA side ([`nvidia`]), which
+//! writes what NVIDIA's own `transfer.py` accepts.
+//!
+//! Validation reports every problem it finds (file, line, key, what was expected), never
+//! only the first, and reads job files line by line with a cap on line length, so that a
+//! huge file or a huge line cannot exhaust memory.
+
+mod fields;
+pub mod jsonl;
+pub mod nvidia;
+pub mod paths;
+pub mod runspec;
+mod suggest;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use fields::is_safe_name;
+pub use jsonl::{parse_jsonl, JsonlLimits};
+pub use paths::PathPolicy;
+
+/// A control ("hint") of NVIDIA Cosmos Transfer. Declaration order is the canonical order
+/// used in control-set strings and exported files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hint {
+    Vis,
+    Edge,
+    Depth,
+    Seg,
+    Keypoint,
+    Hdmap,
+    Lidar,
+    Upscale,
+}
+
+impl Hint {
+    pub const ALL: [Hint; 8] =
+        [Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg, Hint::Keypoint, Hint::Hdmap, Hint::Lidar, Hint::Upscale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hint::Vis => "vis",
+            Hint::Edge => "edge",
+            Hint::Depth => "depth",
+            Hint::Seg => "seg",
+            Hint::Keypoint => "keypoint",
+            Hint::Hdmap => "hdmap",
+            Hint::Lidar => "lidar",
+            Hint::Upscale => "upscale",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Hint> {
+        Hint::ALL.into_iter().find(|h| h.as_str() == text)
+    }
+
+    /// NVIDIA generates these from the input video when no `input_control` is given;
+    /// `hdmap`, `lidar` and `upscale` need a file.
+    pub fn can_generate(self) -> bool {
+        matches!(self, Hint::Vis | Hint::Edge | Hint::Depth | Hint::Seg | Hint::Keypoint)
+    }
+}
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One control of a run. Only controls with weight > 0 exist in a [`RunSpec`]: weight 0
+/// means off, and an off control is not sent to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub weight: f64,
+    /// The control video; `None` asks the model to generate it from the input video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PathBuf>,
+    /// Transfer2.5 spatial mask (`mask_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_path: Option<PathBuf>,
+    /// Transfer2.5 mask by prompt (`mask_prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_prompt: Option<String>,
+    /// seg only: the prompt for generating the segmentation (`input_control_prompt` in
+    /// Transfer1, `control_prompt` in Transfer2.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_prompt: Option<String>,
+}
+
+impl Control {
+    pub fn generated(weight: f64) -> Control {
+        Control { weight, input: None, mask_path: None, mask_prompt: None, control_prompt: None }
+    }
+
+    pub fn from_file(weight: f64, input: PathBuf) -> Control {
+        Control { input: Some(input), ..Control::generated(weight) }
+    }
+}
+
+/// The named strengths of `blur_strength` and `canny_threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    VeryLow,
+    Low,
+    Medium,
+    High,
+    VeryHigh,
+}
+
+impl Level {
+    pub const NAMES: [&'static str; 5] = ["very_low", "low", "medium", "high", "very_high"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::VeryLow => "very_low",
+            Level::Low => "low",
+            Level::Medium => "medium",
+            Level::High => "high",
+            Level::VeryHigh => "very_high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        [Level::VeryLow, Level::Low, Level::Medium, Level::High, Level::VeryHigh]
+            .into_iter()
+            .find(|l| l.as_str() == text)
+    }
+}
+
+/// Generation settings. `None` means "the backend's default" (see [`nvidia::Transfer1Defaults`]),
+/// so a run records only what its author asked for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma_max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blur_strength: Option<Level>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canny_threshold: Option<Level>,
+    // Transfer2.5 only; passed through to that backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frames: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_conditional_frames: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_video_frames_per_chunk: Option<u32>,
+}
+
+/// The `sim` backend's fault injection (DESIGN.md section 8).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimFault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<SimFailure>,
+    /// Fail only the first N attempts; `None`: every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// This run's simulated duration, overriding `--job-seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimFailure {
+    Error,
+    Crash,
+    Hang,
+    Oom,
+}
+
+/// Which file style a run came from; the worker backends are told, so nothing is lost in
+/// translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecStyle {
+    /// A JSONL job line (NVIDIA's batch format plus our extension keys).
+    Jsonl,
+    /// A Transfer1 `--controlnet_specs` file.
+    Transfer1,
+    /// A Transfer2.5 `InferenceArguments` file.
+    Transfer2_5,
+    /// Made by `cosmos create run`.
+    Cli,
+}
+
+/// One run, whatever file it came from. Paths are absolute and were checked when the run
+/// was parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub style: SpecStyle,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    pub visual_input: PathBuf,
+    /// Exactly the controls this run uses (weight > 0); never inherited from another run.
+    pub controls: BTreeMap<Hint, Control>,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upscale_weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimFault>,
+}
+
+impl RunSpec {
+    /// The canonical control-set key, e.g. `"vis,edge,depth"`: runs with the same key can
+    /// share one loaded model.
+    pub fn control_set(&self) -> String {
+        control_set_key(self.controls.keys().copied())
+    }
+}
+
+pub fn control_set_key(hints: impl IntoIterator<Item = Hint>) -> String {
+    let mut out = String::new();
+    for h in hints {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(h.as_str());
+    }
+    out
+}
+
+/// One problem found in a job file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line number (JSONL) or `None` for the file as a whole.
+    pub line: Option<u64>,
+    /// The key path, e.g. `control_overrides.depth.control_weight`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    /// The one-line form, with the file named: `jobs.jsonl:3: prompt: expected ...`.
+    pub fn display_in<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        struct D<'a>(&'a Problem, &'a Path);
+        impl fmt::Display for D<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.1.display())?;
+                if let Some(line) = self.0.line {
+                    write!(f, ":{line}")?;
+                }
+                if let Some(key) = &self.0.key {
+                    write!(f, ": {key}")?;
+                }
+                write!(f, ": {}", self.0.message)
+            }
+        }
+        D(self, file)
+    }
+}
+
+/// The outcome of validating one file: problems kept up to a cap (the total is counted),
+/// and how many runs were good.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub runs: u64,
+    pub lines: u64,
+    pub problems: Vec<Problem>,
+    /// Problems beyond [`MAX_PROBLEMS_KEPT`], counted but not kept.
+    pub problems_not_kept: u64,
+    /// The last line had no newline and did not parse: likely still being written.
+    pub incomplete_last_line: bool,
+}
+
+/// How many problems one report keeps in memory; a million bad lines must not cost a
+/// million messages.
+pub const MAX_PROBLEMS_KEPT: usize = 1000;
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.problems_not_kept == 0
+    }
+
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_not_kept
+    }
+
+    pub(crate) fn add(&mut self, p: Problem) {
+        if self.problems.len() < MAX_PROBLEMS_KEPT {
+            self.problems.push(p);
+        } else {
+            self.problems_not_kept += 1;
+        }
+    }
+
+    /// Every problem, one per line, file named, plus a count of those not kept.
+    pub fn render(&self, file: &Path) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            out.push_str(&p.display_in(file).to_string());
+            out.push('\n');
+        }
+        if self.problems_not_kept > 0 {
+            out.push_str(&format!(
+                "{}: ... and {} more problems (only the first {MAX_PROBLEMS_KEPT} are listed)\n",
+                file.display(),
+                self.problems_not_kept
+            ));
+        }
+        out
+    }
+}
+
+/// A validated run and the line it came from (1 for a run-spec file).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub line: u64,
+    pub spec: RunSpec,
+}
+
+/// What kind of job file a path is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Jsonl,
+    RunSpec,
+}
+
+impl FileKind {
+    pub fn of(path: &Path) -> Option<FileKind> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => Some(FileKind::Jsonl),
+            Some("json") => Some(FileKind::RunSpec),
+            _ => None,
+        }
+    }
+}
+
+/// Validates one job file (`.jsonl` or `.json`) and hands each good run to `sink`. This is
+/// the exact validation the daemon applies to a submission; `cosmos validate` calls it too.
+/// Paths in the file resolve against the file's folder under `policy`'s rules.
+pub fn parse_job_file(
+    path: &Path,
+    roots: &[PathBuf],
+    limits: &JsonlLimits,
+    sink: &mut dyn FnMut(Job),
+) -> Report {
+    let mut report = Report::default();
+    let kind = match FileKind::of(path) {
+        Some(k) => k,
+        None => {
+            report.add(Problem {
+                line: None,
+                key: None,
+                message: "expected a .jsonl job file or a .json run-spec file".into(),
+            });
+            return report;
+        }
+    };
+    let file = match paths::open_regular_file(path) {
+        Ok(f) => f,
+        Err(message) => {
+            report.add(Problem { line: None, key: None, message });
+            return report;
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let mut policy = PathPolicy::new(&base, roots);
+    match kind {
+        FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, limits, sink),
+        FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, limits, sink),
+    }
+}

@@ -1,0 +1,291 @@
+//! What NVIDIA's own tools accept, made from our runs:
+//! - the per-run `spec.json` (a Transfer1 `--controlnet_specs` file for exactly one run);
+//! - a batch: the `--batch_input_path` JSONL plus the base `--controlnet_specs` file.
+//!
+//! NVIDIA's batch mode deep-copies the base spec for every line and applies the line's
+//! `control_overrides` only to hints the base already has, so the base fixes the control
+//! set of the whole batch. The Python system put the first run's controls in the base and
+//! so leaked them into runs that had switched them off. Here the base holds the union of
+//! hints at weight 0 and every line sets every hint of the union, so each line's effective
+//! controls are exactly its own. Settings NVIDIA cannot vary per line are reported.
+
+use super::{Hint, RunSpec};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+
+/// NVIDIA Transfer1's defaults (`transfer.py`), used where a run leaves a setting unset.
+pub struct Transfer1Defaults;
+
+impl Transfer1Defaults {
+    pub const SEED: u64 = 1;
+    pub const NUM_STEPS: u32 = 35;
+    pub const GUIDANCE: f64 = 5.0;
+    pub const SIGMA_MAX: f64 = 70.0;
+    pub const FPS: u32 = 24;
+    pub const BLUR_STRENGTH: &'static str = "medium";
+    pub const CANNY_THRESHOLD: &'static str = "medium";
+}
+
+/// The settings of a run as NVIDIA Transfer1 would use them, defaults filled in, in the
+/// order `transfer.py` lists them.
+pub fn effective_settings(spec: &RunSpec) -> Vec<(&'static str, Value)> {
+    let s = &spec.settings;
+    vec![
+        ("negative_prompt", json!(spec.negative_prompt.clone().unwrap_or_default())),
+        ("seed", json!(s.seed.unwrap_or(Transfer1Defaults::SEED))),
+        ("num_steps", json!(s.num_steps.unwrap_or(Transfer1Defaults::NUM_STEPS))),
+        ("guidance", json!(s.guidance.unwrap_or(Transfer1Defaults::GUIDANCE))),
+        ("sigma_max", json!(s.sigma_max.unwrap_or(Transfer1Defaults::SIGMA_MAX))),
+        ("fps", json!(s.fps.unwrap_or(Transfer1Defaults::FPS))),
+        ("blur_strength", json!(s.blur_strength.map_or(Transfer1Defaults::BLUR_STRENGTH, |l| l.as_str()))),
+        ("canny_threshold", json!(s.canny_threshold.map_or(Transfer1Defaults::CANNY_THRESHOLD, |l| l.as_str()))),
+    ]
+}
+
+fn hint_object(spec: &RunSpec, hint: Hint) -> Value {
+    let mut h = Map::new();
+    if let Some(c) = spec.controls.get(&hint) {
+        h.insert("control_weight".into(), json!(c.weight));
+        if let Some(input) = &c.input {
+            h.insert("input_control".into(), json!(input));
+        }
+        if let Some(p) = &c.control_prompt {
+            h.insert("input_control_prompt".into(), json!(p));
+        }
+    } else {
+        h.insert("control_weight".into(), json!(0.0));
+    }
+    Value::Object(h)
+}
+
+/// One run as a Transfer1 `--controlnet_specs` file: prompt, input video, every setting
+/// with defaults filled in, and exactly the run's own controls.
+pub fn transfer1_spec(spec: &RunSpec) -> Value {
+    let mut out = Map::new();
+    out.insert("prompt".into(), json!(spec.prompt));
+    out.insert("input_video_path".into(), json!(spec.visual_input));
+    for (k, v) in effective_settings(spec) {
+        out.insert(k.into(), v);
+    }
+    for &hint in spec.controls.keys() {
+        out.insert(hint.as_str().into(), hint_object(spec, hint));
+    }
+    Value::Object(out)
+}
+
+/// A batch in NVIDIA's format.
+#[derive(Debug, Clone)]
+pub struct NvidiaBatch {
+    /// One object per run, in order: `{visual_input, prompt, control_overrides}`.
+    pub lines: Vec<Value>,
+    /// The base `--controlnet_specs` file.
+    pub base_spec: Value,
+    /// Where NVIDIA's batch mode cannot honour what the runs ask, said plainly.
+    pub notes: Vec<String>,
+}
+
+impl NvidiaBatch {
+    /// The JSONL text: one compact object per line, each ending in a newline (a blank or
+    /// multi-line entry would end NVIDIA's whole batch).
+    pub fn jsonl(&self) -> String {
+        let mut out = String::new();
+        for line in &self.lines {
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn base_spec_text(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.base_spec).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// Writes `<name>.jsonl` and `batch_spec.json` into `dir`, each by temp file + rename.
+    pub fn write_to(&self, dir: &Path, name: &str) -> std::io::Result<()> {
+        write_atomic(&dir.join(format!("{name}.jsonl")), self.jsonl().as_bytes())?;
+        write_atomic(&dir.join("batch_spec.json"), self.base_spec_text().as_bytes())
+    }
+}
+
+/// Writes `path` whole or not at all: a temp name in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Builds NVIDIA's batch files for `runs` (id, spec), in the given order.
+pub fn nvidia_batch(runs: &[(&str, &RunSpec)]) -> NvidiaBatch {
+    let union: BTreeSet<Hint> = runs.iter().flat_map(|(_, s)| s.controls.keys().copied()).collect();
+    let mut notes = Vec::new();
+
+    let mut lines = Vec::with_capacity(runs.len());
+    for (_, spec) in runs {
+        let mut overrides = Map::new();
+        for &hint in &union {
+            overrides.insert(hint.as_str().into(), hint_object(spec, hint));
+        }
+        lines.push(json!({
+            "visual_input": spec.visual_input,
+            "prompt": spec.prompt,
+            "control_overrides": Value::Object(overrides),
+        }));
+    }
+
+    // The base: first run's settings (NVIDIA applies them to every line), every hint of
+    // the union at weight 0 so that nothing reaches a line that did not ask for it.
+    let mut base = Map::new();
+    if let Some((_, first)) = runs.first() {
+        for (k, v) in effective_settings(first) {
+            base.insert(k.into(), v);
+        }
+    }
+    for &hint in &union {
+        base.insert(hint.as_str().into(), json!({"control_weight": 0.0}));
+    }
+
+    if let Some((first_id, first)) = runs.first() {
+        let first_settings = effective_settings(first);
+        for (i, (key, first_value)) in first_settings.iter().enumerate() {
+            let differing: Vec<String> = runs
+                .iter()
+                .filter_map(|(id, s)| {
+                    let v = &effective_settings(s)[i].1;
+                    (v != first_value).then(|| format!("{id} asks {v}"))
+                })
+                .collect();
+            if !differing.is_empty() {
+                notes.push(format!(
+                    "{key} differs between runs: NVIDIA's batch mode uses {first_value} (from {first_id}) for every line; {}",
+                    differing.join(", ")
+                ));
+            }
+        }
+        let sets: BTreeSet<String> = runs.iter().map(|(_, s)| s.control_set()).collect();
+        if sets.len() > 1 {
+            let per_run: Vec<String> = runs.iter().map(|(id, s)| format!("{id}: {}", s.control_set())).collect();
+            notes.push(format!(
+                "control sets differ ({}): NVIDIA's batch mode loads the union {{{}}} for every line; each line sets the controls it does not use to weight 0, so none leaks in, but the model still computes them",
+                per_run.join("; "),
+                super::control_set_key(union.iter().copied())
+            ));
+        }
+        for &hint in union.iter().filter(|h| !h.can_generate()) {
+            let without: Vec<&str> = runs.iter().filter(|(_, s)| !s.controls.contains_key(&hint)).map(|(id, _)| *id).collect();
+            if !without.is_empty() {
+                notes.push(format!(
+                    "`{hint}` needs a control video on every line in NVIDIA's batch mode, but {} has none; run those separately",
+                    without.join(", ")
+                ));
+            }
+        }
+        if !notes.is_empty() {
+            notes.push("cosmosd runs each run with its own settings and controls; these notes matter only when the files are given to NVIDIA's transfer.py".into());
+        }
+    }
+    NvidiaBatch { lines, base_spec: Value::Object(base), notes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Control, Settings, SpecStyle};
+    use std::collections::BTreeMap;
+
+    fn run(controls: &[(Hint, f64, Option<&str>)], seed: Option<u64>) -> RunSpec {
+        let mut map = BTreeMap::new();
+        for (h, w, input) in controls {
+            map.insert(*h, match input {
+                Some(p) => Control::from_file(*w, p.into()),
+                None => Control::generated(*w),
+            });
+        }
+        RunSpec {
+            style: SpecStyle::Cli,
+            name: None,
+            prompt: "p".into(),
+            negative_prompt: None,
+            visual_input: "/v/color.mp4".into(),
+            controls: map,
+            settings: Settings { seed, ..Default::default() },
+            priority: 0,
+            upscale_weight: None,
+            sim: None,
+        }
+    }
+
+    /// NVIDIA's merge, as `transfer.py` does it: deep-copy the base, update the hints it has.
+    fn nvidia_effective(base: &Value, line: &Value) -> BTreeMap<String, Value> {
+        let mut spec = base.as_object().unwrap().clone();
+        for (hint, ov) in line["control_overrides"].as_object().unwrap() {
+            if let Some(Value::Object(b)) = spec.get_mut(hint) {
+                for (k, v) in ov.as_object().unwrap() {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        spec.into_iter().filter(|(_, v)| v.is_object()).collect()
+    }
+
+    #[test]
+    fn no_control_leaks_between_lines() {
+        let a = run(&[(Hint::Vis, 0.3, None), (Hint::Depth, 0.2, Some("/v/depth.mp4"))], None);
+        let b = run(&[(Hint::Vis, 0.4, None), (Hint::Edge, 0.6, None)], None);
+        let batch = nvidia_batch(&[("rs_a", &a), ("rs_b", &b)]);
+        let eff_b = nvidia_effective(&batch.base_spec, &batch.lines[1]);
+        assert_eq!(eff_b["depth"]["control_weight"], json!(0.0), "run b switched depth off: {eff_b:?}");
+        assert!(eff_b["depth"].get("input_control").is_none(), "a's depth video must not reach b");
+        assert_eq!(eff_b["edge"]["control_weight"], json!(0.6));
+        let eff_a = nvidia_effective(&batch.base_spec, &batch.lines[0]);
+        assert_eq!(eff_a["depth"]["input_control"], json!("/v/depth.mp4"));
+        assert_eq!(eff_a["edge"]["control_weight"], json!(0.0));
+        assert!(batch.notes.iter().any(|n| n.starts_with("control sets differ")), "{:?}", batch.notes);
+    }
+
+    #[test]
+    fn differing_settings_are_reported_not_hidden() {
+        let a = run(&[(Hint::Vis, 0.5, None)], Some(7));
+        let b = run(&[(Hint::Vis, 0.5, None)], Some(9));
+        let batch = nvidia_batch(&[("rs_a", &a), ("rs_b", &b)]);
+        assert_eq!(batch.base_spec["seed"], json!(7));
+        assert!(batch.notes[0].contains("seed differs") && batch.notes[0].contains("rs_b asks 9"), "{:?}", batch.notes);
+        let same = nvidia_batch(&[("rs_a", &a), ("rs_c", &a)]);
+        assert!(same.notes.is_empty(), "{:?}", same.notes);
+    }
+
+    #[test]
+    fn jsonl_is_one_object_per_line() {
+        let a = run(&[(Hint::Vis, 0.5, None)], None);
+        let batch = nvidia_batch(&[("rs_a", &a), ("rs_b", &a)]);
+        let text = batch.jsonl();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["visual_input", "prompt", "control_overrides"]);
+        }
+    }
+
+    #[test]
+    fn per_run_spec_has_only_the_runs_controls() {
+        let a = run(&[(Hint::Edge, 0.5, None)], None);
+        let spec = transfer1_spec(&a);
+        assert!(spec.get("edge").is_some());
+        assert!(spec.get("vis").is_none());
+        assert_eq!(spec["num_steps"], json!(35));
+    }
+}

@@ -1,0 +1,803 @@
+//! The store: SQLite at `<state>/cosmos.db` (DESIGN.md section 7). WAL, a busy timeout,
+//! forward migrations in `user_version`. Every status change commits with its event row in
+//! one transaction, and illegal transitions are refused.
+
+mod schema;
+mod status;
+
+pub use status::{Change, RunStatus};
+
+use crate::ids::{self, IdKind, IdSyntaxError};
+use crate::spec::{Hint, Job, RunSpec};
+use crate::time::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {source} (is paths.state right? `--root DIR` puts it under DIR/state)")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("the store {path} has schema version {found}; this program knows up to {known}: upgrade cosmos-workflow")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error(transparent)]
+    Id(#[from] IdSyntaxError),
+    #[error("no {kind} has an id starting with `{prefix}`")]
+    NotFound { kind: IdKind, prefix: String },
+    #[error("`{prefix}` matches {count} {kind}s ({list}); type more of the id")]
+    Ambiguous { kind: IdKind, prefix: String, count: usize, list: String },
+    #[error("run {id} is {from}; it cannot become {to}")]
+    IllegalTransition { id: String, from: RunStatus, to: RunStatus },
+    /// A request the data does not allow, said in words (delete of a running run, ...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the store holds damaged data: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Errors in what a person asked for (exit 2), as opposed to failures (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Id(_)
+                | StoreError::NotFound { .. }
+                | StoreError::Ambiguous { .. }
+                | StoreError::IllegalTransition { .. }
+                | StoreError::Refused(_)
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The videos of a prompt: `color.mp4` and what else its folder holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptInputs {
+    pub color: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seg: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prompt {
+    pub id: String,
+    pub name: Option<String>,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub inputs: PromptInputs,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPrompt {
+    pub name: Option<String>,
+    pub text: String,
+    pub negative_prompt: Option<String>,
+    pub inputs: PromptInputs,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub prompt_id: String,
+    pub name: Option<String>,
+    pub status: RunStatus,
+    pub spec: RunSpec,
+    pub control_set: String,
+    pub priority: i32,
+    pub batch_id: Option<String>,
+    pub submission_id: Option<String>,
+    pub line: Option<u64>,
+    pub parent_id: Option<String>,
+    pub attempts: u32,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub queued_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Batch {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub created_at: String,
+}
+
+impl Batch {
+    /// `batch_<name>_<YYYYmmdd_HHMMSS>`, the batch's folder in the outbox.
+    pub fn folder_name(&self) -> String {
+        let stamp = Timestamp::parse_rfc3339(&self.created_at).unwrap_or(Timestamp(0)).compact();
+        format!("batch_{}_{stamp}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Submission {
+    pub id: String,
+    pub file: String,
+    pub sha256: String,
+    pub status: String,
+    pub duplicate_of: Option<String>,
+    pub runs: u64,
+    pub problems: u64,
+    pub received_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub seq: i64,
+    pub run_id: Option<String>,
+    pub time: String,
+    pub kind: String,
+    pub detail: Option<String>,
+}
+
+/// Counts of runs by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const RUN_COLUMNS: &str = "id, prompt_id, name, status, spec, control_set, priority, batch_id, submission_id, line, \
+     parent_id, attempts, outputs, error, created_at, queued_at, started_at, finished_at, updated_at";
+
+impl Store {
+    /// Opens (creating if needed) the store and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        // WAL: readers (cosmos) never block the writer (cosmosd). FULL: a commit survives
+        // power loss, since a lost submission is the one thing we must never do.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let mut store = Store { conn, path: path.to_path_buf() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let known = schema::MIGRATIONS.len() as i64;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > known {
+            return Err(StoreError::TooNew { path: self.path.clone(), found, known });
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ---- ids -------------------------------------------------------------------------
+
+    /// The full id of the one `kind` whose id starts with `prefix`.
+    pub fn resolve(&self, kind: IdKind, prefix: &str) -> Result<String> {
+        let found = ids::parse_prefix(prefix)?;
+        if found != kind {
+            return Err(StoreError::Refused(format!("`{prefix}` is a {found} id; expected a {kind} id ({}...)", kind.prefix())));
+        }
+        let table = table_of(kind);
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT id FROM {table} WHERE id GLOB ?1 ORDER BY id LIMIT 11"))?;
+        let matches: Vec<String> =
+            stmt.query_map([format!("{prefix}*")], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+        match matches.len() {
+            0 => Err(StoreError::NotFound { kind, prefix: prefix.to_string() }),
+            1 => Ok(matches.into_iter().next().unwrap_or_default()),
+            n => {
+                let count = if n > 10 { self.count_prefix(table, prefix)? } else { n };
+                let mut list = matches.into_iter().take(10).collect::<Vec<_>>().join(", ");
+                if count > 10 {
+                    list.push_str(", ...");
+                }
+                Err(StoreError::Ambiguous { kind, prefix: prefix.to_string(), count, list })
+            }
+        }
+    }
+
+    /// The kind and full id of whatever `prefix` names (for `cosmos show`).
+    pub fn resolve_any(&self, prefix: &str) -> Result<(IdKind, String)> {
+        let kind = ids::parse_prefix(prefix)?;
+        Ok((kind, self.resolve(kind, prefix)?))
+    }
+
+    fn count_prefix(&self, table: &str, prefix: &str) -> Result<usize> {
+        let n: i64 =
+            self.conn.query_row(&format!("SELECT count(*) FROM {table} WHERE id GLOB ?1"), [format!("{prefix}*")], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    // ---- prompts ---------------------------------------------------------------------
+
+    pub fn create_prompt(&mut self, new: NewPrompt) -> Result<Prompt> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction()?;
+        let prompt = insert_prompt(&tx, new, &now)?;
+        tx.commit()?;
+        Ok(prompt)
+    }
+
+    pub fn prompt(&self, id: &str) -> Result<Prompt> {
+        self.conn
+            .query_row("SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts WHERE id = ?1", [id], prompt_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: IdKind::Prompt, prefix: id.to_string() })?
+    }
+
+    pub fn list_prompts(&self, limit: Option<usize>) -> Result<Vec<Prompt>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts ORDER BY created_at DESC, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit_value(limit)], prompt_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    // ---- runs ------------------------------------------------------------------------
+
+    /// A new `pending` run of a prompt (`cosmos create run`), with its `created` event.
+    pub fn create_run(&mut self, prompt_id: &str, spec: RunSpec) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction()?;
+        let id = ids::new_id(IdKind::Run);
+        insert_run(&tx, &id, prompt_id, &spec, RunStatus::Pending, None, None, None, &now)?;
+        tx.commit()?;
+        self.run(&id)
+    }
+
+    pub fn run(&self, id: &str) -> Result<Run> {
+        self.conn
+            .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: IdKind::Run, prefix: id.to_string() })?
+    }
+
+    /// Runs, newest first, optionally of one status.
+    pub fn list_runs(&self, status: Option<RunStatus>, limit: Option<usize>) -> Result<Vec<Run>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![status.map(|s| s.as_str()), limit_value(limit)], run_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn runs_where(&self, column: RunLink, id: &str) -> Result<Vec<Run>> {
+        let col = match column {
+            RunLink::Prompt => "prompt_id",
+            RunLink::Batch => "batch_id",
+            RunLink::Submission => "submission_id",
+            RunLink::Parent => "parent_id",
+        };
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {col} = ?1 ORDER BY line, created_at, id"))?;
+        let rows = stmt.query_map([id], run_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn counts(&self) -> Result<Counts> {
+        let mut c = Counts::default();
+        let mut stmt = self.conn.prepare("SELECT status, count(*) FROM runs GROUP BY status")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let status: String = row.get(0)?;
+            let n: i64 = row.get(1)?;
+            let n = n as u64;
+            match RunStatus::parse(&status) {
+                Some(RunStatus::Pending) => c.pending = n,
+                Some(RunStatus::Queued) => c.queued = n,
+                Some(RunStatus::Running) => c.running = n,
+                Some(RunStatus::Completed) => c.completed = n,
+                Some(RunStatus::Failed) => c.failed = n,
+                Some(RunStatus::Cancelled) => c.cancelled = n,
+                None => return Err(StoreError::Corrupt(format!("unknown run status {status:?}"))),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Applies `change` to a run, with its event, in one transaction.
+    pub fn change(&mut self, run_id: &str, change: Change) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_change(&tx, run_id, &change, &now)?;
+        tx.commit()?;
+        self.run(run_id)
+    }
+
+    /// Queues `run_ids` as one batch named `name` (`cosmos batch-inference`): all or
+    /// nothing. Pending, failed and cancelled runs may be queued; queued, running and
+    /// completed ones are refused (a completed run never runs again).
+    pub fn queue_batch(&mut self, name: &str, run_ids: &[String]) -> Result<Batch> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_queueable(&tx, run_ids)?;
+        let batch = Batch { id: ids::new_id(IdKind::Batch), name: name.to_string(), kind: "batch_inference".into(), created_at: now.clone() };
+        tx.execute(
+            "INSERT INTO batches (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![batch.id, batch.name, batch.kind, batch.created_at],
+        )?;
+        for id in run_ids {
+            tx.execute("UPDATE runs SET batch_id = ?1 WHERE id = ?2", params![batch.id, id])?;
+            apply_change(&tx, id, &Change::Queue { detail: format!("batch {} ({})", batch.name, batch.id) }, &now)?;
+        }
+        tx.commit()?;
+        Ok(batch)
+    }
+
+    /// Queues runs one by one (`cosmos inference`), all or nothing; with `upscale_weight`,
+    /// each is followed by an upscale run once it completes.
+    pub fn queue_single(&mut self, run_ids: &[String], upscale_weight: Option<f64>) -> Result<()> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_queueable(&tx, run_ids)?;
+        for id in run_ids {
+            if let Some(w) = upscale_weight {
+                let mut spec = load_run(&tx, id)?.spec;
+                spec.upscale_weight = Some(w);
+                tx.execute("UPDATE runs SET spec = ?1 WHERE id = ?2", params![spec_json(&spec)?, id])?;
+            }
+            tx.execute("UPDATE runs SET batch_id = NULL WHERE id = ?1", [id])?;
+            apply_change(&tx, id, &Change::Queue { detail: "single inference".into() }, &now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes runs. A running run is never deleted; a queued one only with `force`.
+    pub fn delete_runs(&mut self, run_ids: &[String], force: bool) -> Result<()> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for id in run_ids {
+            let run = load_run(&tx, id)?;
+            check_deletable(&run, force)?;
+            delete_run_row(&tx, &run, &now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes prompts. A prompt with runs needs `force`, which deletes its runs too
+    /// (never a running one).
+    pub fn delete_prompts(&mut self, prompt_ids: &[String], force: bool) -> Result<()> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for pid in prompt_ids {
+            let runs = runs_of_prompt(&tx, pid)?;
+            if !runs.is_empty() && !force {
+                return Err(StoreError::Refused(format!(
+                    "prompt {pid} has {} run(s) ({}); delete them first or pass --force to delete them too",
+                    runs.len(),
+                    runs.iter().map(|r| r.id.as_str()).take(5).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            for run in &runs {
+                check_deletable(run, force)?;
+                delete_run_row(&tx, run, &now)?;
+            }
+            let n = tx.execute("DELETE FROM prompts WHERE id = ?1", [pid])?;
+            if n == 0 {
+                return Err(StoreError::NotFound { kind: IdKind::Prompt, prefix: pid.clone() });
+            }
+            insert_event(&tx, None, &now, "prompt_deleted", Some(pid))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn events(&self, run_id: &str) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare("SELECT seq, run_id, time, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(Event { seq: r.get(0)?, run_id: r.get(1)?, time: r.get(2)?, kind: r.get(3)?, detail: r.get(4)? })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    // ---- batches and submissions ----------------------------------------------------
+
+    pub fn batch(&self, id: &str) -> Result<Batch> {
+        self.conn
+            .query_row("SELECT id, name, kind, created_at FROM batches WHERE id = ?1", [id], |r| {
+                Ok(Batch { id: r.get(0)?, name: r.get(1)?, kind: r.get(2)?, created_at: r.get(3)? })
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: IdKind::Batch, prefix: id.to_string() })
+    }
+
+    pub fn submission(&self, id: &str) -> Result<Submission> {
+        self.conn
+            .query_row(
+                "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions WHERE id = ?1",
+                [id],
+                submission_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: IdKind::Submission, prefix: id.to_string() })
+    }
+
+    /// The earlier accepted or rejected submission with this content, if any.
+    pub fn submission_by_sha256(&self, sha256: &str) -> Result<Option<Submission>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions \
+                 WHERE sha256 = ?1 AND status IN ('accepted', 'rejected') ORDER BY received_at LIMIT 1",
+                [sha256],
+                submission_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Starts taking in an accepted submission: its runs are added one by one as the file
+    /// is read (memory stays bounded) and become visible together at [`SubmissionWriter::commit`].
+    /// Dropping the writer without committing leaves no trace.
+    pub fn begin_submission(&mut self, file: &str, sha256: &str, batch_name: &str) -> Result<SubmissionWriter<'_>> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = ids::new_id(IdKind::Submission);
+        let batch = Batch { id: ids::new_id(IdKind::Batch), name: batch_name.to_string(), kind: "submission".into(), created_at: now.clone() };
+        tx.execute(
+            "INSERT INTO submissions (id, file, sha256, status, received_at) VALUES (?1, ?2, ?3, 'accepted', ?4)",
+            params![id, file, sha256, now],
+        )?;
+        tx.execute(
+            "INSERT INTO batches (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![batch.id, batch.name, batch.kind, batch.created_at],
+        )?;
+        Ok(SubmissionWriter { tx, id, batch, now, runs: 0 })
+    }
+
+    /// Records a submission that was not accepted (duplicate or rejected), in one row.
+    pub fn record_submission(
+        &mut self,
+        file: &str,
+        sha256: &str,
+        status: &str,
+        duplicate_of: Option<&str>,
+        problems: u64,
+    ) -> Result<Submission> {
+        let now = Timestamp::now().rfc3339();
+        let id = ids::new_id(IdKind::Submission);
+        self.conn.execute(
+            "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, file, sha256, status, duplicate_of, problems as i64, now],
+        )?;
+        self.submission(&id)
+    }
+}
+
+/// Which link `runs_where` follows.
+#[derive(Debug, Clone, Copy)]
+pub enum RunLink {
+    Prompt,
+    Batch,
+    Submission,
+    Parent,
+}
+
+/// An accepted submission being taken in; see [`Store::begin_submission`].
+pub struct SubmissionWriter<'c> {
+    tx: Transaction<'c>,
+    id: String,
+    batch: Batch,
+    now: String,
+    runs: u64,
+}
+
+impl SubmissionWriter<'_> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Adds one job as a prompt and a queued run; returns the run id.
+    pub fn add(&mut self, job: &Job) -> Result<String> {
+        let spec = &job.spec;
+        let prompt = insert_prompt(
+            &self.tx,
+            NewPrompt {
+                name: spec.name.clone(),
+                text: spec.prompt.clone(),
+                negative_prompt: spec.negative_prompt.clone(),
+                inputs: inputs_of(spec),
+            },
+            &self.now,
+        )?;
+        let run_id = ids::new_id(IdKind::Run);
+        insert_run(
+            &self.tx,
+            &run_id,
+            &prompt.id,
+            spec,
+            RunStatus::Queued,
+            Some(&self.batch.id),
+            Some(&self.id),
+            Some(job.line),
+            &self.now,
+        )?;
+        self.runs += 1;
+        Ok(run_id)
+    }
+
+    pub fn commit(self) -> Result<(Submission, Batch)> {
+        self.tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![self.runs as i64, self.id])?;
+        let sub = self.tx.query_row(
+            "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions WHERE id = ?1",
+            [&self.id],
+            submission_from_row,
+        )?;
+        self.tx.commit()?;
+        Ok((sub, self.batch))
+    }
+}
+
+/// The prompt videos a job names: its input video and the control videos it gives.
+fn inputs_of(spec: &RunSpec) -> PromptInputs {
+    let file = |h: Hint| spec.controls.get(&h).and_then(|c| c.input.clone());
+    PromptInputs { color: spec.visual_input.clone(), depth: file(Hint::Depth), seg: file(Hint::Seg), edge: file(Hint::Edge) }
+}
+
+fn table_of(kind: IdKind) -> &'static str {
+    match kind {
+        IdKind::Prompt => "prompts",
+        IdKind::Run => "runs",
+        IdKind::Batch => "batches",
+        IdKind::Submission => "submissions",
+    }
+}
+
+fn limit_value(limit: Option<usize>) -> i64 {
+    limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64)
+}
+
+fn spec_json(spec: &RunSpec) -> Result<String> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(format!("cannot encode a run spec: {e}")))
+}
+
+fn insert_prompt(conn: &Connection, new: NewPrompt, now: &str) -> Result<Prompt> {
+    let id = ids::new_id(IdKind::Prompt);
+    let inputs = serde_json::to_string(&new.inputs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO prompts (id, name, text, negative_prompt, inputs, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![id, new.name, new.text, new.negative_prompt, inputs, now])?;
+    Ok(Prompt { id, name: new.name, prompt: new.text, negative_prompt: new.negative_prompt, inputs: new.inputs, created_at: now.to_string() })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_run(
+    conn: &Connection,
+    id: &str,
+    prompt_id: &str,
+    spec: &RunSpec,
+    status: RunStatus,
+    batch_id: Option<&str>,
+    submission_id: Option<&str>,
+    line: Option<u64>,
+    now: &str,
+) -> Result<()> {
+    let queued_at = (status == RunStatus::Queued).then_some(now);
+    conn.prepare_cached(
+        "INSERT INTO runs (id, prompt_id, name, status, spec, control_set, priority, batch_id, submission_id, line, \
+         created_at, queued_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?11)",
+    )?
+    .execute(params![
+        id,
+        prompt_id,
+        spec.name,
+        status.as_str(),
+        spec_json(spec)?,
+        spec.control_set(),
+        spec.priority,
+        batch_id,
+        submission_id,
+        line.map(|l| l as i64),
+        now,
+        queued_at,
+    ])?;
+    let detail = match submission_id {
+        Some(s) => format!("{status} from submission {s} line {}", line.unwrap_or(0)),
+        None => format!("{status} for prompt {prompt_id}"),
+    };
+    insert_event(conn, Some(id), now, "created", Some(&detail))
+}
+
+fn insert_event(conn: &Connection, run_id: Option<&str>, now: &str, kind: &str, detail: Option<&str>) -> Result<()> {
+    conn.prepare_cached("INSERT INTO events (run_id, time, kind, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![run_id, now, kind, detail])?;
+    Ok(())
+}
+
+fn load_run(conn: &Connection, id: &str) -> Result<Run> {
+    conn.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound { kind: IdKind::Run, prefix: id.to_string() })?
+}
+
+fn runs_of_prompt(conn: &Connection, prompt_id: &str) -> Result<Vec<Run>> {
+    let mut stmt = conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE prompt_id = ?1"))?;
+    let rows = stmt.query_map([prompt_id], run_from_row)?;
+    rows.map(|r| r?).collect()
+}
+
+fn check_queueable(conn: &Connection, run_ids: &[String]) -> Result<()> {
+    let mut problems = Vec::new();
+    for (i, id) in run_ids.iter().enumerate() {
+        if run_ids[..i].contains(id) {
+            problems.push(format!("{id} is named twice"));
+            continue;
+        }
+        let run = load_run(conn, id)?;
+        match run.status {
+            RunStatus::Pending | RunStatus::Failed | RunStatus::Cancelled => {}
+            RunStatus::Completed => problems.push(format!("{id} is completed; a finished run never runs again (create a new run)")),
+            other => problems.push(format!("{id} is already {other}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(format!("nothing was queued: {}", problems.join("; "))))
+    }
+}
+
+fn check_deletable(run: &Run, force: bool) -> Result<()> {
+    match run.status {
+        RunStatus::Running => Err(StoreError::Refused(format!("run {} is running; a running run is never deleted (cancel it first)", run.id))),
+        RunStatus::Queued if !force => {
+            Err(StoreError::Refused(format!("run {} is queued; cancel it first or pass --force", run.id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn delete_run_row(conn: &Connection, run: &Run, now: &str) -> Result<()> {
+    conn.execute("DELETE FROM runs WHERE id = ?1", [&run.id])?;
+    insert_event(conn, Some(&run.id), now, "deleted", Some(&format!("was {}", run.status)))
+}
+
+/// The one place a run's status changes: checks the transition, updates the row, appends
+/// the event. Runs inside the caller's transaction.
+fn apply_change(conn: &Connection, run_id: &str, change: &Change, now: &str) -> Result<RunStatus> {
+    let from: String = conn
+        .query_row("SELECT status FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound { kind: IdKind::Run, prefix: run_id.to_string() })?;
+    let from = RunStatus::parse(&from).ok_or_else(|| StoreError::Corrupt(format!("run {run_id} has status {from:?}")))?;
+    let to = change.target();
+    if !from.can_become(to) {
+        return Err(StoreError::IllegalTransition { id: run_id.to_string(), from, to });
+    }
+    let (sql, detail): (&str, String) = match change {
+        Change::Queue { detail } => {
+            ("UPDATE runs SET status = ?2, queued_at = ?3, error = NULL, finished_at = NULL, updated_at = ?3 WHERE id = ?1", detail.clone())
+        }
+        Change::Requeue { reason } => {
+            ("UPDATE runs SET status = ?2, queued_at = ?3, error = ?4, finished_at = NULL, updated_at = ?3 WHERE id = ?1", reason.clone())
+        }
+        Change::Start => (
+            "UPDATE runs SET status = ?2, started_at = ?3, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+            String::new(),
+        ),
+        Change::Complete { outputs } => {
+            conn.execute("UPDATE runs SET outputs = ?2 WHERE id = ?1", params![run_id, outputs.to_string()])?;
+            ("UPDATE runs SET status = ?2, finished_at = ?3, error = NULL, updated_at = ?3 WHERE id = ?1", String::new())
+        }
+        Change::Fail { error } => ("UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, updated_at = ?3 WHERE id = ?1", error.clone()),
+        Change::Cancel { reason } => {
+            ("UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, updated_at = ?3 WHERE id = ?1", reason.clone())
+        }
+    };
+    let needs_detail = sql.contains("?4");
+    let n = if needs_detail {
+        conn.execute(sql, params![run_id, to.as_str(), now, detail])?
+    } else {
+        conn.execute(sql, params![run_id, to.as_str(), now])?
+    };
+    if n != 1 {
+        return Err(StoreError::Corrupt(format!("run {run_id} changed under us")));
+    }
+    let detail = if detail.is_empty() { format!("from {from}") } else { format!("from {from}: {detail}") };
+    insert_event(conn, Some(run_id), now, to.as_str(), Some(&detail))?;
+    Ok(from)
+}
+
+fn prompt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Prompt>> {
+    let inputs: String = r.get(4)?;
+    let id: String = r.get(0)?;
+    let inputs = match serde_json::from_str(&inputs) {
+        Ok(i) => i,
+        Err(e) => return Ok(Err(StoreError::Corrupt(format!("prompt {id} inputs: {e}")))),
+    };
+    Ok(Ok(Prompt { id, name: r.get(1)?, prompt: r.get(2)?, negative_prompt: r.get(3)?, inputs, created_at: r.get(5)? }))
+}
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Run>> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(3)?;
+    let Some(status) = RunStatus::parse(&status) else {
+        return Ok(Err(StoreError::Corrupt(format!("run {id} has status {status:?}"))));
+    };
+    let spec: String = r.get(4)?;
+    let spec = match serde_json::from_str(&spec) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(StoreError::Corrupt(format!("run {id} spec: {e}")))),
+    };
+    let outputs: Option<String> = r.get(12)?;
+    let outputs = match outputs.map(|o| serde_json::from_str(&o)).transpose() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(StoreError::Corrupt(format!("run {id} outputs: {e}")))),
+    };
+    let line: Option<i64> = r.get(9)?;
+    let attempts: i64 = r.get(11)?;
+    Ok(Ok(Run {
+        id,
+        prompt_id: r.get(1)?,
+        name: r.get(2)?,
+        status,
+        spec,
+        control_set: r.get(5)?,
+        priority: r.get(6)?,
+        batch_id: r.get(7)?,
+        submission_id: r.get(8)?,
+        line: line.map(|l| l as u64),
+        parent_id: r.get(10)?,
+        attempts: attempts as u32,
+        outputs,
+        error: r.get(13)?,
+        created_at: r.get(14)?,
+        queued_at: r.get(15)?,
+        started_at: r.get(16)?,
+        finished_at: r.get(17)?,
+        updated_at: r.get(18)?,
+    }))
+}
+
+fn submission_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
+    let runs: i64 = r.get(5)?;
+    let problems: i64 = r.get(6)?;
+    Ok(Submission {
+        id: r.get(0)?,
+        file: r.get(1)?,
+        sha256: r.get(2)?,
+        status: r.get(3)?,
+        duplicate_of: r.get(4)?,
+        runs: runs as u64,
+        problems: problems as u64,
+        received_at: r.get(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The schema, as forward migrations. `PRAGMA user_version` holds how many have run; a
+//! migration never changes once released: add a new one instead.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the tables of DESIGN.md section 7.
+    r#"
+    CREATE TABLE prompts (
+        id              TEXT PRIMARY KEY,
+        name            TEXT,
+        text            TEXT NOT NULL,
+        negative_prompt TEXT,
+        inputs          TEXT NOT NULL,          -- JSON {color, depth?, seg?, edge?}
+        created_at      TEXT NOT NULL
+    );
+    CREATE INDEX prompts_created ON prompts(created_at);
+
+    CREATE TABLE batches (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,              -- batch_inference | submission
+        created_at  TEXT NOT NULL
+    );
+
+    CREATE TABLE submissions (
+        id           TEXT PRIMARY KEY,
+        file         TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        status       TEXT NOT NULL,             -- accepted | duplicate | rejected
+        duplicate_of TEXT REFERENCES submissions(id),
+        runs         INTEGER NOT NULL DEFAULT 0,
+        problems     INTEGER NOT NULL DEFAULT 0,
+        received_at  TEXT NOT NULL
+    );
+    CREATE INDEX submissions_sha256 ON submissions(sha256);
+
+    CREATE TABLE runs (
+        id            TEXT PRIMARY KEY,
+        prompt_id     TEXT NOT NULL REFERENCES prompts(id),
+        name          TEXT,
+        status        TEXT NOT NULL CHECK (status IN ('pending','queued','running','completed','failed','cancelled')),
+        spec          TEXT NOT NULL,            -- JSON RunSpec
+        control_set   TEXT NOT NULL,
+        priority      INTEGER NOT NULL DEFAULT 0,
+        batch_id      TEXT REFERENCES batches(id),
+        submission_id TEXT REFERENCES submissions(id),
+        line          INTEGER,
+        parent_id     TEXT REFERENCES runs(id) ON DELETE SET NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        outputs       TEXT,                     -- JSON {type, output_dir, primary_output, batch_name}
+        error         TEXT,
+        created_at    TEXT NOT NULL,
+        queued_at     TEXT,
+        started_at    TEXT,
+        finished_at   TEXT,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE INDEX runs_queue ON runs(status, priority DESC, queued_at);
+    CREATE INDEX runs_prompt ON runs(prompt_id);
+    CREATE INDEX runs_batch ON runs(batch_id);
+    CREATE INDEX runs_submission ON runs(submission_id);
+    CREATE INDEX runs_created ON runs(created_at);
+
+    -- Append-only audit: run, time, kind, detail. No foreign key: the trail outlives a
+    -- deleted run.
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id  TEXT,
+        time    TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        detail  TEXT
+    );
+    CREATE INDEX events_run ON events(run_id, seq);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    "#,
+];

@@ -1,0 +1,162 @@
+use super::*;
+use crate::spec::{Control, Settings, SpecStyle};
+use std::collections::BTreeMap;
+
+fn spec(prompt: &str) -> RunSpec {
+    let mut controls = BTreeMap::new();
+    controls.insert(Hint::Edge, Control::generated(0.5));
+    RunSpec {
+        style: SpecStyle::Cli,
+        name: None,
+        prompt: prompt.into(),
+        negative_prompt: None,
+        visual_input: "/v/color.mp4".into(),
+        controls,
+        settings: Settings::default(),
+        priority: 0,
+        upscale_weight: None,
+        sim: None,
+    }
+}
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cosmos.db")).unwrap();
+    (dir, store)
+}
+
+fn prompt(store: &mut Store) -> Prompt {
+    store
+        .create_prompt(NewPrompt {
+            name: Some("city1".into()),
+            text: "A city".into(),
+            negative_prompt: None,
+            inputs: PromptInputs { color: "/v/color.mp4".into(), depth: None, seg: None, edge: None },
+        })
+        .unwrap()
+}
+
+#[test]
+fn open_sets_wal_and_schema_and_reopens() {
+    let (dir, store) = store();
+    let mode: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len() as i64);
+    drop(store);
+    let again = Store::open(&dir.path().join("cosmos.db")).unwrap();
+    assert_eq!(again.schema_version().unwrap(), schema::MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (dir, store) = store();
+    store.conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(store);
+    let err = Store::open(&dir.path().join("cosmos.db")).err().unwrap();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn every_transition_writes_an_event_and_illegal_ones_are_refused() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let run = store.create_run(&p.id, spec("x")).unwrap();
+    assert_eq!(run.status, RunStatus::Pending);
+    let err = store.change(&run.id, Change::Start).unwrap_err();
+    assert!(matches!(err, StoreError::IllegalTransition { from: RunStatus::Pending, to: RunStatus::Running, .. }));
+    store.change(&run.id, Change::Queue { detail: "t".into() }).unwrap();
+    let r = store.change(&run.id, Change::Start).unwrap();
+    assert_eq!(r.attempts, 1);
+    let r = store.change(&run.id, Change::Complete { outputs: serde_json::json!({"type": "batch_inference"}) }).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    assert!(r.finished_at.is_some());
+    // A completed run never runs again.
+    assert!(store.change(&run.id, Change::Requeue { reason: "again".into() }).is_err());
+    assert!(store.queue_batch("again", &[run.id.clone()]).is_err());
+    let kinds: Vec<String> = store.events(&run.id).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["created", "queued", "running", "completed"]);
+    // Events are append-only.
+    assert!(store.conn.execute("DELETE FROM events", []).is_err());
+    assert!(store.conn.execute("UPDATE events SET kind = 'x'", []).is_err());
+}
+
+#[test]
+fn prefixes_resolve_uniquely_or_say_which_match() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let a = store.create_run(&p.id, spec("a")).unwrap();
+    let b = store.create_run(&p.id, spec("b")).unwrap();
+    assert_eq!(store.resolve(IdKind::Run, &a.id[..10]).unwrap_or_default().len(), 15);
+    assert_eq!(store.resolve(IdKind::Run, &a.id).unwrap(), a.id);
+    match store.resolve(IdKind::Run, "rs_").unwrap_err() {
+        StoreError::Ambiguous { count, list, .. } => {
+            assert_eq!(count, 2);
+            assert!(list.contains(&a.id) && list.contains(&b.id));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(matches!(store.resolve(IdKind::Run, "rs_zzzzzzzzzzzz"), Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.resolve(IdKind::Run, "rs_BAD"), Err(StoreError::Id(_))));
+    assert!(matches!(store.resolve(IdKind::Run, &p.id), Err(StoreError::Refused(_))));
+    assert_eq!(store.resolve_any(&p.id[..8]).unwrap(), (IdKind::Prompt, p.id.clone()));
+}
+
+#[test]
+fn batches_queue_all_or_nothing() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let a = store.create_run(&p.id, spec("a")).unwrap();
+    let b = store.create_run(&p.id, spec("b")).unwrap();
+    store.queue_single(&[b.id.clone()], Some(0.7)).unwrap();
+    let err = store.queue_batch("mixed", &[a.id.clone(), b.id.clone()]).unwrap_err();
+    assert!(err.to_string().contains("already queued"), "{err}");
+    assert_eq!(store.run(&a.id).unwrap().status, RunStatus::Pending, "nothing was queued");
+    assert_eq!(store.run(&b.id).unwrap().spec.upscale_weight, Some(0.7));
+    let batch = store.queue_batch("urban", &[a.id.clone()]).unwrap();
+    let a = store.run(&a.id).unwrap();
+    assert_eq!(a.status, RunStatus::Queued);
+    assert_eq!(a.batch_id.as_deref(), Some(batch.id.as_str()));
+    assert!(batch.folder_name().starts_with("batch_urban_"));
+    assert_eq!(store.counts().unwrap().queued, 2);
+}
+
+#[test]
+fn running_runs_are_never_deleted() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let a = store.create_run(&p.id, spec("a")).unwrap();
+    store.change(&a.id, Change::Queue { detail: String::new() }).unwrap();
+    assert!(store.delete_runs(&[a.id.clone()], false).unwrap_err().to_string().contains("--force"));
+    store.change(&a.id, Change::Start).unwrap();
+    assert!(store.delete_runs(&[a.id.clone()], true).unwrap_err().to_string().contains("never deleted"));
+    assert!(store.delete_prompts(&[p.id.clone()], true).is_err());
+    store.change(&a.id, Change::Fail { error: "boom".into() }).unwrap();
+    assert!(store.delete_prompts(&[p.id.clone()], false).unwrap_err().to_string().contains("--force"));
+    store.delete_prompts(&[p.id.clone()], true).unwrap();
+    assert!(store.run(&a.id).is_err());
+    assert!(store.prompt(&p.id).is_err());
+    let kinds: Vec<String> = store.events(&a.id).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("deleted"), "the audit trail outlives the run");
+}
+
+#[test]
+fn a_submission_is_visible_whole_or_not_at_all() {
+    let (_d, mut store) = store();
+    let job = crate::spec::Job { line: 1, spec: spec("a") };
+    {
+        let mut w = store.begin_submission("jobs.jsonl", "abc", "jobs").unwrap();
+        w.add(&job).unwrap();
+        // dropped without commit
+    }
+    assert_eq!(store.counts().unwrap().queued, 0);
+    let mut w = store.begin_submission("jobs.jsonl", "abc", "jobs").unwrap();
+    let run_id = w.add(&job).unwrap();
+    w.add(&crate::spec::Job { line: 2, spec: spec("b") }).unwrap();
+    let (sub, batch) = w.commit().unwrap();
+    assert_eq!(sub.runs, 2);
+    let run = store.run(&run_id).unwrap();
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.submission_id.as_deref(), Some(sub.id.as_str()));
+    assert_eq!(run.batch_id.as_deref(), Some(batch.id.as_str()));
+    assert_eq!(store.submission_by_sha256("abc").unwrap().map(|s| s.id), Some(sub.id));
+}
