@@ -15,8 +15,8 @@ impl Problems {
         Problems { line, list: Vec::new() }
     }
 
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem { line: self.line, key: Some(key.into()), message: message.into() });
+    pub fn push(&mut self, key: impl std::fmt::Display, message: impl Into<String>) {
+        self.list.push(Problem { line: self.line, key: Some(key.to_string()), message: message.into() });
     }
 
     pub fn push_general(&mut self, message: impl Into<String>) {
@@ -28,12 +28,41 @@ impl Problems {
     }
 }
 
-/// `prefix.key`, or `key` at top level.
-pub(crate) fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
+/// A key path such as `control_overrides.depth.control_weight`, kept as parts and joined
+/// only when a problem is reported: valid lines, the common case, allocate nothing for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<'a> {
+    parts: [&'a str; 3],
+    len: usize,
+}
+
+impl<'a> Key<'a> {
+    /// This path with `part` appended (parts beyond three are dropped; we nest two deep).
+    pub fn then(self, part: &'a str) -> Key<'a> {
+        let mut k = self;
+        if !part.is_empty() && k.len < 3 {
+            k.parts[k.len] = part;
+            k.len += 1;
+        }
+        k
+    }
+}
+
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(s: &'a str) -> Key<'a> {
+        Key { parts: ["", "", ""], len: 0 }.then(s)
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.parts[..self.len].iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
     }
 }
 
@@ -56,71 +85,67 @@ pub(crate) fn describe(v: &Value) -> String {
 }
 
 /// Reports every key of `obj` not in `allowed`, with a suggestion where one is close.
-pub(crate) fn check_keys(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, p: &mut Problems) {
+pub(crate) fn check_keys(obj: &Map<String, Value>, allowed: &[&str], prefix: Key<'_>, p: &mut Problems) {
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {
             let hint = match suggest::closest(key, allowed) {
                 Some(s) => format!("unknown key; did you mean `{s}`?"),
                 None => format!("unknown key; expected one of: {}", allowed.join(", ")),
             };
-            p.push(join(prefix, key), hint);
+            p.push(prefix.then(key), hint);
         }
     }
 }
 
-pub(crate) fn object<'a>(v: &'a Value, key: &str, p: &mut Problems) -> Option<&'a Map<String, Value>> {
+pub(crate) fn object<'a, 'k>(v: &'a Value, key: impl Into<Key<'k>>, p: &mut Problems) -> Option<&'a Map<String, Value>> {
     match v {
         Value::Object(m) => Some(m),
         other => {
-            p.push(key, format!("expected an object, got {}", describe(other)));
+            p.push(key.into(), format!("expected an object, got {}", describe(other)));
             None
         }
     }
 }
 
 /// A string of 1..=max characters (or 0..=max when `allow_empty`).
-pub(crate) fn text(v: &Value, key: &str, max_chars: usize, allow_empty: bool, p: &mut Problems) -> Option<String> {
+pub(crate) fn text<'k>(v: &Value, key: impl Into<Key<'k>>, max_chars: usize, allow_empty: bool, p: &mut Problems) -> Option<String> {
     match v {
         Value::String(s) => {
             let n = s.chars().count();
             if n == 0 && !allow_empty {
-                p.push(key, "expected a non-empty string");
+                p.push(key.into(), "expected a non-empty string");
                 None
             } else if n > max_chars {
-                p.push(key, format!("expected at most {max_chars} characters, got {n}"));
+                p.push(key.into(), format!("expected at most {max_chars} characters, got {n}"));
                 None
             } else if s.contains('\0') {
-                p.push(key, "expected text without NUL characters");
+                p.push(key.into(), "expected text without NUL characters");
                 None
             } else {
                 Some(s.clone())
             }
         }
         other => {
-            p.push(key, format!("expected a string, got {}", describe(other)));
+            p.push(key.into(), format!("expected a string, got {}", describe(other)));
             None
         }
     }
 }
 
 /// A number in `[lo, hi]` (or `(lo, hi]` when `lo_open`).
-pub(crate) fn number(v: &Value, key: &str, lo: f64, hi: f64, lo_open: bool, p: &mut Problems) -> Option<f64> {
-    let range = if lo_open { format!("({lo}, {hi}]") } else { format!("[{lo}, {hi}]") };
+pub(crate) fn number<'k>(v: &Value, key: impl Into<Key<'k>>, lo: f64, hi: f64, lo_open: bool, p: &mut Problems) -> Option<f64> {
     match v.as_f64() {
         Some(x) if x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi => Some(x),
-        Some(_) => {
-            p.push(key, format!("expected a number in {range}, got {}", describe(v)));
-            None
-        }
-        None => {
-            p.push(key, format!("expected a number in {range}, got {}", describe(v)));
+        _ => {
+            let range = if lo_open { format!("({lo}, {hi}]") } else { format!("[{lo}, {hi}]") };
+            p.push(key.into(), format!("expected a number in {range}, got {}", describe(v)));
             None
         }
     }
 }
 
 /// An integer in `[lo, hi]`.
-pub(crate) fn integer(v: &Value, key: &str, lo: i64, hi: i64, p: &mut Problems) -> Option<i64> {
+pub(crate) fn integer<'k>(v: &Value, key: impl Into<Key<'k>>, lo: i64, hi: i64, p: &mut Problems) -> Option<i64> {
     let as_int = match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|_| i64::MAX)).or_else(|| {
             // 3.0 is an integer written as a float; 3.5 is not.
@@ -131,24 +156,25 @@ pub(crate) fn integer(v: &Value, key: &str, lo: i64, hi: i64, p: &mut Problems) 
     match as_int {
         Some(i) if (lo..=hi).contains(&i) => Some(i),
         _ => {
-            p.push(key, format!("expected an integer in [{lo}, {hi}], got {}", describe(v)));
+            p.push(key.into(), format!("expected an integer in [{lo}, {hi}], got {}", describe(v)));
             None
         }
     }
 }
 
-pub(crate) fn level(v: &Value, key: &str, p: &mut Problems) -> Option<Level> {
+pub(crate) fn level<'k>(v: &Value, key: impl Into<Key<'k>>, p: &mut Problems) -> Option<Level> {
     match v.as_str().and_then(Level::parse) {
         Some(l) => Some(l),
         None => {
-            p.push(key, format!("expected one of {}, got {}", Level::NAMES.join(", "), describe(v)));
+            p.push(key.into(), format!("expected one of {}, got {}", Level::NAMES.join(", "), describe(v)));
             None
         }
     }
 }
 
 /// `[A-Za-z0-9._-]{1,64}`: safe as a file name and in a folder name.
-pub(crate) fn name(v: &Value, key: &str, p: &mut Problems) -> Option<String> {
+pub(crate) fn name<'k>(v: &Value, key: impl Into<Key<'k>>, p: &mut Problems) -> Option<String> {
+    let key = key.into();
     let s = text(v, key, 64, false, p)?;
     if is_safe_name(&s) {
         Some(s)

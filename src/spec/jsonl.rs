@@ -1,9 +1,10 @@
 //! JSONL job files: one job per line, NVIDIA's batch keys plus our extension keys.
 //! Read line by line with a cap on line length, so memory stays bounded whatever the file.
 
-use super::fields::{self, check_keys, describe, join, Problems};
+use super::fields::{self, check_keys, describe, Key, Problems};
 use super::{Control, Hint, Job, PathPolicy, Problem, Report, RunSpec, Settings, SimFailure, SimFault, SpecStyle};
 use serde_json::{Map, Value};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 
@@ -98,7 +99,10 @@ pub fn parse_jsonl(
 ) -> Report {
     let mut report = Report::default();
     let mut buf = Vec::with_capacity(4096);
-    let mut names: HashMap<String, u64> = HashMap::new();
+    // Names seen so far, by a 64-bit hash: a million names cost 16 MB, not the names
+    // themselves. Two different names sharing a hash (odds about 1 in 10^7 for a million
+    // names) would be reported as a duplicate; nothing is ever accepted wrongly.
+    let mut names: HashMap<u64, u64> = HashMap::new();
     let mut line_no: u64 = 0;
     loop {
         let read = match read_capped_line(&mut reader, &mut buf, limits.max_line_bytes) {
@@ -147,10 +151,14 @@ pub fn parse_jsonl(
             Ok(Value::Object(obj)) => {
                 if let Some(spec) = parse_line_object(&obj, policy, SpecStyle::Jsonl, &mut p) {
                     if let Some(name) = &spec.name {
-                        if let Some(first) = names.get(name) {
-                            p.push("name", format!("{name:?} is already the name of line {first}; names must be unique in a file"));
-                        } else if names.len() < 1_000_000 {
-                            names.insert(name.clone(), line_no);
+                        match names.entry(name_hash(name)) {
+                            Entry::Occupied(first) => p.push(
+                                "name",
+                                format!("{name:?} is already the name of line {}; names must be unique in a file", first.get()),
+                            ),
+                            Entry::Vacant(slot) => {
+                                slot.insert(line_no);
+                            }
                         }
                     }
                     if p.is_empty() {
@@ -171,6 +179,13 @@ pub fn parse_jsonl(
     report
 }
 
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
 /// serde_json's message without its "at line 1 column N" tail, plus the column.
 fn json_error_text(e: &serde_json::Error) -> String {
     let full = e.to_string();
@@ -188,7 +203,7 @@ pub(crate) fn parse_line_object(
     style: SpecStyle,
     p: &mut Problems,
 ) -> Option<RunSpec> {
-    check_keys(obj, LINE_KEYS, "", p);
+    check_keys(obj, LINE_KEYS, Key::from(""), p);
     let visual_input = match obj.get("visual_input") {
         None => {
             p.push("visual_input", "missing; expected the path of the input (color) video");
@@ -232,7 +247,13 @@ pub(crate) fn required_prompt(obj: &Map<String, Value>, key: &str, p: &mut Probl
     }
 }
 
-pub(crate) fn path_value(v: &Value, key: &str, policy: &mut PathPolicy, p: &mut Problems) -> Option<std::path::PathBuf> {
+pub(crate) fn path_value<'k>(
+    v: &Value,
+    key: impl Into<Key<'k>>,
+    policy: &mut PathPolicy,
+    p: &mut Problems,
+) -> Option<std::path::PathBuf> {
+    let key = key.into();
     match v {
         Value::String(s) => match policy.resolve(s) {
             Ok(path) => Some(path),
@@ -255,38 +276,38 @@ fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Problems) -> Opti
     let before = p.list.len();
     let mut controls = BTreeMap::new();
     let names: Vec<&str> = Hint::ALL.iter().map(|h| h.as_str()).collect();
-    check_keys(obj, &names, "control_overrides", p);
+    check_keys(obj, &names, Key::from("control_overrides"), p);
     for (key, spec) in obj {
         let Some(hint) = Hint::parse(key) else { continue };
-        let prefix = join("control_overrides", key);
-        let Some(spec) = fields::object(spec, &prefix, p) else { continue };
-        check_keys(spec, OVERRIDE_KEYS, &prefix, p);
+        let prefix = Key::from("control_overrides").then(key);
+        let Some(spec) = fields::object(spec, prefix, p) else { continue };
+        check_keys(spec, OVERRIDE_KEYS, prefix, p);
         let weight = match spec.get("control_weight") {
             None => {
-                p.push(join(&prefix, "control_weight"), "missing; expected a number in [0, 1] (0 turns the control off)");
+                p.push(prefix.then("control_weight"), "missing; expected a number in [0, 1] (0 turns the control off)");
                 None
             }
-            Some(w) => fields::number(w, &join(&prefix, "control_weight"), 0.0, 1.0, false, p),
+            Some(w) => fields::number(w, prefix.then("control_weight"), 0.0, 1.0, false, p),
         };
         let input = match spec.get("input_control") {
             None | Some(Value::Null) => {
                 if !hint.can_generate() {
                     p.push(
-                        join(&prefix, "input_control"),
+                        prefix.then("input_control"),
                         format!("missing; `{hint}` cannot be generated from the input video, expected the path of its control video"),
                     );
                 }
                 None
             }
-            Some(v) => path_value(v, &join(&prefix, "input_control"), policy, p),
+            Some(v) => path_value(v, prefix.then("input_control"), policy, p),
         };
         let control_prompt = match spec.get("input_control_prompt") {
             None => None,
             Some(_) if hint != Hint::Seg => {
-                p.push(join(&prefix, "input_control_prompt"), "only the `seg` control takes a prompt");
+                p.push(prefix.then("input_control_prompt"), "only the `seg` control takes a prompt");
                 None
             }
-            Some(v) => fields::text(v, &join(&prefix, "input_control_prompt"), MAX_PROMPT_CHARS, false, p),
+            Some(v) => fields::text(v, prefix.then("input_control_prompt"), MAX_PROMPT_CHARS, false, p),
         };
         if let Some(weight) = weight {
             if weight > 0.0 {
@@ -302,15 +323,15 @@ fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Problems) -> Opti
 
 /// The generation settings common to the JSONL and Transfer1 styles.
 pub(crate) fn read_settings(obj: &Map<String, Value>, prefix: &str, p: &mut Problems) -> Settings {
-    let k = |key: &str| join(prefix, key);
+    let k = |key: &'static str| Key::from(prefix).then(key);
     Settings {
-        seed: obj.get("seed").and_then(|v| fields::integer(v, &k("seed"), 0, u32::MAX as i64, p)).map(|x| x as u64),
-        num_steps: obj.get("num_steps").and_then(|v| fields::integer(v, &k("num_steps"), 1, 1000, p)).map(|x| x as u32),
-        guidance: obj.get("guidance").and_then(|v| fields::number(v, &k("guidance"), 0.0, 20.0, false, p)),
-        sigma_max: obj.get("sigma_max").and_then(|v| fields::number(v, &k("sigma_max"), 0.0, 1000.0, true, p)),
-        fps: obj.get("fps").and_then(|v| fields::integer(v, &k("fps"), 1, 240, p)).map(|x| x as u32),
-        blur_strength: obj.get("blur_strength").and_then(|v| fields::level(v, &k("blur_strength"), p)),
-        canny_threshold: obj.get("canny_threshold").and_then(|v| fields::level(v, &k("canny_threshold"), p)),
+        seed: obj.get("seed").and_then(|v| fields::integer(v, k("seed"), 0, u32::MAX as i64, p)).map(|x| x as u64),
+        num_steps: obj.get("num_steps").and_then(|v| fields::integer(v, k("num_steps"), 1, 1000, p)).map(|x| x as u32),
+        guidance: obj.get("guidance").and_then(|v| fields::number(v, k("guidance"), 0.0, 20.0, false, p)),
+        sigma_max: obj.get("sigma_max").and_then(|v| fields::number(v, k("sigma_max"), 0.0, 1000.0, true, p)),
+        fps: obj.get("fps").and_then(|v| fields::integer(v, k("fps"), 1, 240, p)).map(|x| x as u32),
+        blur_strength: obj.get("blur_strength").and_then(|v| fields::level(v, k("blur_strength"), p)),
+        canny_threshold: obj.get("canny_threshold").and_then(|v| fields::level(v, k("canny_threshold"), p)),
         ..Settings::default()
     }
 }
@@ -334,7 +355,7 @@ pub(crate) fn read_extensions(obj: &Map<String, Value>, p: &mut Problems) -> Ext
 
 fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
     let obj = fields::object(v, "sim", p)?;
-    check_keys(obj, &["fail", "attempts", "seconds"], "sim", p);
+    check_keys(obj, &["fail", "attempts", "seconds"], Key::from("sim"), p);
     let fail = obj.get("fail").and_then(|v| match v.as_str() {
         Some("error") => Some(SimFailure::Error),
         Some("crash") => Some(SimFailure::Crash),

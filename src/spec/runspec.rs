@@ -2,7 +2,7 @@
 //! Transfer2.5 `InferenceArguments` style, told apart by their keys. A `.json` holding one
 //! JSONL-style job (`visual_input`) is accepted too.
 
-use super::fields::{self, check_keys, describe, join, Problems};
+use super::fields::{self, check_keys, describe, Key, Problems};
 use super::jsonl::{self, path_value, read_extensions, read_settings, required_prompt, MAX_PROMPT_CHARS};
 use super::{Control, Hint, Job, JsonlLimits, PathPolicy, Problem, Report, RunSpec, SpecStyle};
 use serde_json::{Map, Value};
@@ -115,7 +115,7 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
     let mut allowed: Vec<&str> = T1_SETTINGS.to_vec();
     allowed.extend_from_slice(EXTENSION_KEYS);
     allowed.extend(Hint::ALL.iter().map(|h| h.as_str()));
-    check_keys(obj, &allowed, "", p);
+    check_keys(obj, &allowed, Key::from(""), p);
     let visual_input = obj.get("input_video_path").and_then(|v| path_value(v, "input_video_path", policy, p));
     let prompt = required_prompt(obj, "prompt", p);
     let mut controls = BTreeMap::new();
@@ -123,26 +123,26 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
         let Some(v) = obj.get(hint.as_str()) else { continue };
         let key = hint.as_str();
         let Some(h) = fields::object(v, key, p) else { continue };
-        check_keys(h, T1_HINT_KEYS, key, p);
+        check_keys(h, T1_HINT_KEYS, Key::from(key), p);
         let weight = match h.get("control_weight") {
             None => Some(0.5),
-            Some(w) => fields::number(w, &join(key, "control_weight"), 0.0, 1.0, false, p),
+            Some(w) => fields::number(w, Key::from(key).then("control_weight"), 0.0, 1.0, false, p),
         };
         let input = match h.get("input_control") {
             None | Some(Value::Null) if hint.can_generate() => None,
             None | Some(Value::Null) => {
-                p.push(join(key, "input_control"), format!("missing; `{hint}` cannot be generated, expected the path of its control video"));
+                p.push(Key::from(key).then("input_control"), format!("missing; `{hint}` cannot be generated, expected the path of its control video"));
                 None
             }
-            Some(v) => path_value(v, &join(key, "input_control"), policy, p),
+            Some(v) => path_value(v, Key::from(key).then("input_control"), policy, p),
         };
         let control_prompt = match h.get("input_control_prompt") {
             None => None,
             Some(_) if hint != Hint::Seg => {
-                p.push(join(key, "input_control_prompt"), "only the `seg` control takes a prompt");
+                p.push(Key::from(key).then("input_control_prompt"), "only the `seg` control takes a prompt");
                 None
             }
-            Some(v) => fields::text(v, &join(key, "input_control_prompt"), MAX_PROMPT_CHARS, false, p),
+            Some(v) => fields::text(v, Key::from(key).then("input_control_prompt"), MAX_PROMPT_CHARS, false, p),
         };
         if let Some(w) = weight.filter(|w| *w > 0.0) {
             controls.insert(hint, Control { input, control_prompt, ..Control::generated(w) });
@@ -154,7 +154,7 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
 /// NVIDIA Transfer2.5's per-sample spec. `guidance` is an integer 0..7 there; a hint's
 /// `control_weight` defaults to 1.0.
 fn parse_transfer2_5(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Problems) -> Option<RunSpec> {
-    check_keys(obj, T25_KEYS, "", p);
+    check_keys(obj, T25_KEYS, Key::from(""), p);
     let visual_input = match obj.get("video_path") {
         None => {
             p.push("video_path", "missing; expected the path of the input video");
@@ -183,23 +183,23 @@ fn parse_transfer2_5(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut 
             Hint::Seg => allowed.push("control_prompt"),
             _ => {}
         }
-        check_keys(h, &allowed, key, p);
+        check_keys(h, &allowed, Key::from(key), p);
         let weight = match h.get("control_weight") {
             None => Some(1.0),
-            Some(w) => fields::number(w, &join(key, "control_weight"), 0.0, 1.0, false, p),
+            Some(w) => fields::number(w, Key::from(key).then("control_weight"), 0.0, 1.0, false, p),
         };
         let input = match h.get("control_path") {
             None | Some(Value::Null) => None,
-            Some(v) => path_value(v, &join(key, "control_path"), policy, p),
+            Some(v) => path_value(v, Key::from(key).then("control_path"), policy, p),
         };
-        let mask_path = h.get("mask_path").and_then(|v| path_value(v, &join(key, "mask_path"), policy, p));
-        let mask_prompt = h.get("mask_prompt").and_then(|v| fields::text(v, &join(key, "mask_prompt"), MAX_PROMPT_CHARS, false, p));
-        let control_prompt = h.get("control_prompt").and_then(|v| fields::text(v, &join(key, "control_prompt"), MAX_PROMPT_CHARS, false, p));
+        let mask_path = h.get("mask_path").and_then(|v| path_value(v, Key::from(key).then("mask_path"), policy, p));
+        let mask_prompt = h.get("mask_prompt").and_then(|v| fields::text(v, Key::from(key).then("mask_prompt"), MAX_PROMPT_CHARS, false, p));
+        let control_prompt = h.get("control_prompt").and_then(|v| fields::text(v, Key::from(key).then("control_prompt"), MAX_PROMPT_CHARS, false, p));
         if let Some(v) = h.get("preset_edge_threshold") {
-            settings.canny_threshold = fields::level(v, &join(key, "preset_edge_threshold"), p);
+            settings.canny_threshold = fields::level(v, Key::from(key).then("preset_edge_threshold"), p);
         }
         if let Some(v) = h.get("preset_blur_strength") {
-            settings.blur_strength = fields::level(v, &join(key, "preset_blur_strength"), p);
+            settings.blur_strength = fields::level(v, Key::from(key).then("preset_blur_strength"), p);
         }
         if let Some(w) = weight.filter(|w| *w > 0.0) {
             controls.insert(hint, Control { weight: w, input, mask_path, mask_prompt, control_prompt });

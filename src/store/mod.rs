@@ -175,6 +175,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        // 64 MiB of page cache: a large submission inserts into random-id indexes, which
+        // thrash the default 2 MiB cache.
+        conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
         let mut store = Store { conn, path: path.to_path_buf() };
         store.migrate()?;
         Ok(store)
@@ -260,7 +263,7 @@ impl Store {
 
     pub fn list_prompts(&self, limit: Option<usize>) -> Result<Vec<Prompt>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts ORDER BY created_at DESC, id LIMIT ?1",
+            "SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts ORDER BY rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit_value(limit)], prompt_from_row)?;
         rows.map(|r| r?).collect()
@@ -288,7 +291,7 @@ impl Store {
     /// Runs, newest first, optionally of one status.
     pub fn list_runs(&self, status: Option<RunStatus>, limit: Option<usize>) -> Result<Vec<Run>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id LIMIT ?2"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![status.map(|s| s.as_str()), limit_value(limit)], run_from_row)?;
         rows.map(|r| r?).collect()
@@ -302,7 +305,7 @@ impl Store {
             RunLink::Parent => "parent_id",
         };
         let mut stmt =
-            self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {col} = ?1 ORDER BY line, created_at, id"))?;
+            self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {col} = ?1 ORDER BY line, rowid"))?;
         let rows = stmt.query_map([id], run_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -495,6 +498,48 @@ impl Store {
             params![id, file, sha256, status, duplicate_of, problems as i64, now],
         )?;
         self.submission(&id)
+    }
+}
+
+/// The outcome of [`Store::ingest`].
+#[derive(Debug)]
+pub enum Ingest {
+    /// Every run is in the store, queued, in one transaction.
+    Accepted { submission: Submission, batch: Batch, report: crate::spec::Report },
+    /// Nothing was stored: the file has problems (all of them are in the report).
+    Rejected { report: crate::spec::Report },
+}
+
+impl Store {
+    /// Validates a job file and, if it is wholly good, stores its runs as one accepted
+    /// submission: all or nothing. Runs are inserted as the file is read, so memory stays
+    /// bounded; a bad line anywhere rolls every insert back.
+    pub fn ingest(
+        &mut self,
+        path: &Path,
+        sha256: &str,
+        batch_name: &str,
+        roots: &[PathBuf],
+        limits: &crate::spec::JsonlLimits,
+    ) -> Result<Ingest> {
+        let file = path.display().to_string();
+        let mut writer = self.begin_submission(&file, sha256, batch_name)?;
+        let mut failure: Option<StoreError> = None;
+        let report = crate::spec::parse_job_file(path, roots, limits, &mut |job| {
+            if failure.is_none() {
+                if let Err(e) = writer.add(&job) {
+                    failure = Some(e);
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if !report.is_ok() {
+            return Ok(Ingest::Rejected { report });
+        }
+        let (submission, batch) = writer.commit()?;
+        Ok(Ingest::Accepted { submission, batch, report })
     }
 }
 

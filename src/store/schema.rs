@@ -2,7 +2,8 @@
 //! migration never changes once released: add a new one instead.
 
 pub const MIGRATIONS: &[&str] = &[
-    // 1: the tables of DESIGN.md section 7.
+    // 1: the tables of DESIGN.md section 7. Lists are newest first by rowid (insertion
+    // order), so no index on created_at is kept up to date on every insert.
     r#"
     CREATE TABLE prompts (
         id              TEXT PRIMARY KEY,
@@ -12,7 +13,6 @@ pub const MIGRATIONS: &[&str] = &[
         inputs          TEXT NOT NULL,          -- JSON {color, depth?, seg?, edge?}
         created_at      TEXT NOT NULL
     );
-    CREATE INDEX prompts_created ON prompts(created_at);
 
     CREATE TABLE batches (
         id          TEXT PRIMARY KEY,
@@ -58,12 +58,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_prompt ON runs(prompt_id);
     CREATE INDEX runs_batch ON runs(batch_id);
     CREATE INDEX runs_submission ON runs(submission_id);
-    CREATE INDEX runs_created ON runs(created_at);
 
     -- Append-only audit: run, time, kind, detail. No foreign key: the trail outlives a
-    -- deleted run.
+    -- deleted run. `seq` is the rowid: rows are never deleted (trigger below), so it only
+    -- grows, without AUTOINCREMENT's extra write per insert.
     CREATE TABLE events (
-        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq     INTEGER PRIMARY KEY,
         run_id  TEXT,
         time    TEXT NOT NULL,
         kind    TEXT NOT NULL,
