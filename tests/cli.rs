@@ -242,3 +242,37 @@ fn config_errors_name_the_file_and_key() {
     assert!(text.contains(&format!("inbox = \"{}\"", home.root().join("inbox").display())), "--root wins over the file: {text}");
     assert!(home.root().join("outbox").is_dir());
 }
+
+/// Peak resident memory of this test's finished children, in MiB.
+fn children_peak_rss_mib() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own; RUSAGE_CHILDREN is a valid target.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0);
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+#[test]
+fn a_100_mb_line_is_refused_without_being_read_whole() {
+    let home = Home::new();
+    let path = home.path().join("huge.jsonl");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        f.write_all(b"{\"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..100 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.write_all(b"\"}\n").unwrap();
+        f.write_all(br#"{"visual_input": "videos/city1/color.mp4", "prompt": "ok", "control_overrides": {"vis": {"control_weight": 0.3}}}"#).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+    let out = home.cosmos().args(["validate", "huge.jsonl"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("huge.jsonl:1: line is 104857656 bytes, over the limit of 1048576 bytes"), "{text}");
+    assert!(!text.contains("huge.jsonl:2"), "line 2 is good: {text}");
+    let peak = children_peak_rss_mib();
+    assert!(peak < 64.0, "validating a 100 MB line must not hold it: peak {peak:.0} MiB");
+}
