@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod ids;
 pub mod spec;
 pub mod store;
 pub mod time;
+pub mod intake;

@@ -1,5 +1,5 @@
-//! `cosmosd`: the daemon. This build has `check-config`; the watch loop comes with the
-//! intake issue.
+//! `cosmosd`: the daemon. Parsing, logging set-up and exit codes here; the work is in
+//! the library (`cosmos_workflow::daemon`).
 
 use clap::{Parser, Subcommand};
 use cosmos_workflow::cli::GlobalOpts;
@@ -42,8 +42,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("cosmosd: the daemon loop is not in this build yet; only `cosmosd check-config` works");
-            ExitCode::from(1)
+            let _guard = cosmos_workflow::daemon::init_logging(&loaded.config);
+            match cosmos_workflow::daemon::run(&args.global, loaded) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "cosmosd failed");
+                    eprintln!("cosmosd: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }

@@ -654,7 +654,7 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
     for p in paths {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => {
-                let found = bundle_files(p)?;
+                let found = spec::bundle_job_files(p)?;
                 if found.is_empty() {
                     writeln!(out, "{}: no .jsonl or .json job files in this folder", p.display())?;
                     problems_total += 1;
@@ -686,22 +686,6 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
             if files.len() == 1 { "" } else { "s" }
         )))
     }
-}
-
-/// The job files at the top of a bundle folder, sorted, without hidden or temp names.
-pub fn bundle_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || spec::FileKind::of(&path).is_none() {
-            continue;
-        }
-        files.push(path);
-    }
-    files.sort();
-    Ok(files)
 }
 
 fn delete(store: &mut Store, what: DeleteWhat, prefixes: &[String], force: bool, out: &mut dyn Write) -> Result<()> {

@@ -346,11 +346,41 @@ impl FileKind {
     }
 }
 
+/// The job files at the top of a bundle folder, sorted, without hidden names.
+pub fn bundle_job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') || FileKind::of(&path).is_none() {
+            continue;
+        }
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Validates one job file (`.jsonl` or `.json`) and hands each good run to `sink`. This is
 /// the exact validation the daemon applies to a submission; `cosmos validate` calls it too.
 /// Paths in the file resolve against the file's folder under `policy`'s rules.
 pub fn parse_job_file(
     path: &Path,
+    roots: &[PathBuf],
+    limits: &JsonlLimits,
+    sink: &mut dyn FnMut(Job),
+) -> Report {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    parse_job_file_at(path, &base, roots, limits, sink)
+}
+
+/// [`parse_job_file`] with relative paths resolved against `base` rather than the file's
+/// own folder: the daemon reads a claimed file as if it were still in the inbox.
+pub fn parse_job_file_at(
+    path: &Path,
+    base: &Path,
     roots: &[PathBuf],
     limits: &JsonlLimits,
     sink: &mut dyn FnMut(Job),
@@ -374,8 +404,7 @@ pub fn parse_job_file(
             return report;
         }
     };
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let mut policy = PathPolicy::new(&base, roots);
+    let mut policy = PathPolicy::new(base, roots);
     match kind {
         FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, limits, sink),
         FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, limits, sink),

@@ -450,6 +450,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound { kind: IdKind::Submission, prefix: id.to_string() })
     }
 
+    /// Submissions of a file of this name and content received at or after `since`
+    /// (RFC 3339), oldest first: how `cosmos submit` finds the receipt of what it sent.
+    pub fn submissions_of(&self, file: &str, sha256: &str, since: &str) -> Result<Vec<Submission>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions \
+             WHERE file = ?1 AND sha256 = ?2 AND received_at >= ?3 ORDER BY received_at, rowid",
+        )?;
+        let rows = stmt.query_map(params![file, sha256, since], submission_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     /// The earlier accepted or rejected submission with this content, if any.
     pub fn submission_by_sha256(&self, sha256: &str) -> Result<Option<Submission>> {
         Ok(self
@@ -467,9 +478,20 @@ impl Store {
     /// is read (memory stays bounded) and become visible together at [`SubmissionWriter::commit`].
     /// Dropping the writer without committing leaves no trace.
     pub fn begin_submission(&mut self, file: &str, sha256: &str, batch_name: &str) -> Result<SubmissionWriter<'_>> {
+        self.begin_submission_with_id(&ids::new_id(IdKind::Submission), file, sha256, batch_name)
+    }
+
+    /// [`Store::begin_submission`] with an id chosen by the caller: the intake names the
+    /// claimed file after it, so that a restart can tell whether its commit happened.
+    pub fn begin_submission_with_id(
+        &mut self,
+        id: &str,
+        file: &str,
+        sha256: &str,
+        batch_name: &str,
+    ) -> Result<SubmissionWriter<'_>> {
         let now = Timestamp::now().rfc3339();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id = ids::new_id(IdKind::Submission);
         let batch = Batch { id: ids::new_id(IdKind::Batch), name: batch_name.to_string(), kind: "submission".into(), created_at: now.clone() };
         tx.execute(
             "INSERT INTO submissions (id, file, sha256, status, received_at) VALUES (?1, ?2, ?3, 'accepted', ?4)",
@@ -479,12 +501,13 @@ impl Store {
             "INSERT INTO batches (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![batch.id, batch.name, batch.kind, batch.created_at],
         )?;
-        Ok(SubmissionWriter { tx, id, batch, now, runs: 0 })
+        Ok(SubmissionWriter { tx, id: id.to_string(), batch, now, runs: 0 })
     }
 
     /// Records a submission that was not accepted (duplicate or rejected), in one row.
     pub fn record_submission(
         &mut self,
+        id: Option<&str>,
         file: &str,
         sha256: &str,
         status: &str,
@@ -492,7 +515,7 @@ impl Store {
         problems: u64,
     ) -> Result<Submission> {
         let now = Timestamp::now().rfc3339();
-        let id = ids::new_id(IdKind::Submission);
+        let id = id.map_or_else(|| ids::new_id(IdKind::Submission), str::to_string);
         self.conn.execute(
             "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, file, sha256, status, duplicate_of, problems as i64, now],
@@ -568,6 +591,14 @@ impl SubmissionWriter<'_> {
 
     /// Adds one job as a prompt and a queued run; returns the run id.
     pub fn add(&mut self, job: &Job) -> Result<String> {
+        let run_id = ids::new_id(IdKind::Run);
+        self.add_with_id(&run_id, job)?;
+        Ok(run_id)
+    }
+
+    /// [`SubmissionWriter::add`] with a run id chosen by the caller (who staged the run's
+    /// inputs under it first).
+    pub fn add_with_id(&mut self, run_id: &str, job: &Job) -> Result<()> {
         let spec = &job.spec;
         let prompt = insert_prompt(
             &self.tx,
@@ -579,10 +610,9 @@ impl SubmissionWriter<'_> {
             },
             &self.now,
         )?;
-        let run_id = ids::new_id(IdKind::Run);
         insert_run(
             &self.tx,
-            &run_id,
+            run_id,
             &prompt.id,
             spec,
             RunStatus::Queued,
@@ -592,7 +622,7 @@ impl SubmissionWriter<'_> {
             &self.now,
         )?;
         self.runs += 1;
-        Ok(run_id)
+        Ok(())
     }
 
     pub fn commit(self) -> Result<(Submission, Batch)> {

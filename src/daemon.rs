@@ -1,0 +1,300 @@
+//! `cosmosd`'s main loop: signals, the inbox watcher, the readiness tracker and intake.
+//!
+//! One thread owns the store connection and does the claiming, so a claim is never
+//! interrupted half-way: SIGTERM/SIGINT set a flag that is read between claims, and the
+//! claim in hand is finished before the loop exits.
+
+use crate::cli::GlobalOpts;
+use crate::config::{Config, ConfigError, Loaded};
+use crate::intake::tracker::Tracker;
+use crate::intake::watch::{self, Active, Hint, Msg};
+use crate::intake::{Fate, Intake};
+use crate::store::{Store, StoreError};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("cannot watch the inbox {path}: {source}")]
+    Watch { path: String, source: notify::Error },
+    #[error("{0}")]
+    Intake(#[from] crate::intake::fate::IntakeError),
+}
+
+/// Sets up logging: `$COSMOS_LOG_LEVEL`, else `log.level`; to `log.dir/cosmosd.log` (daily
+/// files) when set, else stderr (journald). Keep the guard alive while logging.
+pub fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let level = std::env::var("COSMOS_LOG_LEVEL").ok().filter(|l| !l.is_empty()).unwrap_or_else(|| config.log.level.clone());
+    let filter = match level.to_ascii_lowercase().as_str() {
+        "error" => tracing::level_filters::LevelFilter::ERROR,
+        "warn" | "warning" => tracing::level_filters::LevelFilter::WARN,
+        "debug" => tracing::level_filters::LevelFilter::DEBUG,
+        "trace" => tracing::level_filters::LevelFilter::TRACE,
+        _ => tracing::level_filters::LevelFilter::INFO,
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(filter).with_target(false);
+    if config.log.dir.as_os_str().is_empty() {
+        let _ = builder.with_writer(std::io::stderr).with_ansi(false).try_init();
+        None
+    } else {
+        let appender = tracing_appender::rolling::daily(&config.log.dir, "cosmosd.log");
+        let (writer, guard) = tracing_appender::non_blocking(appender);
+        let _ = builder.with_writer(writer).with_ansi(false).try_init();
+        Some(guard)
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
+    let mut config = loaded.config;
+    let inbox = std::fs::canonicalize(&config.paths.inbox).or_else(|_| {
+        std::fs::create_dir_all(&config.paths.inbox)?;
+        std::fs::canonicalize(&config.paths.inbox)
+    });
+    config.paths.inbox = inbox.map_err(|source| DaemonError::Io { what: format!("cannot open the inbox {}", config.paths.inbox.display()), source })?;
+    std::fs::create_dir_all(&config.paths.state)
+        .map_err(|source| DaemonError::Io { what: format!("cannot create {}", config.paths.state.display()), source })?;
+    let store = Store::open(&config.paths.database())?;
+    let mut intake = Intake::new(&config, store)
+        .map_err(|source| DaemonError::Io { what: "cannot create the inbox, outbox and state folders".into(), source })?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        inbox = %config.paths.inbox.display(),
+        outbox = %config.paths.outbox.display(),
+        state = %config.paths.state.display(),
+        "cosmosd starting"
+    );
+    for taken in intake.recover()? {
+        log_taken(&taken);
+    }
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|source| DaemonError::Io { what: "cannot install signal handlers".into(), source })?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|source| DaemonError::Io { what: "cannot install signal handlers".into(), source })?;
+    let signal_handle = signals.handle();
+    let signal_tx = tx.clone();
+    let signal_thread = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if signal_tx.send(Msg::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let (mut active, why) = watch::resolve(config.watch.mode, &config.paths.inbox);
+    let mut watcher = match watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, tx.clone()) {
+        Ok(w) => w,
+        Err(e) if active == Active::Inotify => {
+            // Out of inotify watches, say: polling still works.
+            tracing::warn!(error = %e, "inotify unavailable, polling the inbox instead");
+            active = Active::Poll;
+            watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, tx.clone())
+                .map_err(|source| DaemonError::Watch { path: config.paths.inbox.display().to_string(), source })?
+        }
+        Err(source) => return Err(DaemonError::Watch { path: config.paths.inbox.display().to_string(), source }),
+    };
+    tracing::info!(mode = ?active, reason = %why, "watching the inbox");
+
+    let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0);
+    let mut next_rescan = Instant::now();
+    let result = loop {
+        let now = Instant::now();
+        if now >= next_rescan {
+            if let Err(e) = tracker.rescan(&config.paths.inbox, now) {
+                tracing::error!(error = %e, "cannot list the inbox");
+            }
+            // Retry anything an earlier error left in claimed/.
+            match intake.recover() {
+                Ok(done) => done.iter().for_each(log_taken),
+                Err(e) => tracing::error!(error = %e, "cannot finish a claim; will retry"),
+            }
+            next_rescan = now + config.watch.rescan.0;
+        }
+        take_ready(&mut tracker, &mut intake, &config, &stop);
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let now = Instant::now();
+        let wake = tracker.next_wake(now).map_or(next_rescan, |w| w.min(next_rescan));
+        match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(Msg::Signal(SIGHUP)) => {
+                if let Some((new_config, new_watcher)) = reload(global, &config, &tx) {
+                    tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0);
+                    intake.set_config(&new_config);
+                    if let Some(w) = new_watcher {
+                        watcher = w;
+                    }
+                    config = new_config;
+                }
+            }
+            Ok(Msg::Signal(_)) => {
+                stop.store(true, Ordering::SeqCst);
+            }
+            Ok(Msg::Fs(Ok(event))) => {
+                let now = Instant::now();
+                for hint in watch::hints(&config.paths.inbox, &event) {
+                    match hint {
+                        Hint::Rescan => {
+                            tracing::warn!("watcher lost events (queue overflow): rescanning the inbox");
+                            next_rescan = now;
+                        }
+                        Hint::Entry { name, whole } => tracker.hint(&config.paths.inbox, &name, whole, now),
+                    }
+                }
+            }
+            Ok(Msg::Fs(Err(e))) => {
+                tracing::warn!(error = %e, "watcher error: rescanning the inbox");
+                next_rescan = Instant::now();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+    };
+    drop(watcher);
+    signal_handle.close();
+    let _ = signal_thread.join();
+    tracing::info!("cosmosd stopped");
+    result
+}
+
+/// Claims every ready entry, stopping early (between claims) when asked to stop.
+fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool) {
+    let roots = {
+        let mut r = config.paths.input_roots.clone();
+        r.push(config.paths.inbox.clone());
+        r
+    };
+    let mut bundle_ok = |path: &Path| bundle_validates(path, &roots);
+    let ready = tracker.due(&config.paths.inbox, Instant::now(), &mut bundle_ok);
+    for (i, name) in ready.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            // Not claimed: they stay in the inbox for the next start.
+            tracing::info!(left = ready.len() - i, "stopping: leaving the rest in the inbox");
+            return;
+        }
+        match intake.take(name) {
+            Ok(Some(taken)) => log_taken(&taken),
+            Ok(None) => {}
+            Err(e) => tracing::error!(file = %name, error = %e, "cannot take in; it stays claimed and is retried"),
+        }
+    }
+}
+
+/// Whether a quiet bundle's one job file validates where it stands.
+fn bundle_validates(dir: &Path, roots: &[std::path::PathBuf]) -> bool {
+    let Ok(files) = crate::spec::bundle_job_files(dir) else { return false };
+    match files.as_slice() {
+        [file] => crate::spec::parse_job_file(file, roots, &crate::spec::JsonlLimits::default(), &mut |_| {}).is_ok(),
+        _ => false,
+    }
+}
+
+fn log_taken(t: &crate::intake::Taken) {
+    match &t.fate {
+        Fate::Accepted { runs } => tracing::info!(submission = %t.submission, file = %t.name, runs, receipt = %t.receipt.display(), "accepted"),
+        Fate::Duplicate { of } => tracing::info!(submission = %t.submission, file = %t.name, duplicate_of = %of, "duplicate: nothing runs again"),
+        Fate::Rejected { problems } => tracing::warn!(submission = %t.submission, file = %t.name, problems, receipt = %t.receipt.display(), "rejected"),
+    }
+}
+
+type Reloaded = (Config, Option<Box<dyn notify::Watcher + Send>>);
+
+/// SIGHUP: reads the configuration again. A bad file changes nothing; changes to the folders
+/// need a restart and are reported, not applied.
+fn reload(global: &GlobalOpts, current: &Config, tx: &mpsc::Sender<Msg>) -> Option<Reloaded> {
+    let mut new = match global.load() {
+        Ok(l) => l.config,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the running configuration");
+            return None;
+        }
+    };
+    new.paths.inbox = current.paths.inbox.clone();
+    let changes = diff(current, &new);
+    let mut kept = new.clone();
+    if new.paths != current.paths {
+        tracing::warn!("paths.* changed: folders move only on restart; keeping the running ones");
+        kept.paths = current.paths.clone();
+    }
+    if changes.is_empty() {
+        tracing::info!("config reloaded: nothing changed");
+        return Some((kept, None));
+    }
+    for c in &changes {
+        tracing::info!(change = %c, "config reloaded");
+    }
+    let watcher = if kept.watch.mode != current.watch.mode || kept.watch.poll_interval != current.watch.poll_interval {
+        let (active, why) = watch::resolve(kept.watch.mode, &kept.paths.inbox);
+        match watch::start(active, &kept.paths.inbox, kept.watch.poll_interval.0, tx.clone()) {
+            Ok(w) => {
+                tracing::info!(mode = ?active, reason = %why, "watching the inbox");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the new watcher; keeping the old one");
+                kept.watch.mode = current.watch.mode;
+                kept.watch.poll_interval = current.watch.poll_interval;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Some((kept, watcher))
+}
+
+/// `key: old -> new` for every value that differs.
+pub fn diff(a: &Config, b: &Config) -> Vec<String> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    if let (Ok(va), Ok(vb)) = (toml::Value::try_from(a), toml::Value::try_from(b)) {
+        flatten("", &va, &mut fa);
+        flatten("", &vb, &mut fb);
+    }
+    fa.iter()
+        .zip(fb.iter())
+        .filter(|((_, x), (_, y))| x != y)
+        .map(|((k, x), (_, y))| format!("{k}: {x} -> {y}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn diff_names_changed_keys() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.watch.settle = crate::config::Dur(Duration::from_millis(500));
+        b.scheduler.max_attempts = 5;
+        let d = diff(&a, &b);
+        assert_eq!(d, vec!["scheduler.max_attempts: 3 -> 5", "watch.settle: \"2s\" -> \"500ms\""]);
+    }
+}

@@ -1,0 +1,271 @@
+//! When is an inbox entry ready? Watcher events are hints; the truth is what a `stat` says
+//! (DESIGN.md section 3):
+//! - renamed into the inbox, or closed after writing: ready at once (if it looks whole);
+//! - otherwise: size, mtime and inode unchanged across two looks `settle` apart;
+//! - a job file whose last line is cut off waits, and is taken (to be rejected) only once
+//!   unchanged for `incomplete_grace`;
+//! - a bundle folder: ready with a `READY` file, or once nothing in it changed for `settle`
+//!   and its job file validates (or `incomplete_grace` passed); a folder with no job file is
+//!   not a submission and is left alone.
+
+use super::{classify, fate::looks_complete, EntryKind};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a look at an entry saw; any difference means it is still changing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Signature {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+    dev: u64,
+    /// Bundles: a digest of every (path, size, mtime) inside.
+    inner: u64,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    kind: EntryKind,
+    sig: Signature,
+    /// When the signature last changed (or was first seen).
+    changed_at: Instant,
+    /// A watcher said it was renamed in or closed after writing, and it has not changed since.
+    hinted: bool,
+}
+
+pub struct Tracker {
+    settle: Duration,
+    grace: Duration,
+    tick: Duration,
+    entries: HashMap<String, Candidate>,
+}
+
+impl Tracker {
+    pub fn new(settle: Duration, grace: Duration) -> Tracker {
+        let tick = (settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+        Tracker { settle, grace, tick, entries: HashMap::new() }
+    }
+
+    pub fn set_timing(&mut self, settle: Duration, grace: Duration) {
+        *self = Tracker { entries: std::mem::take(&mut self.entries), ..Tracker::new(settle, grace) };
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A watcher saw `name` change; `whole` when it was renamed in or closed after writing.
+    pub fn hint(&mut self, inbox: &Path, name: &str, whole: bool, now: Instant) {
+        let path = inbox.join(name);
+        let Some(kind) = classify(&path).filter(|k| *k != EntryKind::Ignored) else {
+            self.entries.remove(name);
+            return;
+        };
+        let Some(sig) = signature(&path, kind) else {
+            self.entries.remove(name);
+            return;
+        };
+        match self.entries.get_mut(name) {
+            Some(c) if c.sig == sig => c.hinted |= whole,
+            _ => {
+                self.entries.insert(name.to_string(), Candidate { kind, sig, changed_at: now, hinted: whole });
+            }
+        }
+    }
+
+    /// A full look at the inbox: every entry not yet tracked becomes a candidate (found by a
+    /// scan, so it must settle).
+    pub fn rescan(&mut self, inbox: &Path, now: Instant) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(inbox)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(path = %entry.path().display(), "inbox entry with a name that is not UTF-8, left alone");
+                continue;
+            };
+            if !self.entries.contains_key(&name) {
+                self.hint(inbox, &name, false, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at every candidate again and returns the names that are ready, oldest change
+    /// first; they are no longer tracked. `bundle_ok` says whether a quiet bundle's job
+    /// file validates as it stands.
+    pub fn due(&mut self, inbox: &Path, now: Instant, bundle_ok: &mut dyn FnMut(&Path) -> bool) -> Vec<String> {
+        let mut ready: Vec<(Instant, String)> = Vec::new();
+        let mut gone = Vec::new();
+        for (name, c) in self.entries.iter_mut() {
+            let path = inbox.join(name);
+            let Some(sig) = classify(&path).and_then(|k| signature(&path, k)) else {
+                gone.push(name.clone());
+                continue;
+            };
+            if sig != c.sig {
+                c.sig = sig;
+                c.changed_at = now;
+                c.hinted = false;
+                continue;
+            }
+            let quiet = now.saturating_duration_since(c.changed_at);
+            let is_ready = match c.kind {
+                EntryKind::Ignored => {
+                    gone.push(name.clone());
+                    false
+                }
+                EntryKind::JobFile => {
+                    (c.hinted || quiet >= self.settle) && (looks_complete(&path) || quiet >= self.grace)
+                }
+                EntryKind::Bundle => {
+                    // A folder with no job file (say, videos that top-level job files name)
+                    // is not a submission: it is never taken, unless marked READY.
+                    let has_job = crate::spec::bundle_job_files(&path).map(|f| !f.is_empty()).unwrap_or(false);
+                    path.join("READY").exists()
+                        || (has_job && (c.hinted || quiet >= self.settle) && (quiet >= self.grace || bundle_ok(&path)))
+                }
+                EntryKind::Foreign => quiet >= self.settle,
+            };
+            if is_ready {
+                ready.push((c.changed_at, name.clone()));
+            }
+        }
+        for name in gone {
+            self.entries.remove(&name);
+        }
+        ready.sort();
+        ready
+            .into_iter()
+            .map(|(_, name)| {
+                self.entries.remove(&name);
+                name
+            })
+            .collect()
+    }
+
+    /// When the next look is worth making, if anything is tracked.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let mut wake = now + self.tick;
+        for c in self.entries.values() {
+            let settle_at = c.changed_at + self.settle;
+            if settle_at > now && settle_at < wake {
+                wake = settle_at;
+            }
+        }
+        Some(wake)
+    }
+}
+
+fn signature(path: &Path, kind: EntryKind) -> Option<Signature> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let inner = if kind == EntryKind::Bundle { fingerprint(path, 0) } else { 0 };
+    Some(Signature {
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        ino: meta.ino(),
+        dev: meta.dev(),
+        inner,
+    })
+}
+
+/// A digest of what a folder holds, recursively: names, sizes, mtimes.
+fn fingerprint(dir: &Path, depth: usize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut items: Vec<(std::ffi::OsString, u64, i64, i64, u64)> = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let sub = if meta.is_dir() && depth < 8 { fingerprint(&entry.path(), depth + 1) } else { 0 };
+        items.push((entry.file_name(), meta.len(), meta.mtime(), meta.mtime_nsec(), sub));
+    }
+    items.sort();
+    items.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_files_settle_and_renamed_files_are_ready_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        let line = "{\"a\": 1}\n";
+        std::fs::write(inbox.join("scanned.jsonl"), line).unwrap();
+        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5));
+        let t0 = Instant::now();
+        t.rescan(inbox, t0).unwrap();
+        assert!(t.due(inbox, t0, &mut |_| true).is_empty(), "one look is not enough");
+        assert_eq!(t.due(inbox, t0 + Duration::from_millis(250), &mut |_| true), vec!["scanned.jsonl"]);
+
+        std::fs::write(inbox.join("moved.jsonl"), line).unwrap();
+        t.hint(inbox, "moved.jsonl", true, t0);
+        assert_eq!(t.due(inbox, t0, &mut |_| true), vec!["moved.jsonl"]);
+    }
+
+    #[test]
+    fn a_cut_off_last_line_waits_for_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::write(inbox.join("half.jsonl"), "{\"a\": 1}\n{\"b\": ").unwrap();
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(2));
+        let t0 = Instant::now();
+        t.hint(inbox, "half.jsonl", true, t0);
+        assert!(t.due(inbox, t0 + Duration::from_millis(500), &mut |_| true).is_empty());
+        assert_eq!(t.due(inbox, t0 + Duration::from_secs(3), &mut |_| true), vec!["half.jsonl"]);
+    }
+
+    #[test]
+    fn a_change_restarts_the_settle_and_ignored_names_are_never_tracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::write(inbox.join("grow.jsonl"), "{}\n").unwrap();
+        std::fs::write(inbox.join(".grow.jsonl.Ab12Cd"), "{}\n").unwrap();
+        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5));
+        let t0 = Instant::now();
+        t.rescan(inbox, t0).unwrap();
+        assert_eq!(t.len(), 1);
+        std::fs::write(inbox.join("grow.jsonl"), "{}\n{}\n").unwrap();
+        assert!(t.due(inbox, t0 + Duration::from_millis(300), &mut |_| true).is_empty(), "it changed");
+        assert!(t.due(inbox, t0 + Duration::from_millis(400), &mut |_| true).is_empty(), "not settled since");
+        assert_eq!(t.due(inbox, t0 + Duration::from_millis(600), &mut |_| true), vec!["grow.jsonl"]);
+    }
+
+    #[test]
+    fn folders_without_a_job_file_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::create_dir_all(inbox.join("videos")).unwrap();
+        std::fs::write(inbox.join("videos/color.mp4"), "v").unwrap();
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_millis(200));
+        let t0 = Instant::now();
+        t.rescan(inbox, t0).unwrap();
+        assert!(t.due(inbox, t0 + Duration::from_secs(10), &mut |_| true).is_empty());
+    }
+
+    #[test]
+    fn bundles_wait_for_ready_or_quiet_and_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::create_dir_all(inbox.join("b1")).unwrap();
+        std::fs::write(inbox.join("b1/jobs.jsonl"), "{}\n").unwrap();
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(10));
+        let t0 = Instant::now();
+        t.rescan(inbox, t0).unwrap();
+        assert!(t.due(inbox, t0 + Duration::from_millis(200), &mut |_| false).is_empty(), "quiet but not valid yet");
+        std::fs::write(inbox.join("b1/READY"), "").unwrap();
+        // READY changed the folder; READY wins at once.
+        assert_eq!(t.due(inbox, t0 + Duration::from_millis(300), &mut |_| false), Vec::<String>::new());
+        assert_eq!(t.due(inbox, t0 + Duration::from_millis(310), &mut |_| false), vec!["b1"]);
+    }
+}
