@@ -110,7 +110,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     };
     tracing::info!(mode = ?active, reason = %why, "watching the inbox");
 
-    let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0);
+    let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0, active == Active::Inotify);
     let mut next_rescan = Instant::now();
     let result = loop {
         let now = Instant::now();
@@ -134,11 +134,12 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Signal(SIGHUP)) => {
                 if let Some((new_config, new_watcher)) = reload(global, &config, &tx) {
-                    tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0);
-                    intake.set_config(&new_config);
-                    if let Some(w) = new_watcher {
+                    if let Some((w, now_active)) = new_watcher {
                         watcher = w;
+                        active = now_active;
                     }
+                    tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0, active == Active::Inotify);
+                    intake.set_config(&new_config);
                     config = new_config;
                 }
             }
@@ -212,7 +213,7 @@ fn log_taken(t: &crate::intake::Taken) {
     }
 }
 
-type Reloaded = (Config, Option<Box<dyn notify::Watcher + Send>>);
+type Reloaded = (Config, Option<(Box<dyn notify::Watcher + Send>, Active)>);
 
 /// SIGHUP: reads the configuration again. A bad file changes nothing; changes to the folders
 /// need a restart and are reported, not applied.
@@ -243,7 +244,7 @@ fn reload(global: &GlobalOpts, current: &Config, tx: &mpsc::Sender<Msg>) -> Opti
         match watch::start(active, &kept.paths.inbox, kept.watch.poll_interval.0, tx.clone()) {
             Ok(w) => {
                 tracing::info!(mode = ?active, reason = %why, "watching the inbox");
-                Some(w)
+                Some((w, active))
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the new watcher; keeping the old one");

@@ -3,6 +3,7 @@
 //! store. Every command that creates something prints its id.
 
 pub mod json;
+mod submit;
 
 use crate::config::{Config, ConfigError};
 use crate::ids::IdKind;
@@ -130,6 +131,18 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Validate job files here, then deliver them into the inbox and print their receipts
+    Submit {
+        /// .jsonl job files, .json run specs, or bundle folders
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The inbox to deliver into (default: paths.inbox)
+        #[arg(long, value_name = "DIR")]
+        inbox: Option<PathBuf>,
+        /// Follow the runs until they end; exit 0 only if every run completed
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete prompts or runs (never a running run)
     Delete {
         what: DeleteWhat,
@@ -230,6 +243,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let config = loaded.config;
     match cli.command {
         Command::Validate { files } => validate(&config, &files, out),
+        Command::Submit { files, inbox, wait } => submit::submit(&config, &files, inbox, wait, out),
         command => {
             let mut store = Store::open(&config.paths.database())?;
             match command {
@@ -244,7 +258,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 Command::List { what, status, limit, json } => list(&store, what, status, limit, json, out),
                 Command::Show { id, json } => show(&store, &id, json, out),
                 Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
-                Command::Validate { .. } => Ok(()),
+                Command::Validate { .. } | Command::Submit { .. } => Ok(()),
             }
         }
     }

@@ -95,6 +95,7 @@ impl Intake {
         }
         // The claim must survive a crash before anything depends on it.
         sync_dir(&self.layout.claimed);
+        fault_pause("claim");
         tracing::debug!(submission = %sb, file = name, "claimed");
         self.process(&claimed, &sb, name).map(Some)
     }
@@ -174,6 +175,7 @@ impl Intake {
             return self.reject(claimed, sb, name, &sha, &shape, &report, &display);
         }
         let (sub, _batch) = writer.commit()?;
+        fault_pause("commit");
         self.finish(claimed, &sub, &shape, None)
     }
 
@@ -344,6 +346,13 @@ fn bundle_job_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     crate::spec::bundle_job_files(dir)
 }
 
+/// The sha256 the daemon will record for a job file or a bundle folder (what `cosmos
+/// submit` looks for in the store).
+pub fn submission_sha256(path: &Path) -> io::Result<String> {
+    let shape = if std::fs::symlink_metadata(path)?.is_dir() { Claimed::Bundle } else { Claimed::File };
+    hash_entry(path, &shape)
+}
+
 /// sha256 of a file's bytes; of a bundle, over its sorted (path, sha256) list; of anything
 /// else, over its kind, so that it still has a stable identity.
 fn hash_entry(path: &Path, shape: &Claimed) -> io::Result<String> {
@@ -426,6 +435,21 @@ fn copy_original(src: &Path, dst: &Path) -> io::Result<()> {
     // Links, fifos and devices are not copied; errors.txt says what they were, and the
     // original stays in the archive.
     Ok(())
+}
+
+/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=claim:MS` (or `commit:MS`)
+/// makes intake stop for MS milliseconds right after that step, so a test can `kill -9`
+/// the daemon there. Unset in production; reading it costs one lookup per claim.
+fn fault_pause(point: &str) {
+    let Ok(spec) = std::env::var("COSMOS_FAULT_PAUSE") else { return };
+    if let Some((at, ms)) = spec.split_once(':') {
+        if at == point {
+            if let Ok(ms) = ms.parse::<u64>() {
+                tracing::warn!(point, ms, "COSMOS_FAULT_PAUSE: pausing");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
+    }
 }
 
 /// fsync of a folder, so that a rename in it survives power loss. Best effort.

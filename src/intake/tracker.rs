@@ -33,23 +33,29 @@ struct Candidate {
     changed_at: Instant,
     /// A watcher said it was renamed in or closed after writing, and it has not changed since.
     hinted: bool,
+    /// First seen through a watcher event (not a scan): with inotify, such a file is
+    /// written in place and ready only when its writer closes it.
+    from_event: bool,
 }
 
 pub struct Tracker {
     settle: Duration,
     grace: Duration,
     tick: Duration,
+    /// inotify reports close-after-write; PollWatcher cannot.
+    close_write_seen: bool,
     entries: HashMap<String, Candidate>,
 }
 
 impl Tracker {
-    pub fn new(settle: Duration, grace: Duration) -> Tracker {
+    /// `close_write_seen`: the watcher reports writers closing files (inotify).
+    pub fn new(settle: Duration, grace: Duration, close_write_seen: bool) -> Tracker {
         let tick = (settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
-        Tracker { settle, grace, tick, entries: HashMap::new() }
+        Tracker { settle, grace, tick, close_write_seen, entries: HashMap::new() }
     }
 
-    pub fn set_timing(&mut self, settle: Duration, grace: Duration) {
-        *self = Tracker { entries: std::mem::take(&mut self.entries), ..Tracker::new(settle, grace) };
+    pub fn set_timing(&mut self, settle: Duration, grace: Duration, close_write_seen: bool) {
+        *self = Tracker { entries: std::mem::take(&mut self.entries), ..Tracker::new(settle, grace, close_write_seen) };
     }
 
     pub fn len(&self) -> usize {
@@ -62,6 +68,10 @@ impl Tracker {
 
     /// A watcher saw `name` change; `whole` when it was renamed in or closed after writing.
     pub fn hint(&mut self, inbox: &Path, name: &str, whole: bool, now: Instant) {
+        self.observe(inbox, name, whole, true, now);
+    }
+
+    fn observe(&mut self, inbox: &Path, name: &str, whole: bool, from_event: bool, now: Instant) {
         let path = inbox.join(name);
         let Some(kind) = classify(&path).filter(|k| *k != EntryKind::Ignored) else {
             self.entries.remove(name);
@@ -73,8 +83,14 @@ impl Tracker {
         };
         match self.entries.get_mut(name) {
             Some(c) if c.sig == sig => c.hinted |= whole,
-            _ => {
-                self.entries.insert(name.to_string(), Candidate { kind, sig, changed_at: now, hinted: whole });
+            Some(c) => {
+                c.sig = sig;
+                c.changed_at = now;
+                c.hinted = whole;
+                c.from_event |= from_event;
+            }
+            None => {
+                self.entries.insert(name.to_string(), Candidate { kind, sig, changed_at: now, hinted: whole, from_event });
             }
         }
     }
@@ -89,7 +105,7 @@ impl Tracker {
                 continue;
             };
             if !self.entries.contains_key(&name) {
-                self.hint(inbox, &name, false, now);
+                self.observe(inbox, &name, false, false, now);
             }
         }
         Ok(())
@@ -119,9 +135,11 @@ impl Tracker {
                     gone.push(name.clone());
                     false
                 }
-                EntryKind::JobFile => {
-                    (c.hinted || quiet >= self.settle) && (looks_complete(&path) || quiet >= self.grace)
-                }
+                EntryKind::JobFile if c.hinted => looks_complete(&path) || quiet >= self.grace,
+                // Written in place under inotify: wait for the close. Should that event be
+                // lost, the grace period still takes the file.
+                EntryKind::JobFile if self.close_write_seen && c.from_event => quiet >= self.grace,
+                EntryKind::JobFile => quiet >= self.settle && (looks_complete(&path) || quiet >= self.grace),
                 EntryKind::Bundle => {
                     // A folder with no job file (say, videos that top-level job files name)
                     // is not a submission: it is never taken, unless marked READY.
@@ -202,7 +220,7 @@ mod tests {
         let inbox = dir.path();
         let line = "{\"a\": 1}\n";
         std::fs::write(inbox.join("scanned.jsonl"), line).unwrap();
-        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5), true);
         let t0 = Instant::now();
         t.rescan(inbox, t0).unwrap();
         assert!(t.due(inbox, t0, &mut |_| true).is_empty(), "one look is not enough");
@@ -214,11 +232,29 @@ mod tests {
     }
 
     #[test]
+    fn with_inotify_a_file_written_in_place_waits_for_its_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::write(inbox.join("slow.jsonl"), "{\"a\": 1}\n").unwrap();
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(5), true);
+        let t0 = Instant::now();
+        t.hint(inbox, "slow.jsonl", false, t0);
+        assert!(t.due(inbox, t0 + Duration::from_secs(1), &mut |_| true).is_empty(), "no close yet");
+        t.hint(inbox, "slow.jsonl", true, t0 + Duration::from_secs(1));
+        assert_eq!(t.due(inbox, t0 + Duration::from_secs(1), &mut |_| true), vec!["slow.jsonl"]);
+        // Polling cannot see closes: the settle rule decides.
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(5), false);
+        std::fs::write(inbox.join("polled.jsonl"), "{\"a\": 1}\n").unwrap();
+        t.hint(inbox, "polled.jsonl", false, t0);
+        assert_eq!(t.due(inbox, t0 + Duration::from_millis(150), &mut |_| true), vec!["polled.jsonl"]);
+    }
+
+    #[test]
     fn a_cut_off_last_line_waits_for_the_grace() {
         let dir = tempfile::tempdir().unwrap();
         let inbox = dir.path();
         std::fs::write(inbox.join("half.jsonl"), "{\"a\": 1}\n{\"b\": ").unwrap();
-        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(2), true);
         let t0 = Instant::now();
         t.hint(inbox, "half.jsonl", true, t0);
         assert!(t.due(inbox, t0 + Duration::from_millis(500), &mut |_| true).is_empty());
@@ -231,7 +267,7 @@ mod tests {
         let inbox = dir.path();
         std::fs::write(inbox.join("grow.jsonl"), "{}\n").unwrap();
         std::fs::write(inbox.join(".grow.jsonl.Ab12Cd"), "{}\n").unwrap();
-        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut t = Tracker::new(Duration::from_millis(200), Duration::from_secs(5), true);
         let t0 = Instant::now();
         t.rescan(inbox, t0).unwrap();
         assert_eq!(t.len(), 1);
@@ -247,7 +283,7 @@ mod tests {
         let inbox = dir.path();
         std::fs::create_dir_all(inbox.join("videos")).unwrap();
         std::fs::write(inbox.join("videos/color.mp4"), "v").unwrap();
-        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_millis(200));
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_millis(200), true);
         let t0 = Instant::now();
         t.rescan(inbox, t0).unwrap();
         assert!(t.due(inbox, t0 + Duration::from_secs(10), &mut |_| true).is_empty());
@@ -259,7 +295,7 @@ mod tests {
         let inbox = dir.path();
         std::fs::create_dir_all(inbox.join("b1")).unwrap();
         std::fs::write(inbox.join("b1/jobs.jsonl"), "{}\n").unwrap();
-        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut t = Tracker::new(Duration::from_millis(100), Duration::from_secs(10), true);
         let t0 = Instant::now();
         t.rescan(inbox, t0).unwrap();
         assert!(t.due(inbox, t0 + Duration::from_millis(200), &mut |_| false).is_empty(), "quiet but not valid yet");

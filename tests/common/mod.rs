@@ -81,3 +81,159 @@ pub fn grep_id(text: &str, prefix: &str) -> String {
     let start = text.find(prefix).unwrap_or_else(|| panic!("no {prefix} id in {text:?}"));
     text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
 }
+
+/// A running `cosmosd --root <home>`, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts cosmosd on `home` with a fast test configuration plus `extra` TOML.
+    pub fn start(home: &Home, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let config = home.path().join("cosmosd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n\
+                 [runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n{extra}\n"
+            ),
+        )
+        .expect("write config");
+        let log = home.path().join(format!("cosmosd.{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cosmosd"));
+        cmd.current_dir(home.path())
+            .env_remove("COSMOS_CONFIG")
+            .env("COSMOS_LOG_LEVEL", "debug")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(home.root())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start cosmosd");
+        let d = Daemon { child, log };
+        d.wait_log("watching the inbox", Duration::from_secs(10));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let ok = wait_until(timeout, || self.log_text().contains(needle));
+        assert!(ok, "cosmosd never logged {needle:?}:\n{}", self.log_text());
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "cosmosd did not stop on SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+use std::time::Duration;
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Home {
+    pub fn inbox(&self) -> PathBuf {
+        self.root().join("inbox")
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.root().join("outbox")
+    }
+
+    /// Every receipt in the outbox, parsed.
+    pub fn receipts(&self) -> Vec<serde_json::Value> {
+        let dir = self.outbox().join("receipts");
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                if let Ok(text) = std::fs::read_to_string(e.path()) {
+                    if let Ok(v) = serde_json::from_str(&text) {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn receipts_with(&self, status: &str) -> Vec<serde_json::Value> {
+        self.receipts().into_iter().filter(|r| r["status"] == status).collect()
+    }
+
+    /// A JSONL job file body of `n` lines naming inbox-relative videos, made distinct by `tag`.
+    pub fn jobs(&self, tag: &str, n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"name\": \"{tag}-{i}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{tag} shot {i}\", \"control_overrides\": {{\"edge\": {{\"control_weight\": 0.5}}, \"depth\": {{\"input_control\": \"videos/city1/depth.mp4\", \"control_weight\": 0.3}}}}}}\n"
+                )
+            })
+            .collect()
+    }
+
+    /// Puts the fixture videos at `inbox/videos/` (what top-level job files name).
+    pub fn videos_in_inbox(&self) {
+        let dst = self.inbox().join("videos");
+        for scene in ["city1", "street1"] {
+            std::fs::create_dir_all(dst.join(scene)).expect("mkdir");
+            for e in std::fs::read_dir(self.path().join("videos").join(scene)).expect("videos").flatten() {
+                std::fs::copy(e.path(), dst.join(scene).join(e.file_name())).expect("copy video");
+            }
+        }
+    }
+
+    /// Total runs in the store.
+    pub fn run_count(&self) -> usize {
+        self.json(&["list", "runs", "--json"]).as_array().map_or(0, Vec::len)
+    }
+}

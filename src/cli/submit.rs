@@ -1,0 +1,256 @@
+//! `cosmos submit FILE... [--inbox DIR] [--wait]`: validate here, deliver into the inbox
+//! atomically (temp name, then rename), report the receipt, optionally follow the runs.
+//!
+//! A job file whose relative paths name files beside it travels as a bundle folder (the
+//! file plus those files, marked `READY`), so the daemon sees the same paths the user meant.
+
+use super::{usage, CliError, Result};
+use crate::config::Config;
+use crate::intake::{fate::submission_sha256, stem_of};
+use crate::spec::{self, JsonlLimits};
+use crate::store::{RunLink, RunStatus, Store, Submission};
+use crate::time::Timestamp;
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long `submit` waits for the daemon to take a file in before it says so and stops.
+const RECEIPT_WAIT: Duration = Duration::from_secs(30);
+
+pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: bool, out: &mut dyn Write) -> Result<()> {
+    let inbox = inbox.unwrap_or_else(|| config.paths.inbox.clone());
+    if !inbox.is_dir() {
+        return Err(usage(format!("--inbox {}: no such folder (is cosmosd's paths.inbox right?)", inbox.display())));
+    }
+    let mut roots = config.paths.input_roots.clone();
+    roots.push(inbox.clone());
+
+    // Validate everything first: a command that submits half of what it was given is worse
+    // than one that submits nothing.
+    let mut plans = Vec::new();
+    let mut problems = 0u64;
+    for file in files {
+        match plan(file, &roots) {
+            Ok(p) => plans.push(p),
+            Err(text) => {
+                problems += 1;
+                write!(out, "{text}")?;
+            }
+        }
+    }
+    if problems > 0 {
+        return Err(CliError::Invalid(format!("nothing was submitted: {problems} of {} file(s) have problems", files.len())));
+    }
+
+    let since = Timestamp::now().rfc3339();
+    let mut delivered = Vec::new();
+    for p in &plans {
+        let (name, path, sha) =
+            deliver(p, &inbox).map_err(|e| CliError::Io(std::io::Error::other(format!("cannot deliver {}: {e}", p.source.display()))))?;
+        writeln!(out, "submitted {} as {}", p.source.display(), path.display())?;
+        delivered.push((name, sha));
+    }
+
+    let store = Store::open(&config.paths.database())?;
+    let mut subs = Vec::new();
+    for (name, sha) in &delivered {
+        match wait_for_submission(&store, name, sha, &since)? {
+            Some(sub) => {
+                let receipt = config.paths.outbox.join("receipts").join(format!("{}.{}.json", stem_of(name), sub.id));
+                let fate = match sub.status.as_str() {
+                    "accepted" => format!("accepted, {} run(s) queued", sub.runs),
+                    "duplicate" => format!("duplicate of {}: nothing runs again", sub.duplicate_of.as_deref().unwrap_or("?")),
+                    _ => format!("rejected, {} problem(s)", sub.problems),
+                };
+                writeln!(out, "receipt {} ({fate})", receipt.display())?;
+                subs.push(sub);
+            }
+            None => {
+                writeln!(
+                    out,
+                    "{name} is in the inbox but no daemon took it within {}s (is cosmosd running?); its receipt will be {}",
+                    RECEIPT_WAIT.as_secs(),
+                    config.paths.outbox.join("receipts").join(format!("{}.sb_*.json", stem_of(name))).display()
+                )?;
+                if wait {
+                    return Err(CliError::Io(std::io::Error::other("cannot --wait: cosmosd did not take the submission in")));
+                }
+            }
+        }
+    }
+    if !wait {
+        return Ok(());
+    }
+    if let Some(rejected) = subs.iter().find(|s| s.status == "rejected") {
+        return Err(CliError::Invalid(format!("{} was rejected; see its receipt", rejected.file)));
+    }
+    follow(&store, &subs, out)
+}
+
+/// What to deliver for one argument.
+struct Plan {
+    source: PathBuf,
+    /// Files to carry beside the job file (relative path inside the bundle, source).
+    carry: Vec<(PathBuf, PathBuf)>,
+    bundle: bool,
+}
+
+/// Validates `file` (a job file or a bundle folder) as the daemon will, and works out what
+/// must travel with it. `Err` holds the problems, one per line.
+fn plan(file: &Path, roots: &[PathBuf]) -> std::result::Result<Plan, String> {
+    if file.is_dir() {
+        let jobs = spec::bundle_job_files(file).map_err(|e| format!("{}: {e}\n", file.display()))?;
+        let [job] = jobs.as_slice() else {
+            return Err(format!("{}: a bundle folder holds exactly one .jsonl or .json job file at its top level\n", file.display()));
+        };
+        let report = spec::parse_job_file(job, roots, &JsonlLimits::default(), &mut |_| {});
+        return if report.is_ok() { Ok(Plan { source: file.to_path_buf(), carry: Vec::new(), bundle: true }) } else { Err(report.render(job)) };
+    }
+    let mut inputs: BTreeSet<PathBuf> = BTreeSet::new();
+    let report = spec::parse_job_file(file, roots, &JsonlLimits::default(), &mut |job| {
+        inputs.insert(job.spec.visual_input.clone());
+        for c in job.spec.controls.values() {
+            inputs.extend(c.input.iter().cloned());
+            inputs.extend(c.mask_path.iter().cloned());
+        }
+    });
+    if !report.is_ok() {
+        return Err(report.render(file));
+    }
+    let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = std::fs::canonicalize(folder).map_err(|e| format!("{}: {e}\n", file.display()))?;
+    // Inputs under one of the roots are reachable from the daemon as they are; inputs
+    // beside the job file travel with it.
+    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    let carry: Vec<(PathBuf, PathBuf)> = inputs
+        .into_iter()
+        .filter(|p| !canonical_roots.iter().any(|r| p.starts_with(r)))
+        .filter_map(|p| p.strip_prefix(&folder).ok().map(|rel| (rel.to_path_buf(), p.clone())))
+        .collect();
+    let bundle = !carry.is_empty();
+    Ok(Plan { source: file.to_path_buf(), carry, bundle })
+}
+
+/// A name not yet taken in the inbox: `jobs.jsonl`, else `jobs-2.jsonl`, ...
+fn free_name(inbox: &Path, name: &str) -> String {
+    if !inbox.join(name).exists() {
+        return name.to_string();
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) => (s.to_string(), format!(".{e}")),
+        None => (name.to_string(), String::new()),
+    };
+    (2..).map(|n| format!("{stem}-{n}{ext}")).find(|n| !inbox.join(n).exists()).unwrap_or_else(|| name.to_string())
+}
+
+/// Writes the plan into the inbox under a hidden temp name, then renames it into place.
+/// Returns the name in the inbox, its path and the sha256 the daemon will record (taken
+/// before the rename: the daemon may claim it the moment it appears).
+fn deliver(p: &Plan, inbox: &Path) -> std::io::Result<(String, PathBuf, String)> {
+    let file_name = p.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jobs.jsonl".into());
+    let tmp = inbox.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let name = if p.bundle && !p.source.is_dir() {
+        std::fs::create_dir_all(&tmp)?;
+        link_or_copy(&p.source, &tmp.join(&file_name))?;
+        for (rel, src) in &p.carry {
+            let dst = tmp.join(rel);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            link_or_copy(src, &dst)?;
+        }
+        std::fs::write(tmp.join("READY"), b"")?;
+        free_name(inbox, &stem_of(&file_name))
+    } else if p.source.is_dir() {
+        let options = fs_extra::dir::CopyOptions::new().copy_inside(true);
+        fs_extra::dir::copy(&p.source, &tmp, &options).map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::write(tmp.join("READY"), b"")?;
+        free_name(inbox, &file_name)
+    } else {
+        std::fs::copy(&p.source, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        free_name(inbox, &file_name)
+    };
+    let sha = submission_sha256(&tmp)?;
+    let dst = inbox.join(&name);
+    std::fs::rename(&tmp, &dst)?;
+    Ok((name, dst, sha))
+}
+
+fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst)?;
+    }
+    Ok(())
+}
+
+fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Result<Option<Submission>> {
+    let deadline = Instant::now() + RECEIPT_WAIT;
+    loop {
+        if let Some(sub) = store.submissions_of(name, sha, since)?.into_iter().next() {
+            return Ok(Some(sub));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Follows the runs of the submissions until every one has ended. Exit 0 only if every run
+/// completed.
+fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()> {
+    // A duplicate's runs are the original's.
+    let ids: Vec<String> = subs.iter().map(|s| s.duplicate_of.clone().unwrap_or_else(|| s.id.clone())).collect();
+    let runs_of = |store: &Store| -> Result<Vec<crate::store::Run>> {
+        let mut all = Vec::new();
+        for id in &ids {
+            all.extend(store.runs_where(RunLink::Submission, id)?);
+        }
+        Ok(all)
+    };
+    let total = runs_of(store)?.len() as u64;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs ended  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_line = String::new();
+    loop {
+        let runs = runs_of(store)?;
+        let count = |s: RunStatus| runs.iter().filter(|r| r.status == s).count();
+        let (done, failed, cancelled) = (count(RunStatus::Completed), count(RunStatus::Failed), count(RunStatus::Cancelled));
+        let (running, queued) = (count(RunStatus::Running), count(RunStatus::Queued) + count(RunStatus::Pending));
+        let ended = (done + failed + cancelled) as u64;
+        let line = format!("{done} completed, {failed} failed, {cancelled} cancelled, {running} running, {queued} queued");
+        match &bar {
+            Some(b) => {
+                b.set_position(ended);
+                b.set_message(line.clone());
+            }
+            None if line != last_line => writeln!(out, "{line}")?,
+            None => {}
+        }
+        last_line = line;
+        if ended == runs.len() as u64 {
+            if let Some(b) = &bar {
+                b.finish();
+            }
+            for r in runs.iter().filter(|r| r.status != RunStatus::Completed) {
+                writeln!(out, "{} {}: {}", r.id, r.status, r.error.as_deref().unwrap_or(""))?;
+            }
+            return if done == runs.len() {
+                Ok(())
+            } else {
+                Err(CliError::Io(std::io::Error::other(format!("{} of {} runs did not complete", runs.len() - done, runs.len()))))
+            };
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
