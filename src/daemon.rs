@@ -112,6 +112,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
 
     let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0, active == Active::Inotify);
     let mut next_rescan = Instant::now();
+    // Look at the tracked entries when a hint arrives or a settle deadline passes; other
+    // wake-ups (events that say nothing) cost nothing.
+    let mut check_now = true;
+    let mut next_check: Option<Instant> = None;
     let result = loop {
         let now = Instant::now();
         if now >= next_rescan {
@@ -124,13 +128,18 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                 Err(e) => tracing::error!(error = %e, "cannot finish a claim; will retry"),
             }
             next_rescan = now + config.watch.rescan.0;
+            check_now = true;
         }
-        take_ready(&mut tracker, &mut intake, &config, &stop);
+        if check_now || next_check.is_some_and(|t| now >= t) {
+            take_ready(&mut tracker, &mut intake, &config, &stop);
+            check_now = false;
+            next_check = tracker.next_wake(Instant::now());
+        }
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
         let now = Instant::now();
-        let wake = tracker.next_wake(now).map_or(next_rescan, |w| w.min(next_rescan));
+        let wake = next_check.map_or(next_rescan, |w| w.min(next_rescan));
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Signal(SIGHUP)) => {
                 if let Some((new_config, new_watcher)) = reload(global, &config, &tx) {
@@ -139,6 +148,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                         active = now_active;
                     }
                     tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0, active == Active::Inotify);
+                    check_now = true;
                     intake.set_config(&new_config);
                     config = new_config;
                 }
@@ -149,6 +159,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             Ok(Msg::Fs(Ok(event))) => {
                 let now = Instant::now();
                 for hint in watch::hints(&config.paths.inbox, &event) {
+                    check_now = true;
                     match hint {
                         Hint::Rescan => {
                             tracing::warn!("watcher lost events (queue overflow): rescanning the inbox");

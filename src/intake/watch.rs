@@ -96,7 +96,10 @@ pub fn hints(inbox: &Path, event: &Event) -> Vec<Hint> {
     let paths: &[std::path::PathBuf] = match event.kind {
         // A rename inside the inbox (rsync's temp name -> final name): the new name matters.
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1..).unwrap_or_default(),
-        EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read) => &[],
+        // Opens and reads (ours included: the tracker reads folders to fingerprint them)
+        // say nothing about a submission; reacting to them would feed on itself.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => &event.paths,
+        EventKind::Access(_) => &[],
         _ => &event.paths,
     };
     paths
@@ -131,6 +134,10 @@ mod tests {
         assert_eq!(hints(inbox, &created), vec![Hint::Entry { name: "k.jsonl".into(), whole: false }]);
         let deep = Event::new(EventKind::Create(CreateKind::File)).add_path("/in/b/v.mp4".into());
         assert_eq!(hints(inbox, &deep), vec![Hint::Entry { name: "b".into(), whole: false }]);
+        let opened = Event::new(EventKind::Access(AccessKind::Open(AccessMode::Any))).add_path("/in/videos".into());
+        assert!(hints(inbox, &opened).is_empty(), "reads are not changes");
+        let read_closed = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Read))).add_path("/in/videos".into());
+        assert!(hints(inbox, &read_closed).is_empty());
         let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
         assert_eq!(hints(inbox, &overflow), vec![Hint::Rescan]);
     }
