@@ -111,6 +111,12 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     tracing::info!(mode = ?active, reason = %why, "watching the inbox");
 
     let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0, active == Active::Inotify);
+    // systemd (Type=notify): ready once the store and the watcher are up; the watchdog is
+    // fed from this loop, so a wedged loop gets the daemon restarted.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("watching the inbox")]);
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| std::time::Duration::from_micros(watchdog_usec / 2));
+    let mut next_watchdog = Instant::now();
     let mut next_rescan = Instant::now();
     // Look at the tracked entries when a hint arrives or a settle deadline passes; other
     // wake-ups (events that say nothing) cost nothing.
@@ -139,9 +145,19 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             break Ok(());
         }
         let now = Instant::now();
-        let wake = next_check.map_or(next_rescan, |w| w.min(next_rescan));
+        if let Some(every) = watchdog {
+            if now >= next_watchdog {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                next_watchdog = now + every;
+            }
+        }
+        let mut wake = next_check.map_or(next_rescan, |w| w.min(next_rescan));
+        if watchdog.is_some() {
+            wake = wake.min(next_watchdog);
+        }
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Signal(SIGHUP)) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
                 if let Some((new_config, new_watcher)) = reload(global, &config, &tx) {
                     if let Some((w, now_active)) = new_watcher {
                         watcher = w;
@@ -152,6 +168,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                     intake.set_config(&new_config);
                     config = new_config;
                 }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
             Ok(Msg::Signal(_)) => {
                 stop.store(true, Ordering::SeqCst);
@@ -177,6 +194,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         }
     };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(watcher);
     signal_handle.close();
     let _ = signal_thread.join();

@@ -309,3 +309,45 @@ fn submit_wait_follows_the_runs_to_their_end() {
     assert_eq!(out.status.code(), Some(1), "exit 0 only if every run completed: {text}");
     assert!(text.contains("1 completed, 1 failed") && text.contains("failed: sim error"), "{text}");
 }
+
+#[test]
+fn tells_systemd_it_is_ready() {
+    let home = Home::new();
+    let sock_path = home.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let daemon = Daemon::start(&home, "", &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf).expect("a notification from cosmosd");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(daemon.stop().success());
+    let n = sock.recv(&mut buf).expect("the stopping notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[test]
+fn inputs_on_another_filesystem_are_copied_not_linked() {
+    use std::os::unix::fs::MetadataExt;
+    let shm = Path::new("/dev/shm");
+    let home = Home::new();
+    let other = match tempfile::tempdir_in(shm) {
+        Ok(d) if std::fs::metadata(d.path()).map(|m| m.dev()).ok() != std::fs::metadata(home.path()).map(|m| m.dev()).ok() => d,
+        _ => {
+            println!("skipped: no second filesystem at /dev/shm");
+            return;
+        }
+    };
+    let video = other.path().join("color.mp4");
+    std::fs::copy(home.path().join("videos/city1/color.mp4"), &video).unwrap();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    let daemon = Daemon::start(&home, &format!("[paths]\ninput_roots = [\"{}\"]\n", other.path().display()), &[]);
+    let line = format!("{{\"visual_input\": \"{}\", \"prompt\": \"x\", \"control_overrides\": {{\"vis\": {{\"control_weight\": 0.3}}}}}}\n", video.display());
+    write_file(&home.inbox().join(".x.tmp"), &line);
+    std::fs::rename(home.inbox().join(".x.tmp"), home.inbox().join("remote.jsonl")).unwrap();
+    assert!(wait_until(LONG, || home.receipts_with("accepted").len() == 1), "{}", daemon.log_text());
+    let run = &home.json(&["list", "runs", "--json"])[0];
+    let staged = Path::new(run["visual_input"].as_str().unwrap());
+    assert_eq!(std::fs::read(staged).unwrap(), std::fs::read(&video).unwrap());
+    assert_ne!(std::fs::metadata(staged).unwrap().dev(), std::fs::metadata(&video).unwrap().dev(), "a copy on the state filesystem");
+}
