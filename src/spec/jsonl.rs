@@ -204,13 +204,7 @@ pub(crate) fn parse_line_object(
     p: &mut Problems,
 ) -> Option<RunSpec> {
     check_keys(obj, LINE_KEYS, Key::from(""), p);
-    let visual_input = match obj.get("visual_input") {
-        None => {
-            p.push("visual_input", "missing; expected the path of the input (color) video");
-            None
-        }
-        Some(v) => path_value(v, "visual_input", policy, p),
-    };
+    let visual_input = required_path(obj, "visual_input", "the path of the input (color) video", policy, p);
     let prompt = required_prompt(obj, "prompt", p);
     let controls = match obj.get("control_overrides") {
         None => {
@@ -244,6 +238,23 @@ pub(crate) fn required_prompt(obj: &Map<String, Value>, key: &str, p: &mut Probl
             None
         }
         Some(v) => fields::text(v, key, MAX_PROMPT_CHARS, false, p),
+    }
+}
+
+/// A required path key: checked and resolved, or a problem saying what was expected.
+pub(crate) fn required_path(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    what: &str,
+    policy: &mut PathPolicy,
+    p: &mut Problems,
+) -> Option<std::path::PathBuf> {
+    match obj.get(key) {
+        None => {
+            p.push(key, format!("missing; expected {what}"));
+            None
+        }
+        Some(v) => path_value(v, key, policy, p),
     }
 }
 

@@ -3,7 +3,7 @@
 //! JSONL-style job (`visual_input`) is accepted too.
 
 use super::fields::{self, check_keys, describe, Key, Problems};
-use super::jsonl::{self, path_value, read_extensions, read_settings, required_prompt, MAX_PROMPT_CHARS};
+use super::jsonl::{self, path_value, read_extensions, read_settings, required_path, required_prompt, MAX_PROMPT_CHARS};
 use super::{Control, Hint, Job, JsonlLimits, PathPolicy, Problem, Report, RunSpec, SpecStyle};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -116,7 +116,7 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
     allowed.extend_from_slice(EXTENSION_KEYS);
     allowed.extend(Hint::ALL.iter().map(|h| h.as_str()));
     check_keys(obj, &allowed, Key::from(""), p);
-    let visual_input = obj.get("input_video_path").and_then(|v| path_value(v, "input_video_path", policy, p));
+    let visual_input = required_path(obj, "input_video_path", "the path of the input video", policy, p);
     let prompt = required_prompt(obj, "prompt", p);
     let mut controls = BTreeMap::new();
     for hint in Hint::ALL {
@@ -155,13 +155,7 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
 /// `control_weight` defaults to 1.0.
 fn parse_transfer2_5(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Problems) -> Option<RunSpec> {
     check_keys(obj, T25_KEYS, Key::from(""), p);
-    let visual_input = match obj.get("video_path") {
-        None => {
-            p.push("video_path", "missing; expected the path of the input video");
-            None
-        }
-        Some(v) => path_value(v, "video_path", policy, p),
-    };
+    let visual_input = required_path(obj, "video_path", "the path of the input video", policy, p);
     let prompt = match (obj.get("prompt"), obj.get("prompt_path")) {
         (Some(_), Some(_)) => {
             p.push("prompt_path", "give `prompt` or `prompt_path`, not both");
