@@ -1,0 +1,4 @@
+from cosmos_worker.protocol import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The sim backend: no model. Simulates load and run time, writes a real output video (a copy
+of the input, or an ffmpeg transform where ffmpeg exists) and the control videos, and injects
+the faults a per-run `sim` key asks for: error, crash, hang, oom; `attempts` fails only the
+first N attempts; `seconds` overrides this run's duration."""
+
+import os
+import shutil
+import subprocess
+import time
+
+from cosmos_worker.backends import Backend, RunCancelled, RunFailure
+
+GENERATED = ("vis", "edge", "depth", "seg", "keypoint")
+
+
+class SimBackend(Backend):
+    def __init__(self, load_seconds=0.0, job_seconds=0.0):
+        self.load_seconds = load_seconds
+        self.job_seconds = job_seconds
+        self.loaded = None
+        self.ffmpeg = shutil.which("ffmpeg")
+
+    def load(self, controls, options):
+        time.sleep(self.load_seconds)
+        self.loaded = sorted(controls)
+
+    def run(self, spec, output_dir, attempt, progress, cancelled, channel):
+        sim = spec.get("sim") or {}
+        seconds = float(sim.get("seconds", self.job_seconds))
+        fail = sim.get("fail")
+        limit = sim.get("attempts")
+        failing = fail is not None and (limit is None or attempt <= int(limit))
+        if failing and fail == "crash":
+            os._exit(3)
+        if failing and fail == "hang":
+            channel.silenced = True
+            while True:
+                time.sleep(3600)
+        steps = int(spec.get("num_steps") or 35)
+        reports = min(steps, 10)
+        for i in range(1, reports + 1):
+            deadline = time.monotonic() + seconds / reports
+            while time.monotonic() < deadline:
+                if cancelled():
+                    raise RunCancelled()
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            progress(i * steps // reports, steps)
+        if failing and fail == "oom":
+            raise RunFailure("oom", "CUDA out of memory (simulated)", retryable=True)
+        if failing and fail == "error":
+            raise RunFailure("internal", "simulated error", retryable=False)
+        source = spec.get("input_video_path")
+        if not source or not os.path.isfile(source):
+            raise RunFailure("input", "input video not found: %s" % source)
+        video = os.path.join(output_dir, "output.mp4")
+        self._make_video(source, video)
+        controls = {}
+        for hint, block in spec.items():
+            if not isinstance(block, dict) or "control_weight" not in block:
+                continue
+            path = os.path.join(output_dir, "%s_input_control.mp4" % hint)
+            shutil.copyfile(block.get("input_control") or source, path)
+            controls[hint] = path
+        with open(os.path.join(output_dir, "output.txt"), "w", encoding="utf-8") as f:
+            f.write(spec.get("prompt", ""))
+        return {"video": video, "controls": controls}
+
+    def _make_video(self, source, target):
+        if self.ffmpeg:
+            done = subprocess.run(
+                [self.ffmpeg, "-y", "-loglevel", "error", "-i", source, "-vf", "hflip", target],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            if done.returncode == 0 and os.path.getsize(target) > 0:
+                return
+        shutil.copyfile(source, target)
