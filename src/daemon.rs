@@ -80,6 +80,18 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
+    let (reload_tx, reload_rx) = mpsc::channel::<Config>();
+    let scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop))
+        .map_err(|e| DaemonError::Io { what: "cannot start the scheduler".into(), source: std::io::Error::other(e.to_string()) })?
+        .with_reloads(reload_rx);
+    let scheduler_thread = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            if let Err(e) = scheduler.run() {
+                tracing::error!(error = %e, "the scheduler stopped");
+            }
+        })
+        .map_err(|source| DaemonError::Io { what: "cannot start the scheduler thread".into(), source })?;
     for sig in [SIGTERM, SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|source| DaemonError::Io { what: "cannot install signal handlers".into(), source })?;
@@ -166,6 +178,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                     tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0, active == Active::Inotify);
                     check_now = true;
                     intake.set_config(&new_config);
+                    let _ = reload_tx.send(new_config.clone());
                     config = new_config;
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -195,7 +208,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    stop.store(true, Ordering::SeqCst);
     drop(watcher);
+    tracing::info!("stopping: waiting for the scheduler (a running run finishes or is handed back within daemon.stop_grace)");
+    let _ = scheduler_thread.join();
     signal_handle.close();
     let _ = signal_thread.join();
     tracing::info!("cosmosd stopped");

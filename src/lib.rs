@@ -12,3 +12,6 @@ pub mod spec;
 pub mod store;
 pub mod time;
 pub mod intake;
+pub mod outbox;
+pub mod runtime;
+pub mod scheduler;

@@ -4,8 +4,7 @@ use super::{classify, stage, stem_of, EntryKind, Layout};
 use crate::config::Config;
 use crate::ids::{self, IdKind};
 use crate::spec::{self, nvidia::write_atomic, FileKind, JsonlLimits, Problem, Report};
-use crate::store::{RunLink, Store, StoreError, Submission};
-use serde_json::json;
+use crate::store::{Store, StoreError, Submission};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -292,33 +291,12 @@ impl Intake {
     }
 
     /// Writes (or rewrites) the receipt of a submission from the store.
-    pub fn write_receipt(&self, sub: &Submission, stem: &str) -> Result<PathBuf> {
-        let runs = self.store.runs_where(RunLink::Submission, &sub.id)?;
-        let runs: Vec<_> = runs
-            .iter()
-            .map(|r| json!({"line": r.line, "name": r.name, "run_id": r.id, "status": r.status}))
-            .collect();
-        let mut receipt = json!({
-            "submission": sub.id,
-            "file": sub.file,
-            "sha256": sub.sha256,
-            "status": sub.status,
-            "received_at": sub.received_at,
-        });
-        if let Some(of) = &sub.duplicate_of {
-            receipt["duplicate_of"] = json!(of);
-        }
-        if sub.status == "rejected" {
-            receipt["problems"] = json!(sub.problems);
-            receipt["errors"] = json!(self.layout.rejected.join(format!("{stem}.{}", sub.id)).join("errors.txt"));
-        }
-        receipt["runs"] = json!(runs);
-        let path = self.layout.receipt_path(stem, &sub.id);
-        let mut text = serde_json::to_string_pretty(&receipt).unwrap_or_default();
-        text.push('\n');
-        write_atomic(&path, text.as_bytes()).map_err(io_err("cannot write", &path))?;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(self.file_mode));
-        Ok(path)
+    pub fn write_receipt(&self, sub: &Submission, _stem: &str) -> Result<PathBuf> {
+        let outbox = crate::outbox::Outbox::new(&self.layout.outbox, self.file_mode);
+        outbox.write_receipt(&self.store, sub).map_err(|e| match e {
+            crate::outbox::OutboxError::Io { what, path, source } => IntakeError::Io { what, path, source },
+            crate::outbox::OutboxError::Store(e) => IntakeError::Store(e),
+        })
     }
 }
 

@@ -187,6 +187,15 @@ impl Store {
         &self.path
     }
 
+    /// `synchronous = NORMAL` for this connection: commits survive a crash of the process,
+    /// not a power loss. The scheduler's changes are all recoverable (a lost "running" is
+    /// retried from the work folder), and an fsync per change would sit in the dispatch gap.
+    /// Intake keeps FULL: a submission is never lost.
+    pub fn relax_sync(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let known = schema::MIGRATIONS.len() as i64;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -426,6 +435,132 @@ impl Store {
             Ok(Event { seq: r.get(0)?, run_id: r.get(1)?, time: r.get(2)?, kind: r.get(3)?, detail: r.get(4)? })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    // ---- scheduling ------------------------------------------------------------------
+
+    /// The queued run to start next: the first by priority then age among those whose
+    /// backoff has passed and whose parent (if any) completed; with `prefer` (the loaded
+    /// control set), the oldest run of that set in the same priority tier, unless the head
+    /// has waited longer than `max_wait` (no starvation).
+    pub fn next_run(&self, prefer: Option<&str>, max_wait: Duration) -> Result<Option<Run>> {
+        let now = Timestamp::now();
+        let now_text = now.rfc3339();
+        let eligible = "status = 'queued' AND (not_before IS NULL OR not_before <= ?1) \
+             AND (parent_id IS NULL OR EXISTS (SELECT 1 FROM runs p WHERE p.id = runs.parent_id AND p.status = 'completed'))";
+        let head = self
+            .conn
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} ORDER BY priority DESC, queued_at, rowid LIMIT 1"),
+                [&now_text],
+                run_from_row,
+            )
+            .optional()?
+            .transpose()?;
+        let Some(head) = head else { return Ok(None) };
+        let Some(set) = prefer.filter(|s| *s != head.control_set) else { return Ok(Some(head)) };
+        let waited = head
+            .queued_at
+            .as_deref()
+            .and_then(Timestamp::parse_rfc3339)
+            .map_or(0, |t| (now.0 - t.0).max(0) as u128);
+        if waited > max_wait.as_millis() {
+            return Ok(Some(head));
+        }
+        let same = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} AND priority = ?2 AND control_set = ?3 \
+                     ORDER BY queued_at, rowid LIMIT 1"
+                ),
+                params![now_text, head.priority, set],
+                run_from_row,
+            )
+            .optional()?
+            .transpose()?;
+        Ok(Some(same.unwrap_or(head)))
+    }
+
+    /// Back to the queue after a retryable failure, not to start before `not_before`.
+    pub fn retry_later(&mut self, run_id: &str, reason: &str, not_before: Timestamp) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_change(&tx, run_id, &Change::Requeue { reason: reason.to_string() }, &now)?;
+        tx.execute("UPDATE runs SET not_before = ?2 WHERE id = ?1", params![run_id, not_before.rfc3339()])?;
+        tx.commit()?;
+        self.run(run_id)
+    }
+
+    /// `cosmos cancel`: a pending or queued run is cancelled at once; a running one is
+    /// marked, and the daemon stops it. Returns the run's status after the request.
+    pub fn request_cancel(&mut self, run_id: &str) -> Result<RunStatus> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let run = load_run(&tx, run_id)?;
+        let status = match run.status {
+            RunStatus::Pending | RunStatus::Queued => {
+                apply_change(&tx, run_id, &Change::Cancel { reason: "cancelled by request".into() }, &now)?;
+                cancel_children(&tx, run_id, &now)?;
+                RunStatus::Cancelled
+            }
+            RunStatus::Running => {
+                tx.execute("UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1", params![run_id, now])?;
+                insert_event(&tx, Some(run_id), &now, "cancel_requested", None)?;
+                RunStatus::Running
+            }
+            other => {
+                return Err(StoreError::Refused(format!("run {run_id} is {other}; only pending, queued or running runs can be cancelled")))
+            }
+        };
+        tx.commit()?;
+        Ok(status)
+    }
+
+    pub fn cancel_requested(&self, run_id: &str) -> Result<bool> {
+        let v: Option<i64> =
+            self.conn.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+        Ok(v == Some(1))
+    }
+
+    /// Ends a run for good (failed or cancelled) and, in the same transaction, its queued
+    /// upscale children with the reason.
+    pub fn finish_unsuccessfully(&mut self, run_id: &str, change: Change) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_change(&tx, run_id, &change, &now)?;
+        cancel_children(&tx, run_id, &now)?;
+        tx.commit()?;
+        self.run(run_id)
+    }
+
+    /// Marks a run completed with its outputs and, in the same transaction, creates its
+    /// upscale child (queued, waiting on nothing now) when it asked for one.
+    pub fn complete(&mut self, run_id: &str, outputs: Value, child: Option<(&str, RunSpec)>) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_change(&tx, run_id, &Change::Complete { outputs }, &now)?;
+        if let Some((child_id, spec)) = child {
+            let parent = load_run(&tx, run_id)?;
+            insert_run(&tx, child_id, &parent.prompt_id, &spec, RunStatus::Queued, None, parent.submission_id.as_deref(), None, &now)?;
+            tx.execute("UPDATE runs SET parent_id = ?2 WHERE id = ?1", params![child_id, run_id])?;
+        }
+        tx.commit()?;
+        self.run(run_id)
+    }
+
+    pub fn set_paused(&mut self, paused: bool) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO daemon_state (key, value) VALUES ('paused', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [if paused { "1" } else { "0" }],
+        )?;
+        Ok(())
+    }
+
+    pub fn paused(&self) -> Result<bool> {
+        let v: Option<String> =
+            self.conn.query_row("SELECT value FROM daemon_state WHERE key = 'paused'", [], |r| r.get(0)).optional()?;
+        Ok(v.as_deref() == Some("1"))
     }
 
     // ---- batches and submissions ----------------------------------------------------
@@ -747,6 +882,23 @@ fn check_queueable(conn: &Connection, run_ids: &[String]) -> Result<()> {
     }
 }
 
+/// A run that will never complete takes its queued upscale children with it: failed when
+/// it failed, cancelled when it was cancelled, with that reason.
+fn cancel_children(conn: &Connection, parent_id: &str, now: &str) -> Result<()> {
+    let parent_status: String = conn.query_row("SELECT status FROM runs WHERE id = ?1", [parent_id], |r| r.get(0))?;
+    let children: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT id FROM runs WHERE parent_id = ?1 AND status IN ('pending', 'queued')")?;
+        let rows = stmt.query_map([parent_id], |r| r.get(0))?;
+        rows.collect::<std::result::Result<_, _>>()?
+    };
+    for child in children {
+        let reason = format!("its parent {parent_id} {parent_status}");
+        let change = if parent_status == "failed" { Change::Fail { error: reason } } else { Change::Cancel { reason } };
+        apply_change(conn, &child, &change, now)?;
+    }
+    Ok(())
+}
+
 fn check_deletable(run: &Run, force: bool) -> Result<()> {
     match run.status {
         RunStatus::Running => Err(StoreError::Refused(format!("run {} is running; a running run is never deleted (cancel it first)", run.id))),
@@ -775,14 +927,19 @@ fn apply_change(conn: &Connection, run_id: &str, change: &Change, now: &str) -> 
         return Err(StoreError::IllegalTransition { id: run_id.to_string(), from, to });
     }
     let (sql, detail): (&str, String) = match change {
-        Change::Queue { detail } => {
-            ("UPDATE runs SET status = ?2, queued_at = ?3, error = NULL, finished_at = NULL, updated_at = ?3 WHERE id = ?1", detail.clone())
-        }
-        Change::Requeue { reason } => {
-            ("UPDATE runs SET status = ?2, queued_at = ?3, error = ?4, finished_at = NULL, updated_at = ?3 WHERE id = ?1", reason.clone())
-        }
+        Change::Queue { detail } => (
+            "UPDATE runs SET status = ?2, queued_at = ?3, error = NULL, finished_at = NULL, not_before = NULL, \
+             cancel_requested = 0, updated_at = ?3 WHERE id = ?1",
+            detail.clone(),
+        ),
+        Change::Requeue { reason } => (
+            "UPDATE runs SET status = ?2, queued_at = coalesce(queued_at, ?3), error = ?4, finished_at = NULL, \
+             cancel_requested = 0, updated_at = ?3 WHERE id = ?1",
+            reason.clone(),
+        ),
         Change::Start => (
-            "UPDATE runs SET status = ?2, started_at = ?3, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+            "UPDATE runs SET status = ?2, started_at = ?3, attempts = attempts + 1, not_before = NULL, \
+             cancel_requested = 0, updated_at = ?3 WHERE id = ?1",
             String::new(),
         ),
         Change::Complete { outputs } => {

@@ -1,0 +1,326 @@
+//! The outbox (DESIGN.md section 6): what users sync back. Every folder is built under
+//! `outbox/.staging/` and renamed into place, so a folder under its final name is complete;
+//! receipts and status.json are replaced atomically.
+
+use crate::intake::stem_of;
+use crate::runtime::protocol::Outputs;
+use crate::spec::nvidia::{self, write_atomic};
+use crate::store::{Batch, Run, RunLink, Store, StoreError, Submission};
+use crate::time::Timestamp;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, OutboxError>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutboxError + 'a {
+    move |source| OutboxError::Io { what, path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub dir: PathBuf,
+    pub staging: PathBuf,
+    pub receipts: PathBuf,
+    pub rejected: PathBuf,
+    pub mode: u32,
+}
+
+/// The worker that ran a run, for its manifest.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    pub backend: String,
+    pub version: String,
+    pub pid: u32,
+}
+
+impl Outbox {
+    pub fn new(dir: &Path, mode: u32) -> Outbox {
+        Outbox {
+            dir: dir.to_path_buf(),
+            staging: dir.join(".staging"),
+            receipts: dir.join("receipts"),
+            rejected: dir.join("rejected"),
+            mode,
+        }
+    }
+
+    pub fn create_all(&self) -> io::Result<()> {
+        for d in [&self.dir, &self.staging, &self.receipts, &self.rejected] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    /// Removes half-built folders a crash left in staging: they were never visible.
+    pub fn clear_staging(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.staging) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("run_{run_id}"))
+    }
+
+    pub fn batch_dir(&self, batch: &Batch) -> PathBuf {
+        self.dir.join(batch.folder_name())
+    }
+
+    fn set_mode(&self, path: &Path) {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode));
+    }
+
+    /// Builds `run_<id>/` from a finished run's work folder and renames it into place.
+    /// Already there (a restart re-publishing): left as it is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_run(
+        &self,
+        run: &Run,
+        work: &Path,
+        outputs: &Outputs,
+        batch: Option<&Batch>,
+        worker: &WorkerInfo,
+        child: Option<&str>,
+        seconds: f64,
+    ) -> Result<PathBuf> {
+        let final_dir = self.run_dir(&run.id);
+        if final_dir.is_dir() {
+            return Ok(final_dir);
+        }
+        let tmp = self.staging.join(format!("run_{}", run.id));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("controls")).map_err(io_err("cannot create", &tmp))?;
+        let video = outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| work.join("output/output.mp4"));
+        place(&video, &tmp.join("output.mp4")).map_err(io_err("cannot place the output video", &video))?;
+        for (hint, path) in &outputs.controls {
+            let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if safe.is_empty() {
+                continue;
+            }
+            let src = Path::new(path);
+            place(src, &tmp.join("controls").join(format!("{safe}.mp4"))).map_err(io_err("cannot place a control video", src))?;
+        }
+        let log = work.join("execution.log");
+        if log.is_file() {
+            std::fs::copy(&log, tmp.join("execution.log")).map_err(io_err("cannot copy", &log))?;
+        } else {
+            std::fs::write(tmp.join("execution.log"), b"").map_err(io_err("cannot write", &tmp))?;
+        }
+        let spec = work.join("spec.json");
+        std::fs::copy(&spec, tmp.join("spec.json")).map_err(io_err("cannot copy", &spec))?;
+        std::fs::write(tmp.join("prompt.txt"), format!("{}\n", run.spec.prompt)).map_err(io_err("cannot write", &tmp))?;
+
+        // The manifest covers every other file.
+        let mut files = Vec::new();
+        collect(&tmp, &tmp, &mut files).map_err(io_err("cannot read", &tmp))?;
+        files.sort();
+        let mut text = String::new();
+        let mut entries = Vec::new();
+        for rel in &files {
+            let path = tmp.join(rel);
+            self.set_mode(&path);
+            let meta = std::fs::metadata(&path).map_err(io_err("cannot read", &path))?;
+            let mtime = meta.modified().map(Timestamp::from_system_time).unwrap_or(Timestamp(0)).rfc3339();
+            let digest = sha256_file(&path).map_err(io_err("cannot hash", &path))?;
+            text.push_str(&format!("{} {} {} {}\n", meta.len(), mtime, digest, rel));
+            entries.push(json!({"path": rel, "size": meta.len(), "mtime": mtime, "sha256": digest}));
+        }
+        let finished = Timestamp::now().rfc3339();
+        let manifest = json!({
+            "run_id": run.id,
+            "prompt_id": run.prompt_id,
+            "name": run.name,
+            "batch": batch.map(|b| json!({"id": b.id, "name": b.name, "folder": b.folder_name()})),
+            "submission": run.submission_id,
+            "line": run.line,
+            "parent": run.parent_id,
+            "children": child.map(|c| vec![c]).unwrap_or_default(),
+            "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
+            "gpu": Value::Null,
+            "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid},
+            "attempts": run.attempts,
+            "files": entries,
+        });
+        std::fs::write(tmp.join("manifest.txt"), text).map_err(io_err("cannot write", &tmp))?;
+        let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+        mj.push('\n');
+        std::fs::write(tmp.join("manifest.json"), mj).map_err(io_err("cannot write", &tmp))?;
+        for f in ["manifest.txt", "manifest.json"] {
+            self.set_mode(&tmp.join(f));
+        }
+        sync_tree(&tmp);
+        std::fs::rename(&tmp, &final_dir).map_err(io_err("cannot publish", &final_dir))?;
+        sync_dir(&self.dir);
+        Ok(final_dir)
+    }
+
+    /// The child id a published run's manifest names, if any (a restart re-publishing
+    /// must create the same child).
+    pub fn published_child(&self, run_id: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.run_dir(run_id).join("manifest.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["children"].get(0)?.as_str().map(str::to_string)
+    }
+
+    /// `batch_<name>_<stamp>/` with NVIDIA's JSONL, the base spec and batch_run.log.
+    pub fn ensure_batch_folder(&self, store: &Store, batch: &Batch) -> Result<PathBuf> {
+        let final_dir = self.batch_dir(batch);
+        if final_dir.is_dir() {
+            return Ok(final_dir);
+        }
+        let runs = store.runs_where(RunLink::Batch, &batch.id)?;
+        let pairs: Vec<(&str, &crate::spec::RunSpec)> = runs.iter().map(|r| (r.id.as_str(), &r.spec)).collect();
+        let files = nvidia::nvidia_batch(&pairs);
+        let tmp = self.staging.join(batch.folder_name());
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io_err("cannot create", &tmp))?;
+        files.write_to(&tmp, &batch.name).map_err(io_err("cannot write", &tmp))?;
+        let mut log = format!("{} batch {} ({}) {}: {} runs\n", Timestamp::now().rfc3339(), batch.name, batch.id, batch.kind, runs.len());
+        for (i, r) in runs.iter().enumerate() {
+            log.push_str(&format!("  line {} -> {} ({})\n", i + 1, r.id, r.control_set));
+        }
+        for note in &files.notes {
+            log.push_str(&format!("  note: {note}\n"));
+        }
+        std::fs::write(tmp.join("batch_run.log"), log).map_err(io_err("cannot write", &tmp))?;
+        for f in ["batch_run.log", "batch_spec.json"] {
+            self.set_mode(&tmp.join(f));
+        }
+        self.set_mode(&tmp.join(format!("{}.jsonl", batch.name)));
+        std::fs::rename(&tmp, &final_dir).map_err(io_err("cannot publish", &final_dir))?;
+        Ok(final_dir)
+    }
+
+    pub fn append_batch_log(&self, batch: &Batch, line: &str) {
+        use std::io::Write;
+        let path = self.batch_dir(batch).join("batch_run.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+            let _ = writeln!(f, "{} {line}", Timestamp::now().rfc3339());
+        }
+    }
+
+    /// Writes (or rewrites) the receipt of a submission from the store.
+    pub fn write_receipt(&self, store: &Store, sub: &Submission) -> Result<PathBuf> {
+        let stem = stem_of(&sub.file);
+        let runs = store.runs_where(RunLink::Submission, &sub.id)?;
+        let runs: Vec<_> = runs
+            .iter()
+            .filter(|r| r.line.is_some())
+            .map(|r| {
+                let mut v = json!({"line": r.line, "name": r.name, "run_id": r.id, "status": r.status});
+                if let Some(e) = &r.error {
+                    v["error"] = json!(e);
+                }
+                if r.status == crate::store::RunStatus::Completed {
+                    v["output_dir"] = json!(self.run_dir(&r.id));
+                }
+                v
+            })
+            .collect();
+        let mut receipt = json!({
+            "submission": sub.id,
+            "file": sub.file,
+            "sha256": sub.sha256,
+            "status": sub.status,
+            "received_at": sub.received_at,
+        });
+        if let Some(of) = &sub.duplicate_of {
+            receipt["duplicate_of"] = json!(of);
+        }
+        if sub.status == "rejected" {
+            receipt["problems"] = json!(sub.problems);
+            receipt["errors"] = json!(self.rejected.join(format!("{stem}.{}", sub.id)).join("errors.txt"));
+        }
+        receipt["runs"] = json!(runs);
+        let path = self.receipts.join(format!("{stem}.{}.json", sub.id));
+        let mut text = serde_json::to_string_pretty(&receipt).unwrap_or_default();
+        text.push('\n');
+        write_atomic(&path, text.as_bytes()).map_err(io_err("cannot write", &path))?;
+        self.set_mode(&path);
+        Ok(path)
+    }
+
+    /// The receipt of the submission a run came from, rewritten with the run's new status.
+    pub fn update_receipt_of(&self, store: &Store, run: &Run) -> Result<()> {
+        if let Some(sb) = &run.submission_id {
+            let sub = store.submission(sb)?;
+            self.write_receipt(store, &sub)?;
+        }
+        Ok(())
+    }
+
+    pub fn write_status(&self, status: &Value) -> io::Result<()> {
+        let path = self.dir.join("status.json");
+        let mut text = serde_json::to_string_pretty(status).unwrap_or_default();
+        text.push('\n');
+        write_atomic(&path, text.as_bytes())?;
+        self.set_mode(&path);
+        Ok(())
+    }
+}
+
+/// `src` as `dst`: a hard link where the filesystem allows, else a copy.
+fn place(src: &Path, dst: &Path) -> io::Result<()> {
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst)?;
+    }
+    Ok(())
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            collect(root, &p, out)?;
+        } else {
+            out.push(p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn sync_tree(dir: &Path) {
+    let mut files = Vec::new();
+    if collect(dir, dir, &mut files).is_ok() {
+        for f in files {
+            if let Ok(file) = std::fs::File::open(dir.join(f)) {
+                let _ = file.sync_all();
+            }
+        }
+    }
+    sync_dir(dir);
+}
+
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}

@@ -1,0 +1,190 @@
+//! The `process` runtime: the worker as a child process on the host,
+//! `python3 -m cosmos_worker --backend B [backend_args]`.
+//!
+//! Two threads per worker: one turns stdout lines into [`Event`]s on a channel, one copies
+//! stderr into the daemon log and into the current run's execution.log. The worker dies
+//! with the daemon: its stdin closes and it exits.
+
+use super::protocol::{parse_event, Event, Op};
+use crate::config::Config;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot start the worker ({command}): {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("the worker did not say hello within {0:?}")]
+    NoHello(Duration),
+    #[error("the worker exited")]
+    Exited,
+    #[error("the worker speaks protocol {0}; this daemon speaks 1")]
+    Protocol(u32),
+    #[error("cannot write to the worker: {0}")]
+    Write(std::io::Error),
+}
+
+/// What the stdout reader saw.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    Event(Event),
+    /// stdout closed: the worker is gone.
+    Exited,
+}
+
+/// Where the worker's stderr lines go besides the daemon log: the running run's log.
+pub type LogSink = Arc<Mutex<Option<std::fs::File>>>;
+
+pub struct ProcessWorker {
+    child: Child,
+    stdin: ChildStdin,
+    events: Receiver<WorkerMsg>,
+    pub backend: String,
+    pub version: String,
+    pub pid: u32,
+}
+
+/// The folder holding `cosmos_worker`: `runtime.worker_path`, else `$COSMOS_WORKER_PATH`,
+/// else `../../worker` beside the binary (a checkout's target/{debug,release}), else
+/// `/usr/share/cosmos/worker`.
+pub fn worker_path(config: &Config) -> PathBuf {
+    if !config.runtime.worker_path.as_os_str().is_empty() {
+        return config.runtime.worker_path.clone();
+    }
+    if let Some(p) = std::env::var_os("COSMOS_WORKER_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(candidate) = exe.parent().and_then(Path::parent).and_then(Path::parent).map(|p| p.join("worker")) {
+            if candidate.join("cosmos_worker").is_dir() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("/usr/share/cosmos/worker")
+}
+
+impl ProcessWorker {
+    /// Starts the worker and waits for its `hello`.
+    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration) -> Result<ProcessWorker, WorkerError> {
+        let rt = &config.runtime;
+        let path = worker_path(config);
+        let mut cmd = Command::new(&rt.python);
+        cmd.arg("-u").arg("-m").arg("cosmos_worker").arg("--backend").arg(rt.backend.as_str()).args(&rt.backend_args);
+        let python_path = match std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            Some(existing) => {
+                let mut p = path.clone().into_os_string();
+                p.push(":");
+                p.push(existing);
+                p
+            }
+            None => path.clone().into_os_string(),
+        };
+        cmd.env("PYTHONPATH", python_path).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let command = format!("{} -m cosmos_worker --backend {} (PYTHONPATH={})", rt.python, rt.backend.as_str(), path.display());
+        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn { command: command.clone(), source })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            return Err(WorkerError::Spawn { command, source: std::io::Error::other("no pipes") });
+        };
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_event(&line) {
+                    Ok(ev) => {
+                        if tx.send(WorkerMsg::Event(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "worker wrote a line that is not an event"),
+                }
+            }
+            let _ = tx.send(WorkerMsg::Exited);
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                tracing::info!(target: "worker", "{line}");
+                if let Ok(mut sink) = log.lock() {
+                    if let Some(f) = sink.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                }
+            }
+        });
+        let mut worker = ProcessWorker { child, stdin, events, backend: rt.backend.as_str().to_string(), version: String::new(), pid: 0 };
+        let deadline = Instant::now() + hello_timeout;
+        loop {
+            match worker.recv(deadline.saturating_duration_since(Instant::now())) {
+                Some(WorkerMsg::Event(Event::Hello { protocol, backend, version, pid })) => {
+                    if protocol != 1 {
+                        worker.kill();
+                        return Err(WorkerError::Protocol(protocol));
+                    }
+                    worker.backend = backend;
+                    worker.version = version;
+                    worker.pid = pid;
+                    return Ok(worker);
+                }
+                Some(WorkerMsg::Event(other)) => tracing::warn!(?other, "event before hello, ignored"),
+                Some(WorkerMsg::Exited) => {
+                    let _ = worker.child.wait();
+                    return Err(WorkerError::Exited);
+                }
+                None => {
+                    worker.kill();
+                    return Err(WorkerError::NoHello(hello_timeout));
+                }
+            }
+        }
+    }
+
+    pub fn send(&mut self, op: &Op) -> Result<(), WorkerError> {
+        self.stdin.write_all(op.to_line().as_bytes()).and_then(|_| self.stdin.flush()).map_err(WorkerError::Write)
+    }
+
+    /// The next message, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        match self.events.recv_timeout(timeout) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
+        }
+    }
+
+    /// Kills the worker and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the worker to exit, then makes sure it did.
+    pub fn shutdown(mut self, grace: Duration) {
+        let _ = self.send(&Op::Shutdown);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The worker protocol of DESIGN.md section 8: JSON lines, ops to the worker's stdin and
+//! events from its (protected) stdout.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// daemon -> worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Load { controls: Vec<String>, options: Value },
+    Run { run_id: String, attempt: u32, spec: Value, output_dir: String },
+    Ping,
+    Cancel { run_id: String },
+    Shutdown,
+}
+
+/// worker -> daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Hello { protocol: u32, backend: String, #[serde(default)] version: String, #[serde(default)] pid: u32 },
+    Loaded { controls: Vec<String>, #[serde(default)] seconds: f64 },
+    LoadFailed { #[serde(default)] controls: Vec<String>, message: String },
+    Progress { run_id: String, step: u64, steps: u64 },
+    Done { run_id: String, outputs: Outputs, #[serde(default)] seconds: f64 },
+    Failed { run_id: String, kind: String, retryable: bool, message: String },
+    Pong { state: String, #[serde(default)] run_id: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+pub struct Outputs {
+    #[serde(default)]
+    pub video: Option<String>,
+    #[serde(default)]
+    pub controls: BTreeMap<String, String>,
+}
+
+impl Op {
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{\"op\":\"ping\"}".into());
+        line.push('\n');
+        line
+    }
+}
+
+/// Parses one line the worker wrote; `Err` says why it is not an event.
+pub fn parse_event(line: &str) -> Result<Event, String> {
+    serde_json::from_str(line).map_err(|e| format!("{e}: {}", line.chars().take(200).collect::<String>()))
+}
+
+/// What a `result.json` in a run's output folder says (the worker writes it before it
+/// reports): how a daemon that was down learns a result.
+pub fn read_result(output_dir: &std::path::Path) -> Option<Event> {
+    let text = std::fs::read_to_string(output_dir.join("result.json")).ok()?;
+    parse_event(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_and_events_have_the_design_card_shape() {
+        let op = Op::Run { run_id: "rs_a".into(), attempt: 2, spec: serde_json::json!({}), output_dir: "/w".into() };
+        assert_eq!(op.to_line(), "{\"op\":\"run\",\"run_id\":\"rs_a\",\"attempt\":2,\"spec\":{},\"output_dir\":\"/w\"}\n");
+        assert_eq!(Op::Ping.to_line(), "{\"op\":\"ping\"}\n");
+        let ev = parse_event(r#"{"event":"done","run_id":"rs_a","outputs":{"video":"/w/output.mp4","controls":{"edge":"/w/e.mp4"}},"seconds":1.5}"#).unwrap();
+        assert!(matches!(ev, Event::Done { ref run_id, .. } if run_id == "rs_a"));
+        let ev = parse_event(r#"{"event":"failed","run_id":"rs_a","kind":"oom","retryable":true,"message":"m","attempt":1}"#).unwrap();
+        assert!(matches!(ev, Event::Failed { retryable: true, .. }));
+        assert!(parse_event("loading model...").is_err());
+    }
+}
