@@ -275,42 +275,6 @@ fn poll_mode_and_sighup_reload() {
 }
 
 #[test]
-fn submit_wait_follows_the_runs_to_their_end() {
-    use cosmos_workflow::store::{Change, RunStatus, Store};
-    let home = Home::new();
-    std::fs::create_dir_all(home.inbox()).unwrap();
-    home.videos_in_inbox();
-    let daemon = Daemon::start(&home, "", &[]);
-    let file = home.path().join("wait.jsonl");
-    write_file(&file, &home.jobs("wait", 2));
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cosmos"))
-        .env_remove("COSMOS_CONFIG")
-        .arg("--root")
-        .arg(home.root())
-        .args(["submit", "--wait"])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = child;
-    assert!(wait_until(LONG, || home.run_count() == 2), "{}", daemon.log_text());
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(child.try_wait().unwrap().is_none(), "--wait returned while runs were queued");
-    // Stand in for the worker: one run completes, one fails.
-    let mut store = Store::open(&home.root().join("state/cosmos.db")).unwrap();
-    let runs = store.list_runs(Some(RunStatus::Queued), None).unwrap();
-    for (i, run) in runs.iter().enumerate() {
-        store.change(&run.id, Change::Start).unwrap();
-        let change = if i == 0 { Change::Complete { outputs: serde_json::json!({}) } } else { Change::Fail { error: "sim error".into() } };
-        store.change(&run.id, change).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "exit 0 only if every run completed: {text}");
-    assert!(text.contains("1 completed, 1 failed") && text.contains("failed: sim error"), "{text}");
-}
-
-#[test]
 fn tells_systemd_it_is_ready() {
     let home = Home::new();
     let sock_path = home.path().join("notify.sock");

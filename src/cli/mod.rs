@@ -2,6 +2,7 @@
 //! `batch-inference`, `inference`, `list`, `show`, `delete`) plus `validate`, against the
 //! store. Every command that creates something prints its id.
 
+mod control;
 pub mod json;
 mod submit;
 
@@ -143,6 +144,33 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Cancel runs: queued ones at once, running ones within scheduler.cancel_grace
+    Cancel {
+        #[arg(required = true, value_name = "RS")]
+        runs: Vec<String>,
+    },
+    /// Queue failed or cancelled runs again
+    Retry {
+        #[arg(required = true, value_name = "RS")]
+        runs: Vec<String>,
+    },
+    /// Start no new runs (the running one finishes)
+    Pause,
+    /// Start runs again after `cosmos pause`
+    Resume,
+    /// The daemon's state: queue, current run with progress and ETA, workers, GPUs
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's execution log
+    Logs {
+        #[arg(value_name = "RS")]
+        run: String,
+        /// Keep printing as the log grows, until the run ends
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Delete prompts or runs (never a running run)
     Delete {
         what: DeleteWhat,
@@ -258,13 +286,19 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 Command::List { what, status, limit, json } => list(&store, what, status, limit, json, out),
                 Command::Show { id, json } => show(&store, &id, json, out),
                 Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
+                Command::Cancel { runs } => control::cancel(&mut store, &runs, out),
+                Command::Retry { runs } => control::retry(&mut store, &runs, out),
+                Command::Pause => control::pause(&mut store, true, out),
+                Command::Resume => control::pause(&mut store, false, out),
+                Command::Status { json } => control::status(&store, &config, json, out),
+                Command::Logs { run, follow } => control::logs(&store, &config, &run, follow, out),
                 Command::Validate { .. } | Command::Submit { .. } => Ok(()),
             }
         }
     }
 }
 
-fn usage(msg: impl Into<String>) -> CliError {
+pub(crate) fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
@@ -418,7 +452,7 @@ fn create_run(store: &mut Store, a: CreateRun, out: &mut dyn Write) -> Result<()
 }
 
 /// Resolves every prefix, reporting all that fail at once.
-fn resolve_all(store: &Store, kind: IdKind, prefixes: &[String]) -> Result<Vec<String>> {
+pub(crate) fn resolve_all(store: &Store, kind: IdKind, prefixes: &[String]) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     let mut problems = Vec::new();
     for p in prefixes {

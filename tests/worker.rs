@@ -1,0 +1,256 @@
+//! The warm worker end to end: the real daemon, the real Python worker (sim backend), run
+//! folders in the outbox.
+
+mod common;
+
+use common::{wait_until, Daemon, Home};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn drop_file(home: &Home, name: &str, text: &str) {
+    let tmp = home.inbox().join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, home.inbox().join(name)).unwrap();
+}
+
+fn line(name: &str, controls: &str, extra: &str) -> String {
+    format!(
+        "{{\"name\": \"{name}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{name}\", \"control_overrides\": {controls}{extra}}}\n"
+    )
+}
+
+const EDGE: &str = "{\"edge\": {\"control_weight\": 0.5}}";
+
+fn runs(home: &Home) -> Vec<Value> {
+    home.json(&["list", "runs", "--json"]).as_array().cloned().unwrap_or_default()
+}
+
+fn by_name<'a>(runs: &'a [Value], name: &str) -> &'a Value {
+    runs.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no run named {name}"))
+}
+
+fn all_final(home: &Home, n: usize) -> bool {
+    let r = runs(home);
+    r.len() == n && r.iter().all(|r| ["completed", "failed", "cancelled"].contains(&r["status"].as_str().unwrap_or("")))
+}
+
+fn status(home: &Home) -> Value {
+    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
+}
+
+/// Checks every `size mtime sha256 path` line of a manifest.txt, as `sha256sum -c` would.
+fn verify_manifest(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("manifest.txt")).unwrap();
+    let mut n = 0;
+    for l in text.lines() {
+        let parts: Vec<&str> = l.splitn(4, ' ').collect();
+        assert_eq!(parts.len(), 4, "{l}");
+        let path = dir.join(parts[3]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len().to_string(), parts[0], "{l}");
+        let out = std::process::Command::new("sha256sum").arg(&path).output().unwrap();
+        let digest = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+        assert_eq!(digest, parts[2], "{l}");
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn three_lines_give_three_verified_run_folders_and_a_batch_folder() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.2\"]", &[]);
+    let text = format!(
+        "{}{}{}",
+        line("a", "{\"vis\": {\"control_weight\": 0.3}, \"depth\": {\"input_control\": \"videos/city1/depth.mp4\", \"control_weight\": 0.2}}", ""),
+        line("b", EDGE, ", \"seed\": 7"),
+        line("c", EDGE, ", \"priority\": 5"),
+    );
+    drop_file(&home, "three.jsonl", &text);
+    assert!(wait_until(LONG, || all_final(&home, 3)), "{:?}\n{}", runs(&home), daemon.log_text());
+    let runs = runs(&home);
+    for r in &runs {
+        assert_eq!(r["status"], "completed", "{r}");
+        let dir = home.outbox().join(format!("run_{}", r["id"].as_str().unwrap()));
+        for f in ["output.mp4", "execution.log", "manifest.txt", "manifest.json", "spec.json", "prompt.txt"] {
+            assert!(dir.join(f).is_file(), "{} lacks {f}", dir.display());
+        }
+        assert!(std::fs::metadata(dir.join("output.mp4")).unwrap().len() > 0);
+        assert!(verify_manifest(&dir) >= 5, "output, log, spec, prompt and a control video");
+        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["run_id"], r["id"]);
+        assert_eq!(manifest["prompt_id"], r["prompt_id"]);
+        assert_eq!(manifest["worker"]["backend"], "sim");
+        assert_eq!(r["outputs"]["output_dir"].as_str().unwrap(), dir.to_str().unwrap());
+        assert_eq!(r["outputs"]["type"], "batch_inference");
+        // spec.json is exactly what the worker got: its own controls only.
+        let spec: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("spec.json")).unwrap()).unwrap();
+        let hints: Vec<&str> = ["vis", "edge", "depth", "seg"].into_iter().filter(|h| spec.get(*h).is_some()).collect();
+        assert_eq!(hints.join(","), r["control_set"].as_str().unwrap());
+    }
+    assert!(home.outbox().join(format!("run_{}/controls/depth.mp4", by_name(&runs, "a")["id"].as_str().unwrap())).is_file());
+    // Priority 5 ran first.
+    let started = |n: &str| by_name(&runs, n)["started_at"].as_str().unwrap().to_string();
+    assert!(started("c") < started("a") && started("c") < started("b"));
+    // The batch folder, in NVIDIA's format.
+    let batch = std::fs::read_dir(home.outbox()).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("batch_three_")).expect("batch folder");
+    for f in ["batch_spec.json", "batch_run.log", "three.jsonl"] {
+        assert!(batch.join(f).is_file(), "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(batch.join("three.jsonl")).unwrap().lines().count(), 3);
+    // Receipt updated as runs ended; status.json live.
+    let receipt = &home.receipts_with("accepted")[0];
+    assert!(receipt["runs"].as_array().unwrap().iter().all(|r| r["status"] == "completed"), "{receipt}");
+    let st = status(&home);
+    assert_eq!(st["queue"]["completed"], 3);
+    assert_eq!(st["daemon"]["state"], "running");
+    // cosmos status and logs.
+    let text = home.ok(&["status"]);
+    assert!(text.contains("3 completed") && text.contains("worker: sim"), "{text}");
+    let log = home.ok(&["logs", by_name(&runs, "a")["id"].as_str().unwrap()]);
+    assert!(log.contains("attempt 1 of run") && log.contains("reports done"), "{log}");
+    assert!(daemon.stop().success());
+    assert_eq!(status(&home)["daemon"]["state"], "draining");
+}
+
+#[test]
+fn failures_are_isolated_and_retryable_ones_retried() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.1\"]\n[scheduler]\nrun_timeout = \"3s\"\n", &[]);
+    let text = format!(
+        "{}{}{}{}{}",
+        line("err", EDGE, ", \"sim\": {\"fail\": \"error\"}"),
+        line("crash", EDGE, ", \"sim\": {\"fail\": \"crash\", \"attempts\": 1}"),
+        line("hang", EDGE, ", \"sim\": {\"fail\": \"hang\", \"attempts\": 1}"),
+        line("oom", EDGE, ", \"sim\": {\"fail\": \"oom\"}"),
+        line("fine", EDGE, ""),
+    );
+    drop_file(&home, "faults.jsonl", &text);
+    assert!(wait_until(Duration::from_secs(90), || all_final(&home, 5)), "{:#?}\n{}", runs(&home), daemon.log_text());
+    let runs = runs(&home);
+    let err = by_name(&runs, "err");
+    assert_eq!((err["status"].as_str(), err["attempts"].as_u64()), (Some("failed"), Some(1)), "not retried: {err}");
+    assert_eq!(err["error"], "simulated error");
+    let crash = by_name(&runs, "crash");
+    assert_eq!((crash["status"].as_str(), crash["attempts"].as_u64()), (Some("completed"), Some(2)), "{crash}");
+    let hang = by_name(&runs, "hang");
+    assert_eq!((hang["status"].as_str(), hang["attempts"].as_u64()), (Some("completed"), Some(2)), "{hang}");
+    let oom = by_name(&runs, "oom");
+    assert_eq!((oom["status"].as_str(), oom["attempts"].as_u64()), (Some("failed"), Some(3)), "retried up to max_attempts: {oom}");
+    assert_eq!(by_name(&runs, "fine")["status"], "completed");
+    // Failed runs leave no run folder; completed ones do.
+    assert!(!home.outbox().join(format!("run_{}", err["id"].as_str().unwrap())).exists());
+    let show = home.json(&["show", hang["id"].as_str().unwrap(), "--json"]);
+    let kinds: Vec<&str> = show["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["created", "running", "queued", "running", "completed"], "{show}");
+    // `cosmos retry` queues a failed run again (it fails again, the same way).
+    home.ok(&["retry", err["id"].as_str().unwrap()]);
+    assert!(wait_until(LONG, || home.json(&["show", err["id"].as_str().unwrap(), "--json"])["attempts"] == 2), "{}", daemon.log_text());
+}
+
+#[test]
+fn cancel_a_queued_and_a_running_run() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.1\"]\n[scheduler]\ncancel_grace = \"5s\"\n", &[]);
+    let text = format!("{}{}", line("long", EDGE, ", \"sim\": {\"seconds\": 30}"), line("next", EDGE, ""));
+    drop_file(&home, "cancel.jsonl", &text);
+    assert!(wait_until(LONG, || status(&home)["current"]["run_id"].is_string()), "{}", daemon.log_text());
+    let all = runs(&home);
+    let (long, next) = (by_name(&all, "long")["id"].as_str().unwrap().to_string(), by_name(&all, "next")["id"].as_str().unwrap().to_string());
+    assert_eq!(status(&home)["current"]["run_id"], long.as_str());
+    let out = home.ok(&["cancel", &next]);
+    assert!(out.contains(&format!("Cancelled run {next}")), "{out}");
+    let out = home.ok(&["cancel", &long]);
+    assert!(out.contains("Cancelling run"), "{out}");
+    assert!(wait_until(Duration::from_secs(5), || all_final(&home, 2)), "{:?}\n{}", runs(&home), daemon.log_text());
+    let all = runs(&home);
+    assert!(all.iter().all(|r| r["status"] == "cancelled"), "{all:?}");
+    assert!(!home.outbox().join(format!("run_{long}")).exists());
+    // A finished run cannot be cancelled.
+    assert!(home.usage_error(&["cancel", &long]).contains("only pending, queued or running"));
+}
+
+#[test]
+fn kill_9_mid_run_loses_nothing_and_completes_each_run_once() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let cfg = "backend_args = [\"--job-seconds\", \"0.8\"]";
+    let daemon = Daemon::start(&home, cfg, &[]);
+    let text: String = (0..4).map(|i| line(&format!("k{i}"), EDGE, "")).collect();
+    drop_file(&home, "kill.jsonl", &text);
+    assert!(wait_until(LONG, || runs(&home).iter().filter(|r| r["status"] == "completed").count() >= 1), "{}", daemon.log_text());
+    assert!(wait_until(LONG, || runs(&home).iter().any(|r| r["status"] == "running")));
+    let worker_pid = status(&home)["workers"][0]["pid"].as_u64().unwrap();
+    daemon.kill9();
+    // The worker notices its daemon is gone (stdin closed) and exits: no orphans.
+    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{worker_pid}")).exists() || std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)), "worker {worker_pid} outlived its daemon");
+    let daemon = Daemon::start(&home, cfg, &[]);
+    assert!(wait_until(LONG, || all_final(&home, 4)), "{:?}\n{}", runs(&home), daemon.log_text());
+    for r in runs(&home) {
+        assert_eq!(r["status"], "completed", "{r}");
+        let show = home.json(&["show", r["id"].as_str().unwrap(), "--json"]);
+        let completions = show["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "completed").count();
+        assert_eq!(completions, 1, "completed exactly once: {show}");
+    }
+    let folders = std::fs::read_dir(home.outbox()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("run_")).count();
+    assert_eq!(folders, 4);
+    let staging = std::fs::read_dir(home.outbox().join(".staging")).unwrap().count();
+    assert_eq!(staging, 0, "no half-built folder left");
+}
+
+#[test]
+fn interleaved_control_sets_load_once_each() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "backend_args = [\"--load-seconds\", \"0.2\"]", &[]);
+    let sets = [
+        "{\"edge\": {\"control_weight\": 0.5}}",
+        "{\"vis\": {\"control_weight\": 0.5}}",
+        "{\"depth\": {\"control_weight\": 0.5}}",
+        "{\"seg\": {\"control_weight\": 0.5}}",
+    ];
+    let text: String = (0..12).map(|i| line(&format!("i{i}"), sets[i % 4], "")).collect();
+    drop_file(&home, "mixed.jsonl", &text);
+    assert!(wait_until(LONG, || all_final(&home, 12)), "{}", daemon.log_text());
+    assert!(runs(&home).iter().all(|r| r["status"] == "completed"));
+    assert_eq!(status(&home)["workers"][0]["loads"], 4, "one load per control set: {}", status(&home));
+}
+
+#[test]
+fn pause_holds_the_queue_and_submit_wait_reports_failures() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "", &[]);
+    home.ok(&["pause"]);
+    drop_file(&home, "held.jsonl", &line("held", EDGE, ""));
+    assert!(wait_until(LONG, || runs(&home).len() == 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(runs(&home)[0]["status"], "queued", "paused: nothing starts");
+    assert!(wait_until(LONG, || status(&home)["daemon"]["state"] == "paused"));
+    home.ok(&["resume"]);
+    assert!(wait_until(LONG, || all_final(&home, 1)), "{}", daemon.log_text());
+
+    // --wait: exit 0 only if every run completed.
+    let file = home.path().join("wait.jsonl");
+    std::fs::write(&file, format!("{}{}", line("w-ok", EDGE, ""), line("w-bad", EDGE, ", \"sim\": {\"fail\": \"error\"}"))).unwrap();
+    let out = home.cosmos().args(["submit", "--wait"]).arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 completed, 1 failed") && text.contains("failed: simulated error"), "{text}");
+    let good = home.path().join("good.jsonl");
+    std::fs::write(&good, line("w-good", EDGE, "")).unwrap();
+    let out = home.cosmos().args(["submit", "--wait"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
