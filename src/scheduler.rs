@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(250);
+/// How often an idle scheduler looks for queued runs: new work starts within this.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// With no word from a running worker for this long, ask it (ping).
 const QUIET_BEFORE_PING: Duration = Duration::from_secs(30);
@@ -84,6 +86,9 @@ pub struct Scheduler {
     spawn_backoff: Duration,
     pending: Option<Finished>,
     reloads: Option<std::sync::mpsc::Receiver<Config>>,
+    /// When the worker last reported a run done: the dispatch gap runs from here to the
+    /// next `run` op.
+    last_done: Option<Instant>,
 }
 
 impl Scheduler {
@@ -113,6 +118,7 @@ impl Scheduler {
             spawn_backoff: Duration::from_secs(1),
             pending: None,
             reloads: None,
+            last_done: None,
         })
     }
 
@@ -137,6 +143,8 @@ impl Scheduler {
     /// Runs until the stop flag is set; then hands back or finishes the run in hand.
     pub fn run(mut self) -> Result<()> {
         self.recover()?;
+        // Start the worker now, so the first run does not wait for Python to start.
+        self.ensure_worker();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -161,6 +169,7 @@ impl Scheduler {
             let max_wait = self.config.scheduler.max_affinity_wait.0;
             let next = self.store.next_run(self.loaded.as_deref(), max_wait)?;
             let Some(run) = next else {
+                self.last_done = None;
                 self.publish_pending();
                 self.set_waiting(None);
                 self.idle_wait();
@@ -202,12 +211,12 @@ impl Scheduler {
     fn idle_wait(&mut self) {
         // Read worker messages (a crash while idle is noticed here) until the next poll.
         if let Some(w) = &self.worker {
-            if let Some(WorkerMsg::Exited) = w.recv(POLL) {
+            if let Some(WorkerMsg::Exited) = w.recv(IDLE_POLL) {
                 tracing::warn!("the worker exited while idle; it restarts with the next run");
                 self.drop_worker();
             }
         } else {
-            std::thread::sleep(POLL);
+            std::thread::sleep(IDLE_POLL);
         }
     }
 
@@ -222,6 +231,13 @@ impl Scheduler {
     fn ensure_worker(&mut self) -> bool {
         if self.worker.is_some() {
             return true;
+        }
+        if self.config.runtime.kind == crate::config::RuntimeKind::Docker {
+            // Said, not faked: running the worker on the host instead would ignore the
+            // image, the mounts and the GPUs the configuration asks for.
+            self.set_waiting(Some("runtime.kind = \"docker\" is not in this build yet; set runtime.kind = \"process\"".into()));
+            std::thread::sleep(Duration::from_secs(1));
+            return false;
         }
         if Instant::now() < self.next_spawn {
             std::thread::sleep(POLL);
@@ -298,6 +314,9 @@ impl Scheduler {
                 let op = Op::Run { run_id: run.id.clone(), attempt: run.attempts, spec, output_dir: out.display().to_string() };
                 match self.worker.as_mut().map(|w| w.send(&op)) {
                     Some(Ok(())) => {
+                        if let Some(done) = self.last_done.take() {
+                            tracing::debug!(gap_us = done.elapsed().as_micros() as u64, run = %run.id, "dispatched");
+                        }
                         self.worker_state = "running";
                         // The worker is busy with this run: now publish the previous one.
                         self.publish_pending();
@@ -312,12 +331,15 @@ impl Scheduler {
             }
         };
         self.worker_state = if self.worker.is_some() { "idle" } else { "down" };
+        let done = matches!(ending, Ending::Done { .. });
         self.settle(&run, ending, batch.as_ref())?;
         self.current = None;
         if let Ok(mut sink) = self.log.lock() {
             *sink = None;
         }
-        self.write_status_if_due(true);
+        // After a success the next dispatch comes first; status.json is rewritten right
+        // after it (or when the queue turns out empty).
+        self.write_status_if_due(!done);
         Ok(())
     }
 
@@ -396,6 +418,7 @@ impl Scheduler {
                             self.write_status_if_due(true);
                         }
                         Event::Done { run_id, outputs, seconds } if run_id == run.id => {
+                            self.last_done = Some(Instant::now());
                             self.run_log(&format!("the worker reports done in {seconds:.1}s"));
                             if !video_ok(&outputs, out) {
                                 return Ending::Failed {

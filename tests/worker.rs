@@ -254,3 +254,34 @@ fn pause_holds_the_queue_and_submit_wait_reports_failures() {
     let out = home.cosmos().args(["submit", "--wait"]).arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn seed_commands_execute_and_upscale_follows_its_parent() {
+    let home = Home::new();
+    let daemon = Daemon::start(&home, "", &[]);
+    let ps = common::grep_id(&home.ok(&["create", "prompt", "A city", "videos/city1"]), "ps_");
+    let r1 = common::grep_id(&home.ok(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0"]), "rs_");
+    let r2 = common::grep_id(&home.ok(&["create", "run", &ps, "--weights", "0", "0.5", "0", "0"]), "rs_");
+    home.ok(&["batch-inference", &r1, "--batch-name", "urban_scenes_v1"]);
+    home.ok(&["inference", &r2, "--upscale-weight", "0.7"]);
+    assert!(wait_until(LONG, || all_final(&home, 3)), "{:?}\n{}", runs(&home), daemon.log_text());
+    let all = runs(&home);
+    assert!(all.iter().all(|r| r["status"] == "completed"), "{all:?}");
+    let run1 = all.iter().find(|r| r["id"] == r1.as_str()).unwrap();
+    assert_eq!(run1["outputs"]["type"], "batch_inference");
+    assert!(run1["outputs"]["batch_name"].as_str().unwrap().starts_with("batch_urban_scenes_v1_"));
+    assert!(home.outbox().join(run1["outputs"]["batch_name"].as_str().unwrap()).join("urban_scenes_v1.jsonl").is_file());
+    let run2 = all.iter().find(|r| r["id"] == r2.as_str()).unwrap();
+    assert_eq!(run2["outputs"]["type"], "inference");
+    let child = all.iter().find(|r| r["parent_id"] == r2.as_str()).expect("an upscale run followed");
+    assert_eq!(child["control_set"], "upscale");
+    assert_eq!(child["controls"]["upscale"]["weight"], 0.7);
+    let parent_manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{r2}/manifest.json"))).unwrap()).unwrap();
+    assert_eq!(parent_manifest["children"][0], child["id"]);
+    let child_manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", child["id"].as_str().unwrap()))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(child_manifest["parent"], r2.as_str());
+}

@@ -81,6 +81,13 @@ class Worker:
                 if op.get("run_id") == self.run_id:
                     self.cancel.set()
             else:
+                # Accepted now: a ping answered before the main thread starts it must
+                # already say so, and a cancel must already find it.
+                if kind == "run":
+                    self.run_id = op.get("run_id")
+                    self.state = "running"
+                elif kind == "load":
+                    self.state = "loading"
                 self.ops.put(op)
         # stdin closed: the daemon is gone.
         self.ops.put({"op": "eof"})
@@ -120,7 +127,6 @@ class Worker:
         spec = op.get("spec") or {}
         self.run_id = run_id
         self.state = "running"
-        self.cancel.clear()
         start = time.monotonic()
 
         def progress(step, steps):
@@ -146,6 +152,7 @@ class Worker:
         write_result(output_dir, event)
         self.state = "idle"
         self.run_id = None
+        self.cancel.clear()
         self.channel.send(event)
 
 
