@@ -271,6 +271,11 @@ impl Scheduler {
         if !self.ensure_worker() {
             return Ok(());
         }
+        if self.loaded.as_deref() != Some(run.control_set.as_str()) {
+            // A model load is coming, far longer than any bookkeeping: publish the finished
+            // run first rather than leave it "running" through the load.
+            self.publish_pending();
+        }
         let run = self.store.change(&run.id, Change::Start)?;
         let work = self.work_dir(&run.id);
         let out = work.join("output");
