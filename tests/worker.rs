@@ -285,3 +285,16 @@ fn seed_commands_execute_and_upscale_follows_its_parent() {
     .unwrap();
     assert_eq!(child_manifest["parent"], r2.as_str());
 }
+
+#[test]
+fn the_disk_guard_holds_runs_and_says_why() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "[outbox]\nmin_free = \"1000000TiB\"\n", &[]);
+    drop_file(&home, "guarded.jsonl", &line("guarded", EDGE, ""));
+    assert!(wait_until(LONG, || status(&home)["waiting"].as_str().is_some_and(|w| w.starts_with("disk guard"))), "{}", status(&home));
+    assert_eq!(runs(&home)[0]["status"], "queued");
+    assert!(home.ok(&["status"]).contains("waiting: disk guard"));
+    drop(daemon);
+}

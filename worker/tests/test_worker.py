@@ -167,6 +167,47 @@ class Transfer1(unittest.TestCase):
             sys.path.remove(WORKER)
 
 
+class Torchrun(unittest.TestCase):
+    def test_rank_0_broadcasts_every_op_and_followers_make_the_same_calls(self):
+        import threading
+
+        sys.path.insert(0, os.path.join(HERE, "fakes"))
+        sys.path.insert(0, WORKER)
+        try:
+            import torch.distributed as dist
+            from cosmos_transfer1.diffusion.inference import transfer_pipeline as fake
+            from cosmos_worker.backends.transfer1 import Transfer1Backend
+
+            fake.CALLS.clear()
+            tmp = tempfile.mkdtemp()
+            leader, follower = Transfer1Backend("/ckpt", num_gpus=2), Transfer1Backend("/ckpt", num_gpus=2)
+            leader.world_size = follower.world_size = 2
+            follower.rank = 1
+            self.assertTrue(leader.is_leader())
+            self.assertFalse(follower.is_leader())
+            exit_code = []
+
+            def follow():
+                dist.set_rank(1, 2)
+                exit_code.append(follower.follow())
+
+            dist.set_rank(0, 2)
+            t = threading.Thread(target=follow)
+            t.start()
+            leader.load(["edge"], {})
+            leader.run(spec(tmp, seed=3), os.path.join(tmp, "o"), 1, lambda *a: None, lambda: False, None)
+            leader.close()
+            t.join(timeout=10)
+            self.assertEqual(exit_code, [0], "the follower stops when rank 0 closes")
+            self.assertEqual(sum(1 for c in fake.CALLS if c[0] == "init"), 2, "one pipeline per rank")
+            gens = [c for c in fake.CALLS if c[0] == "generate"]
+            self.assertEqual(len(gens), 2)
+            self.assertEqual(gens[0], gens[1], "every rank makes the same call")
+        finally:
+            sys.path.remove(os.path.join(HERE, "fakes"))
+            sys.path.remove(WORKER)
+
+
 class Transfer25(unittest.TestCase):
     def test_one_inference_per_control_set(self):
         sys.path.insert(0, os.path.join(HERE, "fakes"))

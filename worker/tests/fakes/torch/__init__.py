@@ -1,0 +1,1 @@
+"""A fake of the little of torch the worker uses (torch.distributed)."""
