@@ -8,24 +8,20 @@ use crate::spec::nvidia::{self, write_atomic};
 use crate::store::{Batch, Run, RunLink, Store, StoreError, Submission};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::io::{self, Read};
+use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, PathIo};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 type Result<T> = std::result::Result<T, OutboxError>;
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutboxError + 'a {
-    move |source| OutboxError::Io { what, path: path.to_path_buf(), source }
-}
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -102,39 +98,39 @@ impl Outbox {
         }
         let tmp = self.staging.join(format!("run_{}", run.id));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("controls")).map_err(io_err("cannot create", &tmp))?;
+        std::fs::create_dir_all(tmp.join("controls")).map_err(at("cannot create", &tmp))?;
         let video = outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| work.join("output/output.mp4"));
-        place(&video, &tmp.join("output.mp4")).map_err(io_err("cannot place the output video", &video))?;
+        link_or_copy(&video, &tmp.join("output.mp4")).map_err(at("cannot place the output video", &video))?;
         for (hint, path) in &outputs.controls {
             let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             if safe.is_empty() {
                 continue;
             }
             let src = Path::new(path);
-            place(src, &tmp.join("controls").join(format!("{safe}.mp4"))).map_err(io_err("cannot place a control video", src))?;
+            link_or_copy(src, &tmp.join("controls").join(format!("{safe}.mp4"))).map_err(at("cannot place a control video", src))?;
         }
         let log = work.join("execution.log");
         if log.is_file() {
-            std::fs::copy(&log, tmp.join("execution.log")).map_err(io_err("cannot copy", &log))?;
+            std::fs::copy(&log, tmp.join("execution.log")).map_err(at("cannot copy", &log))?;
         } else {
-            std::fs::write(tmp.join("execution.log"), b"").map_err(io_err("cannot write", &tmp))?;
+            std::fs::write(tmp.join("execution.log"), b"").map_err(at("cannot write", &tmp))?;
         }
         let spec = work.join("spec.json");
-        std::fs::copy(&spec, tmp.join("spec.json")).map_err(io_err("cannot copy", &spec))?;
-        std::fs::write(tmp.join("prompt.txt"), format!("{}\n", run.spec.prompt)).map_err(io_err("cannot write", &tmp))?;
+        std::fs::copy(&spec, tmp.join("spec.json")).map_err(at("cannot copy", &spec))?;
+        std::fs::write(tmp.join("prompt.txt"), format!("{}\n", run.spec.prompt)).map_err(at("cannot write", &tmp))?;
 
         // The manifest covers every other file.
         let mut files = Vec::new();
-        collect(&tmp, &tmp, &mut files).map_err(io_err("cannot read", &tmp))?;
+        collect(&tmp, &tmp, &mut files).map_err(at("cannot read", &tmp))?;
         files.sort();
         let mut text = String::new();
         let mut entries = Vec::new();
         for rel in &files {
             let path = tmp.join(rel);
             self.set_mode(&path);
-            let meta = std::fs::metadata(&path).map_err(io_err("cannot read", &path))?;
+            let meta = std::fs::metadata(&path).map_err(at("cannot read", &path))?;
             let mtime = meta.modified().map(Timestamp::from_system_time).unwrap_or(Timestamp(0)).rfc3339();
-            let digest = sha256_file(&path).map_err(io_err("cannot hash", &path))?;
+            let digest = sha256_file(&path).map_err(at("cannot hash", &path))?;
             text.push_str(&format!("{} {} {} {}\n", meta.len(), mtime, digest, rel));
             entries.push(json!({"path": rel, "size": meta.len(), "mtime": mtime, "sha256": digest}));
         }
@@ -154,15 +150,15 @@ impl Outbox {
             "attempts": run.attempts,
             "files": entries,
         });
-        std::fs::write(tmp.join("manifest.txt"), text).map_err(io_err("cannot write", &tmp))?;
+        std::fs::write(tmp.join("manifest.txt"), text).map_err(at("cannot write", &tmp))?;
         let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
         mj.push('\n');
-        std::fs::write(tmp.join("manifest.json"), mj).map_err(io_err("cannot write", &tmp))?;
+        std::fs::write(tmp.join("manifest.json"), mj).map_err(at("cannot write", &tmp))?;
         for f in ["manifest.txt", "manifest.json"] {
             self.set_mode(&tmp.join(f));
         }
         sync_tree(&tmp);
-        std::fs::rename(&tmp, &final_dir).map_err(io_err("cannot publish", &final_dir))?;
+        std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
         sync_dir(&self.dir);
         Ok(final_dir)
     }
@@ -186,8 +182,8 @@ impl Outbox {
         let files = nvidia::nvidia_batch(&pairs);
         let tmp = self.staging.join(batch.folder_name());
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io_err("cannot create", &tmp))?;
-        files.write_to(&tmp, &batch.name).map_err(io_err("cannot write", &tmp))?;
+        std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
+        files.write_to(&tmp, &batch.name).map_err(at("cannot write", &tmp))?;
         let mut log = format!("{} batch {} ({}) {}: {} runs\n", Timestamp::now().rfc3339(), batch.name, batch.id, batch.kind, runs.len());
         for (i, r) in runs.iter().enumerate() {
             log.push_str(&format!("  line {} -> {} ({})\n", i + 1, r.id, r.control_set));
@@ -195,12 +191,12 @@ impl Outbox {
         for note in &files.notes {
             log.push_str(&format!("  note: {note}\n"));
         }
-        std::fs::write(tmp.join("batch_run.log"), log).map_err(io_err("cannot write", &tmp))?;
+        std::fs::write(tmp.join("batch_run.log"), log).map_err(at("cannot write", &tmp))?;
         for f in ["batch_run.log", "batch_spec.json"] {
             self.set_mode(&tmp.join(f));
         }
         self.set_mode(&tmp.join(format!("{}.jsonl", batch.name)));
-        std::fs::rename(&tmp, &final_dir).map_err(io_err("cannot publish", &final_dir))?;
+        std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
         Ok(final_dir)
     }
 
@@ -248,7 +244,7 @@ impl Outbox {
         let path = self.receipts.join(format!("{stem}.{}.json", sub.id));
         let mut text = serde_json::to_string_pretty(&receipt).unwrap_or_default();
         text.push('\n');
-        write_atomic(&path, text.as_bytes()).map_err(io_err("cannot write", &path))?;
+        write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);
         Ok(path)
     }
@@ -272,14 +268,6 @@ impl Outbox {
     }
 }
 
-/// `src` as `dst`: a hard link where the filesystem allows, else a copy.
-fn place(src: &Path, dst: &Path) -> io::Result<()> {
-    if std::fs::hard_link(src, dst).is_err() {
-        std::fs::copy(src, dst)?;
-    }
-    Ok(())
-}
-
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
@@ -293,20 +281,6 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     Ok(())
 }
 
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn sync_tree(dir: &Path) {
     let mut files = Vec::new();
     if collect(dir, dir, &mut files).is_ok() {
@@ -317,10 +291,4 @@ fn sync_tree(dir: &Path) {
         }
     }
     sync_dir(dir);
-}
-
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
 }

@@ -6,6 +6,7 @@
 
 use super::{usage, CliError, Result};
 use crate::config::Config;
+use crate::fsutil::link_or_copy;
 use crate::intake::{fate::submission_sha256, stem_of};
 use crate::spec::{self, JsonlLimits};
 use crate::store::{RunLink, RunStatus, Store, Submission};
@@ -178,13 +179,6 @@ fn deliver(p: &Plan, inbox: &Path) -> std::io::Result<(String, PathBuf, String)>
     let dst = inbox.join(&name);
     std::fs::rename(&tmp, &dst)?;
     Ok((name, dst, sha))
-}
-
-fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
-    if std::fs::hard_link(src, dst).is_err() {
-        std::fs::copy(src, dst)?;
-    }
-    Ok(())
 }
 
 fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Result<Option<Submission>> {

@@ -4,6 +4,7 @@ use super::{classify, stage, stem_of, EntryKind, Layout};
 use crate::config::Config;
 use crate::ids::{self, IdKind};
 use crate::spec::{self, nvidia::write_atomic, FileKind, JsonlLimits, Problem, Report};
+use crate::fsutil::{at, sha256_file, sync_dir, PathIo};
 use crate::store::{Store, StoreError, Submission};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -12,17 +13,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 type Result<T> = std::result::Result<T, IntakeError>;
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IntakeError + 'a {
-    move |source| IntakeError::Io { what, path: path.to_path_buf(), source }
-}
 
 /// What became of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +89,7 @@ impl Intake {
         match std::fs::rename(&source, &claimed) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(IntakeError::Io { what: "cannot claim", path: source, source: e }),
+            Err(e) => return Err(PathIo { what: "cannot claim", path: source, source: e }.into()),
         }
         // The claim must survive a crash before anything depends on it.
         sync_dir(&self.layout.claimed);
@@ -103,8 +102,8 @@ impl Intake {
     pub fn recover(&mut self) -> Result<Vec<Taken>> {
         let mut entries: Vec<(String, String, PathBuf)> = Vec::new();
         let dir = &self.layout.claimed;
-        for entry in std::fs::read_dir(dir).map_err(io_err("cannot list", dir))? {
-            let entry = entry.map_err(io_err("cannot list", dir))?;
+        for entry in std::fs::read_dir(dir).map_err(at("cannot list", dir))? {
+            let entry = entry.map_err(at("cannot list", dir))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
             match file_name.split_once("__") {
                 Some((sb, name)) if ids::parse_prefix(sb) == Ok(IdKind::Submission) && sb.len() == 15 => {
@@ -128,7 +127,7 @@ impl Intake {
             // The decision was committed before a crash: only the idempotent steps remain.
             return self.finish(claimed, &sub, &shape, None);
         }
-        let sha = hash_entry(claimed, &shape).map_err(io_err("cannot read", claimed))?;
+        let sha = hash_entry(claimed, &shape).map_err(at("cannot read", claimed))?;
         if let Some(prev) = self.store.submission_by_sha256(&sha)? {
             let sub = self.store.record_submission(Some(sb), name, &sha, "duplicate", Some(&prev.id), 0)?;
                 return self.finish(claimed, &sub, &shape, None);
@@ -152,7 +151,7 @@ impl Intake {
                 }
                 let run_id = ids::new_id(IdKind::Run);
                 if let Err(e) = stage::stage_run(&work, &run_id, &mut job.spec) {
-                    failure = Some(IntakeError::Io { what: "cannot stage the inputs of", path: work.join(&run_id), source: e });
+                    failure = Some(PathIo { what: "cannot stage the inputs of", path: work.join(&run_id), source: e }.into());
                     return;
                 }
                 staged.push(run_id.clone());
@@ -264,10 +263,10 @@ impl Intake {
             };
             self.write_rejected(claimed, &name, &stem, &sub.id, &errors)?;
         }
-        let receipt = self.write_receipt(sub, &stem)?;
+        let receipt = self.write_receipt(sub)?;
         let archived = self.layout.archive.join(format!("{}__{name}", sub.id));
         if claimed.exists() {
-            std::fs::rename(claimed, &archived).map_err(io_err("cannot archive", claimed))?;
+            std::fs::rename(claimed, &archived).map_err(at("cannot archive", claimed))?;
             sync_dir(&self.layout.archive);
         }
         Ok(Taken { submission: sub.id.clone(), name, fate, receipt })
@@ -280,23 +279,20 @@ impl Intake {
         }
         let tmp = self.layout.rejected.join(format!(".{stem}.{sb}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io_err("cannot create", &tmp))?;
-        copy_original(claimed, &tmp.join(name)).map_err(io_err("cannot copy the original into", &tmp))?;
+        std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
+        copy_original(claimed, &tmp.join(name)).map_err(at("cannot copy the original into", &tmp))?;
         let errors_path = tmp.join("errors.txt");
-        write_atomic(&errors_path, errors.as_bytes()).map_err(io_err("cannot write", &errors_path))?;
+        write_atomic(&errors_path, errors.as_bytes()).map_err(at("cannot write", &errors_path))?;
         let _ = std::fs::set_permissions(&errors_path, std::fs::Permissions::from_mode(self.file_mode));
-        std::fs::rename(&tmp, &final_dir).map_err(io_err("cannot publish", &final_dir))?;
+        std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
         sync_dir(&self.layout.rejected);
         Ok(())
     }
 
     /// Writes (or rewrites) the receipt of a submission from the store.
-    pub fn write_receipt(&self, sub: &Submission, _stem: &str) -> Result<PathBuf> {
+    pub fn write_receipt(&self, sub: &Submission) -> Result<PathBuf> {
         let outbox = crate::outbox::Outbox::new(&self.layout.outbox, self.file_mode);
-        outbox.write_receipt(&self.store, sub).map_err(|e| match e {
-            crate::outbox::OutboxError::Io { what, path, source } => IntakeError::Io { what, path, source },
-            crate::outbox::OutboxError::Store(e) => IntakeError::Store(e),
-        })
+        Ok(outbox.write_receipt(&self.store, sub)?)
     }
 }
 
@@ -347,7 +343,7 @@ fn hash_entry(path: &Path, shape: &Claimed) -> io::Result<String> {
                 h.update(digest.as_bytes());
                 h.update(b"\n");
             }
-            Ok(hex(&h.finalize()))
+            Ok(crate::fsutil::hex(&h.finalize()))
         }
         Claimed::Foreign(_) => {
             let meta = std::fs::symlink_metadata(path)?;
@@ -357,7 +353,7 @@ fn hash_entry(path: &Path, shape: &Claimed) -> io::Result<String> {
                 // Fifos and links have no content to hash: name them by their place.
                 let mut h = Sha256::new();
                 h.update(path.as_os_str().as_encoded_bytes());
-                Ok(hex(&h.finalize()))
+                Ok(crate::fsutil::hex(&h.finalize()))
             }
         }
     }
@@ -380,32 +376,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> io::Result<
     Ok(())
 }
 
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = crate::spec::paths::open_regular_file(path).map_err(io::Error::other)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Copies (hard-links where it can) a claimed original into the rejected folder.
 fn copy_original(src: &Path, dst: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(src)?;
     let ft = meta.file_type();
     if ft.is_file() {
-        if std::fs::hard_link(src, dst).is_err() {
-            std::fs::copy(src, dst)?;
-        }
+        crate::fsutil::link_or_copy(src, dst)?;
     } else if ft.is_dir() {
         let options = fs_extra::dir::CopyOptions::new().copy_inside(true);
         fs_extra::dir::copy(src, dst, &options).map_err(|e| io::Error::other(e.to_string()))?;
@@ -427,13 +403,6 @@ fn fault_pause(point: &str) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
         }
-    }
-}
-
-/// fsync of a folder, so that a rename in it survives power loss. Best effort.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
     }
 }
 

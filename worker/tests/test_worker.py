@@ -1,5 +1,6 @@
 """The worker through its real protocol: a subprocess speaking JSON lines."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,6 +11,19 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.dirname(HERE)
+
+
+@contextlib.contextmanager
+def fakes_on_path():
+    """The fake NVIDIA modules (and the worker) importable in this process, for a while."""
+    added = [os.path.join(HERE, "fakes"), WORKER]
+    for p in added:
+        sys.path.insert(0, p)
+    try:
+        yield
+    finally:
+        for p in added:
+            sys.path.remove(p)
 
 
 class Proc:
@@ -145,9 +159,7 @@ class Transfer1(unittest.TestCase):
         w.close()
 
     def test_backend_calls_match_nvidia_signatures(self):
-        sys.path.insert(0, os.path.join(HERE, "fakes"))
-        sys.path.insert(0, WORKER)
-        try:
+        with fakes_on_path():
             from cosmos_transfer1.diffusion.inference import transfer_pipeline as fake
             from cosmos_worker.backends.transfer1 import Transfer1Backend
 
@@ -162,18 +174,13 @@ class Transfer1(unittest.TestCase):
             self.assertEqual(sum(1 for c in fake.CALLS if c[0] == "init"), 1, "built once")
             gen = [c for c in fake.CALLS if c[0] == "generate"][0]
             self.assertEqual((gen[1], gen[4], gen[5]), (["edge"], 7, 10))
-        finally:
-            sys.path.remove(os.path.join(HERE, "fakes"))
-            sys.path.remove(WORKER)
 
 
 class Torchrun(unittest.TestCase):
     def test_rank_0_broadcasts_every_op_and_followers_make_the_same_calls(self):
         import threading
 
-        sys.path.insert(0, os.path.join(HERE, "fakes"))
-        sys.path.insert(0, WORKER)
-        try:
+        with fakes_on_path():
             import torch.distributed as dist
             from cosmos_transfer1.diffusion.inference import transfer_pipeline as fake
             from cosmos_worker.backends.transfer1 import Transfer1Backend
@@ -203,16 +210,11 @@ class Torchrun(unittest.TestCase):
             gens = [c for c in fake.CALLS if c[0] == "generate"]
             self.assertEqual(len(gens), 2)
             self.assertEqual(gens[0], gens[1], "every rank makes the same call")
-        finally:
-            sys.path.remove(os.path.join(HERE, "fakes"))
-            sys.path.remove(WORKER)
 
 
 class Transfer25(unittest.TestCase):
     def test_one_inference_per_control_set(self):
-        sys.path.insert(0, os.path.join(HERE, "fakes"))
-        sys.path.insert(0, WORKER)
-        try:
+        with fakes_on_path():
             from cosmos_transfer2 import config as fake
             from cosmos_worker.backends.transfer2_5 import Transfer25Backend
 
@@ -226,9 +228,6 @@ class Transfer25(unittest.TestCase):
             inits = [c for c in fake.CALLS if c[0] == "init"]
             self.assertEqual(inits, [("init", "edge", ["edge"]), ("init", "edge", ["depth", "edge"])])
             self.assertEqual([c[3] for c in fake.CALLS if c[0] == "generate"], [3, 3, 3], "guidance as an integer")
-        finally:
-            sys.path.remove(os.path.join(HERE, "fakes"))
-            sys.path.remove(WORKER)
 
 
 if __name__ == "__main__":
