@@ -298,3 +298,27 @@ fn the_disk_guard_holds_runs_and_says_why() {
     assert!(home.ok(&["status"]).contains("waiting: disk guard"));
     drop(daemon);
 }
+
+#[test]
+fn sigterm_hands_a_long_run_back_and_logs_follow_a_run() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "[daemon]\nstop_grace = \"1s\"\n", &[]);
+    drop_file(&home, "long.jsonl", &line("long", EDGE, ", \"sim\": {\"fail\": \"hang\", \"attempts\": 1}"));
+    assert!(wait_until(LONG, || runs(&home).first().is_some_and(|r| r["status"] == "running")), "{}", daemon.log_text());
+    let id = runs(&home)[0]["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    assert!(daemon.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "drained within stop_grace");
+    let run = &runs(&home)[0];
+    assert_eq!(run["status"], "queued", "handed back, not lost: {run}");
+    // Restarted: the run goes again (attempt 2, which the sim key lets through) and
+    // `cosmos logs -f` follows it to its end.
+    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.5\"]", &[]);
+    let out = home.cosmos().args(["logs", "-f", &id]).timeout(Duration::from_secs(60)).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("handing the run back") && text.contains("attempt 2 of run") && text.contains("reports done"), "{text}");
+    assert_eq!(runs(&home)[0]["status"], "completed", "{}", daemon.log_text());
+}
