@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+pub mod gpu;
 pub mod ids;
 pub mod spec;
 pub mod store;

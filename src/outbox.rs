@@ -91,6 +91,7 @@ impl Outbox {
         worker: &WorkerInfo,
         child: Option<&str>,
         seconds: f64,
+        gpu: Value,
     ) -> Result<PathBuf> {
         let final_dir = self.run_dir(&run.id);
         if final_dir.is_dir() {
@@ -145,7 +146,7 @@ impl Outbox {
             "parent": run.parent_id,
             "children": child.map(|c| vec![c]).unwrap_or_default(),
             "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
-            "gpu": Value::Null,
+            "gpu": gpu,
             "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid},
             "attempts": run.attempts,
             "files": entries,

@@ -56,6 +56,8 @@ struct Finished {
     run_id: String,
     outputs: Outputs,
     seconds: f64,
+    /// GPU peak and mean over the run, for its manifest.
+    gpu: Value,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,6 +91,9 @@ pub struct Scheduler {
     /// When the worker last reported a run done: the dispatch gap runs from here to the
     /// next `run` op.
     last_done: Option<Instant>,
+    gpus: Box<dyn crate::gpu::GpuProbe>,
+    gpu_samples: Vec<crate::gpu::GpuSample>,
+    run_gpu: crate::gpu::RunGpuStats,
 }
 
 impl Scheduler {
@@ -119,6 +124,9 @@ impl Scheduler {
             pending: None,
             reloads: None,
             last_done: None,
+            gpus: crate::gpu::probe(),
+            gpu_samples: Vec::new(),
+            run_gpu: crate::gpu::RunGpuStats::default(),
         })
     }
 
@@ -196,7 +204,7 @@ impl Scheduler {
             match protocol::read_result(&out) {
                 Some(Event::Done { outputs, seconds, .. }) if video_ok(&outputs, &out) => {
                     tracing::info!(run = %run.id, "finished while the daemon was down: publishing");
-                    self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds });
+                    self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds, gpu: Value::Null });
                     self.publish_pending();
                 }
                 _ => {
@@ -241,6 +249,11 @@ impl Scheduler {
         }
         if Instant::now() < self.next_spawn {
             std::thread::sleep(POLL);
+            return false;
+        }
+        if let Some(reason) = self.gpu_admission() {
+            self.set_waiting(Some(reason));
+            std::thread::sleep(Duration::from_secs(1));
             return false;
         }
         self.worker_state = "starting";
@@ -305,6 +318,7 @@ impl Scheduler {
             }
             self.outbox.append_batch_log(b, &format!("{} attempt {} started", run.id, run.attempts));
         }
+        self.run_gpu = crate::gpu::RunGpuStats::default();
         self.current = Some(Current {
             run_id: run.id.clone(),
             step: 0,
@@ -515,7 +529,8 @@ impl Scheduler {
         match ending {
             Ending::Done { outputs, seconds } => {
                 self.publish_pending();
-                self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds });
+                let gpu = self.run_gpu.to_json();
+                self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds, gpu });
                 note(self, "done");
             }
             Ending::Cancelled => {
@@ -582,7 +597,7 @@ impl Scheduler {
         let work = self.work_dir(&run.id);
         let dir = self
             .outbox
-            .publish_run(&run, &work, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), f.seconds)
+            .publish_run(&run, &work, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), f.seconds, f.gpu.clone())
             .map_err(|e| e.to_string())?;
         let outputs = json!({
             "type": if batch.is_some() { "batch_inference" } else { "inference" },
@@ -619,6 +634,34 @@ impl Scheduler {
         }
     }
 
+    /// The GPUs this worker uses (one worker for now: `all`, or the first GPU or group).
+    fn worker_gpus(&self) -> Option<Vec<u32>> {
+        match &self.config.runtime.gpus {
+            crate::config::Gpus::Named(_) => None,
+            crate::config::Gpus::Each(v) => v.first().map(|g| vec![*g]).or(Some(Vec::new())),
+            crate::config::Gpus::Groups(g) => Some(g.first().cloned().unwrap_or_default()),
+        }
+    }
+
+    /// A worker starts only where its GPUs have `runtime.min_free_gpu_mib` free (DESIGN.md
+    /// section 11). Without NVML nothing can be checked, and nothing is held back.
+    fn gpu_admission(&mut self) -> Option<String> {
+        let need = self.config.runtime.min_free_gpu_mib;
+        if need == 0 {
+            return None;
+        }
+        self.gpu_samples = self.gpus.sample();
+        let wanted = self.worker_gpus();
+        let short: Vec<String> = self
+            .gpu_samples
+            .iter()
+            .filter(|g| wanted.as_ref().map_or(true, |w| w.contains(&g.index)))
+            .filter(|g| g.memory_free_mib() < need)
+            .map(|g| format!("GPU {} has {} MiB free", g.index, g.memory_free_mib()))
+            .collect();
+        (!short.is_empty()).then(|| format!("GPU memory: {}; runtime.min_free_gpu_mib is {need}", short.join(", ")))
+    }
+
     /// Free space under the outbox and the state folder must stay above `outbox.min_free`.
     fn disk_guard(&self) -> Option<String> {
         let need = self.config.outbox.min_free.0;
@@ -644,6 +687,13 @@ impl Scheduler {
             return;
         }
         self.last_status = now;
+        self.gpu_samples = self.gpus.sample();
+        if self.current.is_some() {
+            let wanted = self.worker_gpus();
+            let mine: Vec<_> =
+                self.gpu_samples.iter().filter(|g| wanted.as_ref().map_or(true, |w| w.contains(&g.index))).cloned().collect();
+            self.run_gpu.add(&mine);
+        }
         let counts = self.store.counts().unwrap_or_default();
         let state = if self.stop.load(Ordering::SeqCst) {
             "draining"
@@ -674,9 +724,10 @@ impl Scheduler {
                 "pid": self.worker.as_ref().map(|w| w.pid),
                 "loaded_controls": self.loaded.as_ref().map(|s| s.split(',').collect::<Vec<_>>()),
                 "loads": self.loads,
+                "gpus": self.worker_gpus(),
             }],
-            "gpus": [],
-            "nvml": "no NVML (GPUs are reported with the docker runtime issue)",
+            "gpus": self.gpu_samples,
+            "nvml": self.gpus.describe(),
             "updated_at": Timestamp::now().rfc3339(),
         });
         if let Err(e) = self.outbox.write_status(&status) {

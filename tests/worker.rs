@@ -322,3 +322,38 @@ fn sigterm_hands_a_long_run_back_and_logs_follow_a_run() {
     assert!(text.contains("handing the run back") && text.contains("attempt 2 of run") && text.contains("reports done"), "{text}");
     assert_eq!(runs(&home)[0]["status"], "completed", "{}", daemon.log_text());
 }
+
+#[test]
+fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.3\"]\ngpus = [[0, 1]]", &[("COSMOS_FAKE_GPUS", "2:81920:1024")]);
+    drop_file(&home, "gpu.jsonl", &line("g", EDGE, ""));
+    assert!(wait_until(LONG, || all_final(&home, 1)), "{}", daemon.log_text());
+    let st = status(&home);
+    assert!(st["nvml"].as_str().unwrap().starts_with("fake (2 GPUs"), "{st}");
+    assert_eq!(st["gpus"].as_array().map(Vec::len), Some(2));
+    assert_eq!(st["gpus"][1]["memory_total_mib"], 81920);
+    assert_eq!(st["workers"][0]["gpus"], serde_json::json!([0, 1]));
+    let id = runs(&home)[0]["id"].as_str().unwrap().to_string();
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{id}/manifest.json"))).unwrap()).unwrap();
+    assert!(manifest["gpu"]["samples"].as_u64().unwrap() >= 1, "{manifest}");
+    assert_eq!(manifest["gpu"]["gpus"][0]["peak_memory_mib"], 1024);
+    assert!(home.ok(&["status"]).contains("gpu 1 Fake GPU: 1024/81920 MiB"));
+    drop(daemon);
+
+    // Memory admission: too little free GPU memory, the worker waits and says why.
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "min_free_gpu_mib = 500", &[("COSMOS_FAKE_GPUS", "1:1000:900")]);
+    drop_file(&home, "held.jsonl", &line("held", EDGE, ""));
+    assert!(
+        wait_until(LONG, || status(&home)["waiting"].as_str().is_some_and(|w| w.contains("GPU 0 has 100 MiB free"))),
+        "{}\n{}",
+        status(&home),
+        daemon.log_text()
+    );
+    assert_eq!(runs(&home)[0]["status"], "queued");
+}

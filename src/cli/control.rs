@@ -111,9 +111,15 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
                 w["loads"]
             )?;
         }
-        let gpus = s["gpus"].as_array().map_or(0, Vec::len);
-        if gpus == 0 {
-            writeln!(out, "gpus: {}", s["nvml"].as_str().unwrap_or("none"))?;
+        let gpus = s["gpus"].as_array().cloned().unwrap_or_default();
+        writeln!(out, "gpus: {}", s["nvml"].as_str().unwrap_or("none"))?;
+        for g in gpus {
+            writeln!(
+                out,
+                "  gpu {} {}: {}/{} MiB, {}% busy, {} C, {} W",
+                g["index"], g["name"].as_str().unwrap_or("?"), g["memory_used_mib"], g["memory_total_mib"],
+                g["utilization_pct"], g["temperature_c"], g["power_w"]
+            )?;
         }
     }
     Ok(())

@@ -96,7 +96,7 @@ impl Daemon {
             &config,
             format!(
                 "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n\
-                 [runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n{extra}\n"
+                 [runtime]\nkind = \"process\"\nbackend = \"sim\"\n{extra}\n"
             ),
         )
         .expect("write config");
