@@ -38,6 +38,7 @@ pub struct WorkerInfo {
     pub backend: String,
     pub version: String,
     pub pid: u32,
+    pub container_id: Option<String>,
 }
 
 impl Outbox {
@@ -147,7 +148,7 @@ impl Outbox {
             "children": child.map(|c| vec![c]).unwrap_or_default(),
             "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
             "gpu": gpu,
-            "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid},
+            "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
             "attempts": run.attempts,
             "files": entries,
         });

@@ -12,6 +12,7 @@
 use crate::config::Config;
 use crate::ids::{self, IdKind};
 use crate::outbox::{Outbox, WorkerInfo};
+use crate::runtime::docker::DockerWorker;
 use crate::runtime::process::{LogSink, ProcessWorker, WorkerMsg};
 use crate::runtime::protocol::{self, Event, Op, Outputs};
 use crate::spec::{nvidia, Control, Hint, RunSpec};
@@ -69,19 +70,96 @@ struct Current {
     started: Option<Instant>,
 }
 
+/// The worker, wherever it lives.
+enum Worker {
+    Process(ProcessWorker),
+    Docker(Box<DockerWorker>),
+}
+
+impl Worker {
+    fn send(&mut self, op: &Op) -> bool {
+        match self {
+            Worker::Process(w) => w.send(op).is_ok(),
+            Worker::Docker(w) => w.send(op).is_ok(),
+        }
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        match self {
+            Worker::Process(w) => w.recv(timeout),
+            Worker::Docker(w) => w.recv(timeout),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Worker::Process(w) => w.kill(),
+            Worker::Docker(w) => w.kill(),
+        }
+    }
+
+    fn info(&self) -> WorkerInfo {
+        match self {
+            Worker::Process(w) => WorkerInfo { backend: w.backend.clone(), version: w.version.clone(), pid: w.pid, container_id: None },
+            Worker::Docker(w) => {
+                WorkerInfo { backend: w.backend.clone(), version: w.version.clone(), pid: w.pid, container_id: Some(w.container_id.clone()) }
+            }
+        }
+    }
+
+    /// The daemon is stopping: a child process is asked to exit; a container keeps
+    /// running, with its model loaded, for the next daemon to re-attach to.
+    fn leave(self) {
+        match self {
+            Worker::Process(w) => w.shutdown(Duration::from_secs(5)),
+            Worker::Docker(w) => drop(w),
+        }
+    }
+
+    /// Host paths in `spec` and `output_dir` as the worker sees them; `Err` names a path
+    /// the worker cannot see.
+    fn localize(&self, spec: &mut Value, output_dir: &Path) -> std::result::Result<String, String> {
+        match self {
+            Worker::Process(_) => Ok(output_dir.display().to_string()),
+            Worker::Docker(w) => {
+                let unmounted = w.map.rewrite_spec(spec);
+                if let Some(p) = unmounted.first() {
+                    return Err(format!("{p} is not in a folder mounted into the container; add its folder to paths.input_roots"));
+                }
+                w.map.to_container(output_dir).map(|p| p.display().to_string()).ok_or_else(|| "the work folder is not mounted".to_string())
+            }
+        }
+    }
+
+    /// The worker's output paths, as the host sees them.
+    fn to_host(&self, outputs: Outputs) -> Outputs {
+        match self {
+            Worker::Process(_) => outputs,
+            Worker::Docker(w) => {
+                let back = |p: String| w.map.to_host(Path::new(&p)).map_or(p, |h| h.display().to_string());
+                Outputs { video: outputs.video.map(back), controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect() }
+            }
+        }
+    }
+}
+
 pub struct Scheduler {
     config: Config,
     store: Store,
     outbox: Outbox,
     work: PathBuf,
     stop: Arc<AtomicBool>,
-    worker: Option<ProcessWorker>,
+    worker: Option<Worker>,
+    /// A run the worker was already running when this daemon attached (docker re-attach).
+    adopt: Option<String>,
     worker_state: &'static str,
     loaded: Option<String>,
     loads: u64,
     log: LogSink,
     current: Option<Current>,
     waiting_reason: Option<String>,
+    /// Why the worker cannot start, until it does (status.json shows it while runs wait).
+    worker_error: Option<String>,
     started_at: String,
     last_status: Instant,
     next_spawn: Instant,
@@ -111,12 +189,14 @@ impl Scheduler {
             work,
             stop,
             worker: None,
+            adopt: None,
             worker_state: "down",
             loaded: None,
             loads: 0,
             log: Arc::new(Mutex::new(None)),
             current: None,
             waiting_reason: None,
+            worker_error: None,
             started_at: Timestamp::now().rfc3339(),
             last_status: Instant::now() - Duration::from_secs(3600),
             next_spawn: Instant::now(),
@@ -150,9 +230,9 @@ impl Scheduler {
 
     /// Runs until the stop flag is set; then hands back or finishes the run in hand.
     pub fn run(mut self) -> Result<()> {
-        self.recover()?;
-        // Start the worker now, so the first run does not wait for Python to start.
+        // Start (or re-attach to) the worker first: a container may still be running a run.
         self.ensure_worker();
+        self.recover()?;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -188,7 +268,7 @@ impl Scheduler {
         }
         self.publish_pending();
         if let Some(w) = self.worker.take() {
-            w.shutdown(Duration::from_secs(5));
+            w.leave();
         }
         self.worker_state = "down";
         self.write_status_if_due(true);
@@ -201,6 +281,12 @@ impl Scheduler {
         self.outbox.clear_staging();
         for run in self.store.list_runs(Some(RunStatus::Running), None)? {
             let out = self.work_dir(&run.id).join("output");
+            if self.adopt.as_deref() == Some(run.id.as_str()) {
+                self.adopt = None;
+                tracing::info!(run = %run.id, "the worker is still running it: following it");
+                self.follow_adopted(run, &out)?;
+                continue;
+            }
             match protocol::read_result(&out) {
                 Some(Event::Done { outputs, seconds, .. }) if video_ok(&outputs, &out) => {
                     tracing::info!(run = %run.id, "finished while the daemon was down: publishing");
@@ -213,6 +299,32 @@ impl Scheduler {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A run the re-attached worker is still running: wait for it like any other.
+    fn follow_adopted(&mut self, run: Run, out: &Path) -> Result<()> {
+        let work = self.work_dir(&run.id);
+        if let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).open(work.join("execution.log")) {
+            if let Ok(mut sink) = self.log.lock() {
+                *sink = Some(log);
+            }
+        }
+        self.run_log("the daemon restarted and re-attached; the run went on");
+        let batch = match &run.batch_id {
+            Some(b) => Some(self.store.batch(b)?),
+            None => None,
+        };
+        self.current = Some(Current { run_id: run.id.clone(), started_at: Timestamp::now().rfc3339(), started: Some(Instant::now()), ..Current::default() });
+        self.worker_state = "running";
+        let ending = self.wait_for(&run, out);
+        self.worker_state = if self.worker.is_some() { "idle" } else { "down" };
+        self.settle(&run, ending, batch.as_ref())?;
+        self.current = None;
+        if let Ok(mut sink) = self.log.lock() {
+            *sink = None;
+        }
+        self.publish_pending();
         Ok(())
     }
 
@@ -240,13 +352,6 @@ impl Scheduler {
         if self.worker.is_some() {
             return true;
         }
-        if self.config.runtime.kind == crate::config::RuntimeKind::Docker {
-            // Said, not faked: running the worker on the host instead would ignore the
-            // image, the mounts and the GPUs the configuration asks for.
-            self.set_waiting(Some("runtime.kind = \"docker\" is not in this build yet; set runtime.kind = \"process\"".into()));
-            std::thread::sleep(Duration::from_secs(1));
-            return false;
-        }
         if Instant::now() < self.next_spawn {
             std::thread::sleep(POLL);
             return false;
@@ -258,19 +363,46 @@ impl Scheduler {
         }
         self.worker_state = "starting";
         self.write_status_if_due(true);
-        match ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT) {
+        let started = match self.config.runtime.kind {
+            crate::config::RuntimeKind::Process => {
+                ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT).map(Worker::Process).map_err(|e| e.to_string())
+            }
+            crate::config::RuntimeKind::Docker => {
+                let path = crate::runtime::process::worker_path(&self.config);
+                DockerWorker::start(&self.config, &path, self.log.clone(), HELLO_TIMEOUT)
+                    .map(|w| Worker::Docker(Box::new(w)))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match started {
             Ok(w) => {
-                tracing::info!(backend = %w.backend, version = %w.version, pid = w.pid, "worker started");
-                self.worker = Some(w);
-                self.worker_state = "idle";
+                let info = w.info();
+                tracing::info!(backend = %info.backend, version = %info.version, pid = info.pid, container = ?info.container_id, "worker ready");
                 self.loads = 0;
                 self.loaded = None;
+                if let Worker::Docker(d) = &w {
+                    if let Some((state, run, controls)) = &d.found {
+                        if !controls.is_empty() {
+                            let set = crate::spec::control_set_key(controls.iter().filter_map(|c| Hint::parse(c)));
+                            tracing::info!(controls = %set, "the worker still holds its model: no new load");
+                            self.loaded = Some(set);
+                        }
+                        if state == "running" {
+                            self.adopt = run.clone();
+                        }
+                    }
+                }
+                self.worker = Some(w);
+                self.worker_state = "idle";
                 self.spawn_backoff = Duration::from_secs(1);
+                self.worker_error = None;
+                self.set_waiting(None);
                 true
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?self.spawn_backoff, "cannot start the worker; runs stay queued");
-                self.set_waiting(Some(format!("worker not starting: {e}")));
+                self.worker_error = Some(format!("worker not starting: {e}"));
+                self.write_status_if_due(true);
                 self.worker_state = "down";
                 self.next_spawn = Instant::now() + self.spawn_backoff;
                 self.spawn_backoff = (self.spawn_backoff * 2).min(Duration::from_secs(60));
@@ -294,12 +426,6 @@ impl Scheduler {
         let out = work.join("output");
         std::fs::create_dir_all(&out)?;
         let _ = std::fs::remove_file(out.join("result.json"));
-        let spec = worker_spec(&run.spec);
-        let mut spec_text = serde_json::to_string_pretty(&spec).unwrap_or_default();
-        spec_text.push('\n');
-        // Internal until published (the published copy is synced then): no fsync here, in
-        // the dispatch gap.
-        std::fs::write(work.join("spec.json"), spec_text.as_bytes())?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(work.join("execution.log"))?;
         if let Ok(mut sink) = self.log.lock() {
             *sink = Some(log);
@@ -327,12 +453,23 @@ impl Scheduler {
             started: Some(Instant::now()),
         });
 
-        let ending = match self.load_for(&run) {
-            Err(ending) => ending,
-            Ok(()) => {
-                let op = Op::Run { run_id: run.id.clone(), attempt: run.attempts, spec, output_dir: out.display().to_string() };
+        let mut spec = worker_spec(&run.spec);
+        let localized = match &self.worker {
+            Some(w) => w.localize(&mut spec, &out),
+            None => Err("the worker is gone".into()),
+        };
+        // spec.json is exactly what the worker gets (container paths under docker).
+        // Internal until published, when it is synced: no fsync here, in the dispatch gap.
+        let mut spec_text = serde_json::to_string_pretty(&spec).unwrap_or_default();
+        spec_text.push('\n');
+        std::fs::write(work.join("spec.json"), spec_text.as_bytes())?;
+        let ending = match (self.load_for(&run), localized) {
+            (Err(ending), _) => ending,
+            (Ok(()), Err(message)) => Ending::Failed { kind: "input".into(), retryable: false, message },
+            (Ok(()), Ok(output_dir)) => {
+                let op = Op::Run { run_id: run.id.clone(), attempt: run.attempts, spec, output_dir };
                 match self.worker.as_mut().map(|w| w.send(&op)) {
-                    Some(Ok(())) => {
+                    Some(true) => {
                         if let Some(done) = self.last_done.take() {
                             tracing::debug!(gap_us = done.elapsed().as_micros() as u64, run = %run.id, "dispatched");
                         }
@@ -372,7 +509,7 @@ impl Scheduler {
         self.write_status_if_due(true);
         self.run_log(&format!("loading the model for controls {}", run.control_set));
         let sent = self.worker.as_mut().map(|w| w.send(&Op::Load { controls, options: json!({}) }));
-        if !matches!(sent, Some(Ok(()))) {
+        if sent != Some(true) {
             self.drop_worker();
             return Err(Ending::Failed { kind: "crash".into(), retryable: true, message: "the worker is gone".into() });
         }
@@ -438,6 +575,10 @@ impl Scheduler {
                         }
                         Event::Done { run_id, outputs, seconds } if run_id == run.id => {
                             self.last_done = Some(Instant::now());
+                            let outputs = match &self.worker {
+                                Some(w) => w.to_host(outputs),
+                                None => outputs,
+                            };
                             self.run_log(&format!("the worker reports done in {seconds:.1}s"));
                             if !video_ok(&outputs, out) {
                                 return Ending::Failed {
@@ -589,11 +730,10 @@ impl Scheduler {
             .spec
             .upscale_weight
             .map(|_| self.outbox.published_child(&run.id).unwrap_or_else(|| ids::new_id(IdKind::Run)));
-        let info = WorkerInfo {
-            backend: self.worker.as_ref().map_or(self.config.runtime.backend.as_str().to_string(), |w| w.backend.clone()),
-            version: self.worker.as_ref().map(|w| w.version.clone()).unwrap_or_default(),
-            pid: self.worker.as_ref().map_or(0, |w| w.pid),
-        };
+        let info = self.worker.as_ref().map(Worker::info).unwrap_or_else(|| WorkerInfo {
+            backend: self.config.runtime.backend.as_str().to_string(),
+            ..Default::default()
+        });
         let work = self.work_dir(&run.id);
         let dir = self
             .outbox
@@ -716,12 +856,13 @@ impl Scheduler {
             "daemon": {"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "started_at": self.started_at, "state": state},
             "queue": counts,
             "current": current,
-            "waiting": self.waiting_reason,
+            "waiting": self.waiting_reason.as_ref().or(self.worker_error.as_ref()),
             "workers": [{
                 "backend": self.config.runtime.backend.as_str(),
-                "runtime": "process",
+                "runtime": match self.config.runtime.kind { crate::config::RuntimeKind::Process => "process", crate::config::RuntimeKind::Docker => "docker" },
                 "state": self.worker_state,
-                "pid": self.worker.as_ref().map(|w| w.pid),
+                "pid": self.worker.as_ref().map(|w| w.info().pid),
+                "container_id": self.worker.as_ref().and_then(|w| w.info().container_id),
                 "loaded_controls": self.loaded.as_ref().map(|s| s.split(',').collect::<Vec<_>>()),
                 "loads": self.loads,
                 "gpus": self.worker_gpus(),

@@ -26,7 +26,18 @@ pub enum Event {
     Progress { run_id: String, step: u64, steps: u64 },
     Done { run_id: String, outputs: Outputs, #[serde(default)] seconds: f64 },
     Failed { run_id: String, kind: String, retryable: bool, message: String },
-    Pong { state: String, #[serde(default)] run_id: Option<String> },
+    Pong {
+        state: String,
+        #[serde(default)]
+        run_id: Option<String>,
+        /// The control set the model holds (a re-attached daemon needs no new load).
+        #[serde(default)]
+        controls: Option<Vec<String>>,
+        #[serde(default)]
+        version: Option<String>,
+        #[serde(default)]
+        pid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]

@@ -92,11 +92,13 @@ impl Daemon {
     /// Starts cosmosd on `home` with a fast test configuration plus `extra` TOML.
     pub fn start(home: &Home, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let config = home.path().join("cosmosd.toml");
+        // The process runtime unless the test picks one.
+        let kind = if extra.contains("kind = ") { "" } else { "kind = \"process\"\n" };
         std::fs::write(
             &config,
             format!(
                 "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n\
-                 [runtime]\nkind = \"process\"\nbackend = \"sim\"\n{extra}\n"
+                 [runtime]\n{kind}backend = \"sim\"\n{extra}\n"
             ),
         )
         .expect("write config");

@@ -61,6 +61,7 @@ class Worker:
         self.ops = queue.Queue()
         self.state = "idle"
         self.run_id = None
+        self.controls = None  # the control set loaded, as the daemon named it
         self.cancel = threading.Event()
 
     # -- the reader thread ------------------------------------------------------------
@@ -76,7 +77,8 @@ class Worker:
                 log("ignoring a bad op line (%s): %.200s" % (e, raw))
                 continue
             if kind == "ping":
-                self.channel.send({"event": "pong", "state": self.state, "run_id": self.run_id})
+                self.channel.send({"event": "pong", "state": self.state, "run_id": self.run_id, "controls": self.controls,
+                                   "version": __version__, "pid": os.getpid()})
             elif kind == "cancel":
                 if op.get("run_id") == self.run_id:
                     self.cancel.set()
@@ -118,6 +120,7 @@ class Worker:
             self.channel.send({"event": "load_failed", "controls": controls, "message": str(e)})
             return
         self.state = "idle"
+        self.controls = controls
         self.channel.send({"event": "loaded", "controls": controls, "seconds": round(time.monotonic() - start, 3)})
 
     def do_run(self, op):

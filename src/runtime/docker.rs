@@ -1,0 +1,406 @@
+//! The `docker` runtime (DESIGN.md section 10): the worker is the main process of a
+//! persistent container, driven with bollard.
+//!
+//! The container is found again by its labels (`cosmos.instance` and a hash of the
+//! configuration that shaped it), so a restarted daemon re-attaches to the running worker
+//! and its loaded model instead of starting over; a changed configuration recreates it.
+//! stdin stays open across detaches (`StdinOnce = false`): the worker keeps running while
+//! no daemon is attached. Host paths in specs are rewritten to the container's mounts and
+//! the worker's output paths back.
+
+use super::process::{LogSink, WorkerMsg};
+use super::protocol::{parse_event, Event, Op};
+use crate::config::{Config, Gpus};
+use bollard::container::{
+    AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
+    RemoveContainerOptions, StartContainerOptions,
+};
+use bollard::models::{DeviceRequest, HostConfig};
+use bollard::{ClientVersion, Docker};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// The API version dockerd 20.10 (Debian 12) speaks; newer engines accept it too.
+const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+/// bollard's request timeout, in seconds. Its default (120 s) would cut a long run's
+/// attach stream; a week outlasts any run_timeout we allow by default.
+const REQUEST_TIMEOUT: u64 = 7 * 24 * 3600;
+pub const WORKER_MOUNT: &str = "/opt/cosmos/worker";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine at {socket}: {message}")]
+    Engine { socket: String, message: String },
+    #[error("the image {image} is not on this host; build it (see packaging/docker/README.md) or set runtime.image")]
+    MissingImage { image: String },
+    #[error("docker: {0}")]
+    Api(String),
+    #[error("the worker in the container did not say hello within {0:?}")]
+    NoHello(Duration),
+    #[error("the worker in the container did not answer a ping after re-attaching")]
+    NoPong,
+    #[error("the container's stream ended")]
+    Exited,
+}
+
+fn api(e: bollard::errors::Error) -> DockerError {
+    DockerError::Api(e.to_string())
+}
+
+/// A bind mount: a host folder and where the container sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+/// Host path <-> container path, by the longest mount prefix.
+#[derive(Debug, Clone, Default)]
+pub struct PathMap {
+    pub mounts: Vec<Mount>,
+}
+
+impl PathMap {
+    pub fn for_config(config: &Config, worker_path: &Path) -> PathMap {
+        let mut mounts = vec![
+            Mount { host: config.paths.state.join("work"), container: "/cosmos/work".into(), read_only: false },
+            Mount { host: config.paths.outbox.clone(), container: "/cosmos/outbox".into(), read_only: true },
+            Mount { host: config.paths.inbox.clone(), container: "/cosmos/inbox".into(), read_only: true },
+            Mount { host: worker_path.to_path_buf(), container: WORKER_MOUNT.into(), read_only: true },
+        ];
+        if config.runtime.checkpoints.is_dir() {
+            mounts.push(Mount { host: config.runtime.checkpoints.clone(), container: "/cosmos/checkpoints".into(), read_only: true });
+        }
+        for (i, root) in config.paths.input_roots.iter().enumerate() {
+            mounts.push(Mount { host: root.clone(), container: PathBuf::from(format!("/cosmos/inputs/{i}")), read_only: true });
+        }
+        // Canonical host paths: specs hold canonical paths (symlinks resolved).
+        for m in &mut mounts {
+            if let Ok(c) = std::fs::canonicalize(&m.host) {
+                m.host = c;
+            }
+        }
+        PathMap { mounts }
+    }
+
+    pub fn to_container(&self, host: &Path) -> Option<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|m| host.starts_with(&m.host))
+            .max_by_key(|m| m.host.as_os_str().len())
+            .map(|m| m.container.join(host.strip_prefix(&m.host).unwrap_or(Path::new(""))))
+    }
+
+    pub fn to_host(&self, container: &Path) -> Option<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|m| container.starts_with(&m.container))
+            .max_by_key(|m| m.container.as_os_str().len())
+            .map(|m| m.host.join(container.strip_prefix(&m.container).unwrap_or(Path::new(""))))
+    }
+
+    /// Every absolute path string in `v` that lies under a mount, rewritten for the
+    /// container. Returns the host paths that lie under no mount (the run cannot see them).
+    pub fn rewrite_spec(&self, v: &mut Value) -> Vec<String> {
+        let mut unmounted = Vec::new();
+        rewrite(v, &mut |s| match self.to_container(Path::new(s)) {
+            Some(p) => Some(p.display().to_string()),
+            None => {
+                unmounted.push(s.to_string());
+                None
+            }
+        });
+        unmounted
+    }
+
+    fn binds(&self) -> Vec<String> {
+        self.mounts
+            .iter()
+            .filter(|m| m.host.exists())
+            .map(|m| format!("{}:{}:{}", m.host.display(), m.container.display(), if m.read_only { "ro" } else { "rw" }))
+            .collect()
+    }
+}
+
+fn rewrite(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>) {
+    match v {
+        Value::String(s) if s.starts_with('/') => {
+            if let Some(new) = f(s) {
+                *s = new;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| rewrite(i, f)),
+        Value::Object(map) => map.values_mut().for_each(|i| rewrite(i, f)),
+        _ => {}
+    }
+}
+
+/// What shapes the container: a change to any of it means a new container.
+fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let rt = &config.runtime;
+    let text = format!(
+        "{}|{}|{:?}|{}|{:?}|{}|{}|{}|{:?}|{}",
+        rt.image,
+        rt.backend.as_str(),
+        args,
+        rt.python,
+        map.binds(),
+        user,
+        rt.network,
+        rt.shm_size.0,
+        rt.gpus,
+        rt.ipc_host
+    );
+    crate::fsutil::hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+pub struct DockerWorker {
+    rt: tokio::runtime::Runtime,
+    docker: Docker,
+    pub container_id: String,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    events: Receiver<WorkerMsg>,
+    pub backend: String,
+    pub version: String,
+    pub pid: u32,
+    pub map: PathMap,
+    /// Set when re-attached to a worker that was already running: (state, run, controls).
+    pub found: Option<(String, Option<String>, Vec<String>)>,
+}
+
+impl DockerWorker {
+    /// Re-attaches to this instance's container when its configuration still matches,
+    /// else creates and starts a new one; then speaks to the worker in it.
+    pub fn start(config: &Config, worker_path: &Path, log: LogSink, hello_timeout: Duration) -> Result<DockerWorker, DockerError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| DockerError::Api(e.to_string()))?;
+        let socket = std::env::var("DOCKER_HOST").ok().filter(|h| h.starts_with("unix://")).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT, &API)
+            .map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+        rt.block_on(docker.ping()).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+
+        let map = PathMap::for_config(config, worker_path);
+        // SAFETY: getuid/getgid cannot fail.
+        let user = format!("{}:{}", unsafe { libc::getuid() }, unsafe { libc::getgid() });
+        let mut args: Vec<String> = config.runtime.backend_args.clone();
+        if !args.iter().any(|a| a == "--checkpoint-dir") && map.mounts.iter().any(|m| m.container == Path::new("/cosmos/checkpoints")) {
+            args.extend(["--checkpoint-dir".to_string(), "/cosmos/checkpoints".to_string()]);
+        }
+        let hash = config_hash(config, &map, &user, &args);
+        let instance = config.runtime.instance.clone();
+        let name = format!("cosmos-{instance}");
+
+        let mut labels = HashMap::new();
+        labels.insert("cosmos.instance".to_string(), instance.clone());
+        let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}")])]);
+        let existing = rt
+            .block_on(docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })))
+            .map_err(api)?;
+        let mut reuse = None;
+        for c in existing {
+            let id = c.id.clone().unwrap_or_default();
+            let same = c.labels.as_ref().and_then(|l| l.get("cosmos.config-hash")).map(String::as_str) == Some(hash.as_str());
+            let running = c.state.as_deref() == Some("running");
+            if same && running && reuse.is_none() {
+                reuse = Some(id);
+            } else {
+                tracing::info!(container = %id, same_config = same, running, "removing an old worker container");
+                let _ = rt.block_on(docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+            }
+        }
+
+        let (container_id, fresh) = match reuse {
+            Some(id) => (id, false),
+            None => {
+                let image = config.runtime.image.clone();
+                if rt.block_on(docker.inspect_image(&image)).is_err() {
+                    return Err(DockerError::MissingImage { image });
+                }
+                labels.insert("cosmos.config-hash".to_string(), hash.clone());
+                let mut cmd = vec![config.runtime.python.clone(), "-u".into(), "-m".into(), "cosmos_worker".into(), "--backend".into(), config.runtime.backend.as_str().into()];
+                cmd.extend(args.iter().cloned());
+                let device_requests = match &config.runtime.gpus {
+                    Gpus::Each(v) if v.is_empty() => None,
+                    Gpus::Named(_) => Some(vec![DeviceRequest { driver: Some("nvidia".into()), count: Some(-1), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
+                    Gpus::Each(v) => Some(vec![DeviceRequest { driver: Some("nvidia".into()), device_ids: Some(vec![v[0].to_string()]), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
+                    Gpus::Groups(g) => Some(vec![DeviceRequest {
+                        driver: Some("nvidia".into()),
+                        device_ids: Some(g.first().map(|g| g.iter().map(u32::to_string).collect()).unwrap_or_default()),
+                        capabilities: Some(vec![vec!["gpu".into()]]),
+                        ..Default::default()
+                    }]),
+                };
+                let host_config = HostConfig {
+                    binds: Some(map.binds()),
+                    network_mode: Some(config.runtime.network.clone()),
+                    shm_size: Some(config.runtime.shm_size.0 as i64),
+                    ipc_mode: config.runtime.ipc_host.then(|| "host".to_string()),
+                    device_requests,
+                    ..Default::default()
+                };
+                let body = ContainerConfig {
+                    image: Some(image),
+                    cmd: Some(cmd),
+                    env: Some(vec![format!("PYTHONPATH={WORKER_MOUNT}"), "PYTHONUNBUFFERED=1".into(), "HOME=/tmp".into()]),
+                    user: Some(user.clone()),
+                    working_dir: Some("/cosmos/work".into()),
+                    labels: Some(labels),
+                    open_stdin: Some(true),
+                    stdin_once: Some(false),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    host_config: Some(host_config),
+                    ..Default::default()
+                };
+                let created = rt
+                    .block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body))
+                    .map_err(api)?;
+                (created.id, true)
+            }
+        };
+
+        // Attach before starting a fresh container, so its hello is not missed.
+        let attached = rt
+            .block_on(docker.attach_container(
+                &container_id,
+                Some(AttachContainerOptions::<String> { stdin: Some(true), stdout: Some(true), stderr: Some(true), stream: Some(true), logs: Some(false), detach_keys: None }),
+            ))
+            .map_err(api)?;
+        if fresh {
+            rt.block_on(docker.start_container(&container_id, None::<StartContainerOptions<String>>)).map_err(api)?;
+            tracing::info!(container = %container_id, image = %config.runtime.image, "worker container started");
+        } else {
+            tracing::info!(container = %container_id, "re-attached to the running worker container");
+        }
+        let (tx, events) = mpsc::channel();
+        let mut output = attached.output;
+        rt.spawn(async move {
+            let (mut out_buf, mut err_buf) = (Vec::<u8>::new(), Vec::<u8>::new());
+            while let Some(item) = output.next().await {
+                let Ok(item) = item else { break };
+                match item {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        out_buf.extend_from_slice(&message);
+                        while let Some(i) = out_buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = out_buf.drain(..=i).collect();
+                            let text = String::from_utf8_lossy(&line);
+                            let text = text.trim();
+                            if text.is_empty() {
+                                continue;
+                            }
+                            match parse_event(text) {
+                                Ok(ev) => {
+                                    if tx.send(WorkerMsg::Event(ev)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => tracing::warn!(error = %e, "worker wrote a line that is not an event"),
+                            }
+                        }
+                    }
+                    LogOutput::StdErr { message } => {
+                        err_buf.extend_from_slice(&message);
+                        while let Some(i) = err_buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = err_buf.drain(..=i).collect();
+                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                            tracing::info!(target: "worker", "{text}");
+                            if let Ok(mut sink) = log.lock() {
+                                if let Some(f) = sink.as_mut() {
+                                    let _ = writeln!(f, "{text}");
+                                }
+                            }
+                        }
+                    }
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+            let _ = tx.send(WorkerMsg::Exited);
+        });
+        let mut w = DockerWorker {
+            rt,
+            docker,
+            container_id,
+            input: attached.input,
+            events,
+            backend: config.runtime.backend.as_str().into(),
+            version: String::new(),
+            pid: 0,
+            map,
+            found: None,
+        };
+        if fresh {
+            let deadline = Instant::now() + hello_timeout;
+            loop {
+                match w.recv(deadline.saturating_duration_since(Instant::now())) {
+                    Some(WorkerMsg::Event(Event::Hello { backend, version, pid, .. })) => {
+                        w.backend = backend;
+                        w.version = version;
+                        w.pid = pid;
+                        return Ok(w);
+                    }
+                    Some(WorkerMsg::Event(_)) => {}
+                    Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
+                    None => {
+                        w.kill();
+                        return Err(DockerError::NoHello(hello_timeout));
+                    }
+                }
+            }
+        }
+        // Re-attached: the worker said hello long ago; ask what it is doing.
+        w.send(&Op::Ping).map_err(|e| DockerError::Api(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match w.recv(deadline.saturating_duration_since(Instant::now())) {
+                Some(WorkerMsg::Event(Event::Pong { state, run_id, controls, version, pid })) => {
+                    w.version = version.unwrap_or_default();
+                    w.pid = pid.unwrap_or(0);
+                    w.found = Some((state, run_id, controls.unwrap_or_default()));
+                    return Ok(w);
+                }
+                Some(WorkerMsg::Event(_)) => {}
+                Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
+                None => {
+                    w.kill();
+                    return Err(DockerError::NoPong);
+                }
+            }
+        }
+    }
+
+    pub fn send(&mut self, op: &Op) -> std::io::Result<()> {
+        let line = op.to_line();
+        let input = &mut self.input;
+        self.rt.block_on(async {
+            input.write_all(line.as_bytes()).await?;
+            input.flush().await
+        })
+    }
+
+    pub fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        match self.events.recv_timeout(timeout) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
+        }
+    }
+
+    /// Removes the container (a dead or hung worker is replaced by a new one).
+    pub fn kill(&mut self) {
+        let _ = self.rt.block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+    }
+}

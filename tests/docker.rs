@@ -1,0 +1,169 @@
+//! The `docker` runtime against a real dockerd, with the sim worker inside a container made
+//! by `packaging/docker/test-image.sh` (no registry). Without an engine these tests skip
+//! with a reason, unless COSMOS_REQUIRE_DOCKER=1 (CI), where a missing engine fails them.
+
+mod common;
+
+use common::{wait_until, Daemon, Home};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+const IMAGE: &str = "cosmos-test-worker:latest";
+
+/// Whether the Docker tests can run here; builds the test image when it is missing.
+fn docker_ready() -> bool {
+    let engine = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !engine {
+        if std::env::var("COSMOS_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("COSMOS_REQUIRE_DOCKER=1 but no Docker engine answers (is dockerd running?)");
+        }
+        println!("skipped: no Docker engine answers (set COSMOS_REQUIRE_DOCKER=1 to make this a failure)");
+        return false;
+    }
+    let have = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !have {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/docker/test-image.sh");
+        let ok = Command::new("bash").arg(script).arg(IMAGE).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "cannot build the test image with {script}");
+    }
+    true
+}
+
+/// A docker-runtime config with its own instance name, so tests do not share containers.
+fn config(instance: &str, image: &str, extra: &str) -> String {
+    format!("kind = \"docker\"\nimage = \"{image}\"\ngpus = []\ninstance = \"{instance}\"\nbackend_args = [\"--load-seconds\", \"1\", \"--job-seconds\", \"0.3\"]\n{extra}")
+}
+
+fn instance(tag: &str) -> String {
+    format!("t{}-{tag}", std::process::id())
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &format!("cosmos-{}", self.0)]).output();
+    }
+}
+
+fn container_id(name: &str) -> Option<String> {
+    let out = Command::new("docker").args(["inspect", "--format", "{{.Id}}", name]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn drop_file(home: &Home, name: &str, text: &str) {
+    let tmp = home.inbox().join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, home.inbox().join(name)).unwrap();
+}
+
+fn line(name: &str, extra: &str) -> String {
+    format!("{{\"name\": \"{name}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{name}\", \"control_overrides\": {{\"edge\": {{\"control_weight\": 0.5}}}}{extra}}}\n")
+}
+
+fn runs(home: &Home) -> Vec<Value> {
+    home.json(&["list", "runs", "--json"]).as_array().cloned().unwrap_or_default()
+}
+
+fn completed(home: &Home) -> usize {
+    runs(home).iter().filter(|r| r["status"] == "completed").count()
+}
+
+fn status(home: &Home) -> Value {
+    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn one_container_one_load_across_submissions_and_daemon_restarts() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("warm");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let cfg = config(&inst, IMAGE, "");
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    drop_file(&home, "first.jsonl", &line("a", ""));
+    assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
+    let id = container_id(&format!("cosmos-{inst}")).expect("the worker container");
+    std::thread::sleep(Duration::from_secs(2));
+    drop_file(&home, "second.jsonl", &line("b", ""));
+    assert!(wait_until(LONG, || completed(&home) == 2), "{}", daemon.log_text());
+    assert_eq!(status(&home)["workers"][0]["loads"], 1, "one load for both submissions");
+    assert_eq!(status(&home)["workers"][0]["container_id"], id.as_str());
+    assert!(daemon.stop().success());
+    assert_eq!(container_id(&format!("cosmos-{inst}")).as_deref(), Some(id.as_str()), "the container outlives the daemon");
+
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    daemon.wait_log("re-attached to the running worker container", LONG);
+    drop_file(&home, "third.jsonl", &line("c", ""));
+    assert!(wait_until(LONG, || completed(&home) == 3), "{}", daemon.log_text());
+    assert_eq!(status(&home)["workers"][0]["loads"], 0, "the model stayed loaded: no new load");
+    assert_eq!(container_id(&format!("cosmos-{inst}")).as_deref(), Some(id.as_str()));
+    // Runs as the daemon's user, without a network.
+    let out = Command::new("docker").args(["inspect", "--format", "{{.Config.User}} {{.HostConfig.NetworkMode}}", &id]).output().unwrap();
+    // SAFETY: getuid/getgid cannot fail.
+    let me = format!("{}:{} none", unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), me);
+    // A bundle's relative paths reach the worker as container paths.
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", runs(&home)[0]["id"].as_str().unwrap()))).unwrap()).unwrap();
+    assert!(spec["input_video_path"].as_str().unwrap().starts_with("/cosmos/work/rs_"), "{spec}");
+}
+
+#[test]
+fn a_killed_or_removed_container_is_recreated_and_nothing_is_lost() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("kill");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, &config(&inst, IMAGE, ""), &[]);
+    drop_file(&home, "long.jsonl", &line("long", ", \"sim\": {\"seconds\": 5}"));
+    assert!(wait_until(LONG, || runs(&home).first().is_some_and(|r| r["status"] == "running")), "{}", daemon.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let first = container_id(&format!("cosmos-{inst}")).expect("container");
+    assert!(Command::new("docker").args(["kill", &first]).output().unwrap().status.success());
+    assert!(wait_until(LONG, || completed(&home) == 1), "{:?}\n{}", runs(&home), daemon.log_text());
+    let run = &runs(&home)[0];
+    assert_eq!(run["attempts"], 2, "retried after the container died: {run}");
+    let second = container_id(&format!("cosmos-{inst}")).expect("a new container");
+    assert_ne!(first, second);
+    // Removed while idle: recreated for the next run.
+    assert!(Command::new("docker").args(["rm", "-f", &second]).output().unwrap().status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    drop_file(&home, "after.jsonl", &line("after", ""));
+    assert!(wait_until(LONG, || completed(&home) == 2), "{:?}\n{}", runs(&home), daemon.log_text());
+}
+
+#[test]
+fn a_missing_image_is_named_and_runs_wait_for_it() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("img");
+    let _cleanup = Cleanup(inst.clone());
+    let image = format!("cosmos-missing-{}:latest", std::process::id());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, &config(&inst, &image, ""), &[]);
+    drop_file(&home, "wait.jsonl", &line("w", ""));
+    assert!(
+        wait_until(LONG, || status(&home)["waiting"].as_str().is_some_and(|w| w.contains(&image) && w.contains("packaging/docker"))),
+        "{}\n{}",
+        status(&home),
+        daemon.log_text()
+    );
+    assert_eq!(runs(&home)[0]["status"], "queued");
+    assert!(Command::new("docker").args(["tag", IMAGE, &image]).output().unwrap().status.success());
+    assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
+    let _ = Command::new("docker").args(["rm", "-f", &format!("cosmos-{inst}")]).output();
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+}
