@@ -80,18 +80,27 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
-    let (reload_tx, reload_rx) = mpsc::channel::<Config>();
-    let scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop))
-        .map_err(|e| DaemonError::Io { what: "cannot start the scheduler".into(), source: std::io::Error::other(e.to_string()) })?
-        .with_reloads(reload_rx);
-    let scheduler_thread = std::thread::Builder::new()
-        .name("scheduler".into())
-        .spawn(move || {
-            if let Err(e) = scheduler.run() {
-                tracing::error!(error = %e, "the scheduler stopped");
-            }
-        })
-        .map_err(|source| DaemonError::Io { what: "cannot start the scheduler thread".into(), source })?;
+    // One scheduler (and worker) per GPU or GPU group; they share the queue in the store.
+    let groups = crate::scheduler::worker_groups(&config.runtime.gpus);
+    let shared = crate::scheduler::Shared::new(groups.len());
+    let mut reload_txs = Vec::new();
+    let mut scheduler_threads = Vec::new();
+    for (slot, gpus) in groups.into_iter().enumerate() {
+        let (reload_tx, reload_rx) = mpsc::channel::<Config>();
+        reload_txs.push(reload_tx);
+        let scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop), slot, gpus, shared.clone())
+            .map_err(|e| DaemonError::Io { what: "cannot start the scheduler".into(), source: std::io::Error::other(e.to_string()) })?
+            .with_reloads(reload_rx);
+        let thread = std::thread::Builder::new()
+            .name(format!("scheduler-{slot}"))
+            .spawn(move || {
+                if let Err(e) = scheduler.run() {
+                    tracing::error!(error = %e, slot, "the scheduler stopped");
+                }
+            })
+            .map_err(|source| DaemonError::Io { what: "cannot start the scheduler thread".into(), source })?;
+        scheduler_threads.push(thread);
+    }
     for sig in [SIGTERM, SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|source| DaemonError::Io { what: "cannot install signal handlers".into(), source })?;
@@ -178,7 +187,9 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                     tracker.set_timing(new_config.watch.settle.0, new_config.watch.incomplete_grace.0, active == Active::Inotify);
                     check_now = true;
                     intake.set_config(&new_config);
-                    let _ = reload_tx.send(new_config.clone());
+                    for tx in &reload_txs {
+                        let _ = tx.send(new_config.clone());
+                    }
                     config = new_config;
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -211,7 +222,9 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     stop.store(true, Ordering::SeqCst);
     drop(watcher);
     tracing::info!("stopping: waiting for the scheduler (a running run finishes or is handed back within daemon.stop_grace)");
-    let _ = scheduler_thread.join();
+    for thread in scheduler_threads {
+        let _ = thread.join();
+    }
     signal_handle.close();
     let _ = signal_thread.join();
     tracing::info!("cosmosd stopped");

@@ -70,6 +70,41 @@ struct Current {
     started: Option<Instant>,
 }
 
+/// What the schedulers of one daemon share: one per worker (GPU or GPU group), all taking
+/// runs from the same store.
+#[derive(Clone)]
+pub struct Shared {
+    /// Each worker's entry (and current run) for status.json, by slot; the lock also
+    /// serialises writes of status.json.
+    board: Arc<Mutex<std::collections::BTreeMap<usize, (Value, Option<Value>)>>>,
+    /// Runs a re-attached worker is still running: start-up recovery leaves them alone.
+    adopted: Arc<Mutex<std::collections::HashSet<String>>>,
+    barrier: Arc<std::sync::Barrier>,
+    pub slots: usize,
+}
+
+impl Shared {
+    pub fn new(slots: usize) -> Shared {
+        Shared {
+            board: Arc::default(),
+            adopted: Arc::default(),
+            barrier: Arc::new(std::sync::Barrier::new(slots.max(1))),
+            slots: slots.max(1),
+        }
+    }
+}
+
+/// The GPUs of each worker: `"all"` -> one worker with every GPU; `[]` -> one worker with
+/// none; `[0, 1]` -> a worker per GPU; `[[0, 1], [2, 3]]` -> a worker per group.
+pub fn worker_groups(gpus: &crate::config::Gpus) -> Vec<Option<Vec<u32>>> {
+    match gpus {
+        crate::config::Gpus::Named(_) => vec![None],
+        crate::config::Gpus::Each(v) if v.is_empty() => vec![Some(Vec::new())],
+        crate::config::Gpus::Each(v) => v.iter().map(|g| Some(vec![*g])).collect(),
+        crate::config::Gpus::Groups(g) => g.iter().map(|grp| Some(grp.clone())).collect(),
+    }
+}
+
 /// The worker, wherever it lives.
 enum Worker {
     Process(ProcessWorker),
@@ -144,6 +179,10 @@ impl Worker {
 }
 
 pub struct Scheduler {
+    /// Which worker this is (0-based), and its GPUs (`None`: all).
+    slot: usize,
+    slot_gpus: Option<Vec<u32>>,
+    shared: Shared,
     config: Config,
     store: Store,
     outbox: Outbox,
@@ -175,7 +214,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: &Config, stop: Arc<AtomicBool>) -> Result<Scheduler> {
+    pub fn new(config: &Config, stop: Arc<AtomicBool>, slot: usize, slot_gpus: Option<Vec<u32>>, shared: Shared) -> Result<Scheduler> {
         let store = Store::open(&config.paths.database())?;
         store.relax_sync()?;
         let outbox = Outbox::new(&config.paths.outbox, config.outbox.mode.0);
@@ -183,6 +222,9 @@ impl Scheduler {
         let work = config.paths.state.join("work");
         std::fs::create_dir_all(&work)?;
         Ok(Scheduler {
+            slot,
+            slot_gpus,
+            shared,
             config: config.clone(),
             store,
             outbox,
@@ -232,6 +274,13 @@ impl Scheduler {
     pub fn run(mut self) -> Result<()> {
         // Start (or re-attach to) the worker first: a container may still be running a run.
         self.ensure_worker();
+        if let Some(run) = self.adopt.clone() {
+            if let Ok(mut a) = self.shared.adopted.lock() {
+                a.insert(run);
+            }
+        }
+        // Every worker has said what it is still running before anything is requeued.
+        self.shared.barrier.wait();
         self.recover()?;
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -278,13 +327,23 @@ impl Scheduler {
     /// Start-up reconciliation: runs left `running` by a crash are published if their
     /// result.json says done, and otherwise go back to the queue.
     fn recover(&mut self) -> Result<()> {
+        if let Some(id) = self.adopt.take() {
+            if let Ok(run) = self.store.run(&id) {
+                if run.status == RunStatus::Running {
+                    tracing::info!(run = %run.id, "the worker is still running it: following it");
+                    let out = self.work_dir(&run.id).join("output");
+                    self.follow_adopted(run, &out)?;
+                }
+            }
+        }
+        if self.slot != 0 {
+            return Ok(());
+        }
         self.outbox.clear_staging();
+        let adopted = self.shared.adopted.lock().map(|a| a.clone()).unwrap_or_default();
         for run in self.store.list_runs(Some(RunStatus::Running), None)? {
             let out = self.work_dir(&run.id).join("output");
-            if self.adopt.as_deref() == Some(run.id.as_str()) {
-                self.adopt = None;
-                tracing::info!(run = %run.id, "the worker is still running it: following it");
-                self.follow_adopted(run, &out)?;
+            if adopted.contains(&run.id) {
                 continue;
             }
             match protocol::read_result(&out) {
@@ -365,11 +424,13 @@ impl Scheduler {
         self.write_status_if_due(true);
         let started = match self.config.runtime.kind {
             crate::config::RuntimeKind::Process => {
-                ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT).map(Worker::Process).map_err(|e| e.to_string())
+                ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT, self.slot_gpus.as_deref())
+                    .map(Worker::Process)
+                    .map_err(|e| e.to_string())
             }
             crate::config::RuntimeKind::Docker => {
                 let path = crate::runtime::process::worker_path(&self.config);
-                DockerWorker::start(&self.config, &path, self.log.clone(), HELLO_TIMEOUT)
+                DockerWorker::start(&self.config, &path, self.log.clone(), HELLO_TIMEOUT, self.slot, self.shared.slots, self.slot_gpus.as_deref())
                     .map(|w| Worker::Docker(Box::new(w)))
                     .map_err(|e| e.to_string())
             }
@@ -421,7 +482,12 @@ impl Scheduler {
             // run first rather than leave it "running" through the load.
             self.publish_pending();
         }
-        let run = self.store.change(&run.id, Change::Start)?;
+        let run = match self.store.change(&run.id, Change::Start) {
+            Ok(r) => r,
+            // Another worker took it first (they share the queue): pick again.
+            Err(StoreError::IllegalTransition { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         let work = self.work_dir(&run.id);
         let out = work.join("output");
         std::fs::create_dir_all(&out)?;
@@ -776,11 +842,7 @@ impl Scheduler {
 
     /// The GPUs this worker uses (one worker for now: `all`, or the first GPU or group).
     fn worker_gpus(&self) -> Option<Vec<u32>> {
-        match &self.config.runtime.gpus {
-            crate::config::Gpus::Named(_) => None,
-            crate::config::Gpus::Each(v) => v.first().map(|g| vec![*g]).or(Some(Vec::new())),
-            crate::config::Gpus::Groups(g) => Some(g.first().cloned().unwrap_or_default()),
-        }
+        self.slot_gpus.clone()
     }
 
     /// A worker starts only where its GPUs have `runtime.min_free_gpu_mib` free (DESIGN.md
@@ -852,21 +914,31 @@ impl Scheduler {
             };
             json!({"run_id": c.run_id, "step": c.step, "steps": c.steps, "started_at": c.started_at, "eta_seconds": eta})
         });
+        let worker = json!({
+            "slot": self.slot,
+            "backend": self.config.runtime.backend.as_str(),
+            "runtime": match self.config.runtime.kind { crate::config::RuntimeKind::Process => "process", crate::config::RuntimeKind::Docker => "docker" },
+            "state": self.worker_state,
+            "pid": self.worker.as_ref().map(|w| w.info().pid),
+            "container_id": self.worker.as_ref().and_then(|w| w.info().container_id),
+            "loaded_controls": self.loaded.as_ref().map(|s| s.split(',').collect::<Vec<_>>()),
+            "loads": self.loads,
+            "gpus": self.worker_gpus(),
+            "current": current,
+            "waiting": self.waiting_reason.as_ref().or(self.worker_error.as_ref()),
+        });
+        // One status.json for all workers, written under the board's lock.
+        let Ok(mut board) = self.shared.board.lock() else { return };
+        board.insert(self.slot, (worker, current.clone()));
+        let workers: Vec<Value> = board.values().map(|(w, _)| w.clone()).collect();
+        let current = board.values().find_map(|(_, c)| c.clone());
+        let waiting = board.values().find_map(|(w, _)| w["waiting"].as_str().map(str::to_string));
         let status = json!({
             "daemon": {"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "started_at": self.started_at, "state": state},
             "queue": counts,
             "current": current,
-            "waiting": self.waiting_reason.as_ref().or(self.worker_error.as_ref()),
-            "workers": [{
-                "backend": self.config.runtime.backend.as_str(),
-                "runtime": match self.config.runtime.kind { crate::config::RuntimeKind::Process => "process", crate::config::RuntimeKind::Docker => "docker" },
-                "state": self.worker_state,
-                "pid": self.worker.as_ref().map(|w| w.info().pid),
-                "container_id": self.worker.as_ref().and_then(|w| w.info().container_id),
-                "loaded_controls": self.loaded.as_ref().map(|s| s.split(',').collect::<Vec<_>>()),
-                "loads": self.loads,
-                "gpus": self.worker_gpus(),
-            }],
+            "waiting": waiting,
+            "workers": workers,
             "gpus": self.gpu_samples,
             "nvml": self.gpus.describe(),
             "updated_at": Timestamp::now().rfc3339(),

@@ -167,3 +167,33 @@ fn a_missing_image_is_named_and_runs_wait_for_it() {
     let _ = Command::new("docker").args(["rm", "-f", &format!("cosmos-{inst}")]).output();
     let _ = Command::new("docker").args(["rmi", &image]).output();
 }
+
+#[test]
+fn two_gpus_get_two_containers_and_runs_spread_over_both() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("two");
+    let _c0 = Cleanup(format!("{inst}-0"));
+    let _c1 = Cleanup(format!("{inst}-1"));
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let cfg = config(&inst, IMAGE, "").replace("gpus = []", "gpus = [0, 1]");
+    let daemon = Daemon::start(&home, &cfg, &[("COSMOS_FAKE_GPUS", "2:81920")]);
+    let text: String = (0..6).map(|i| line(&format!("s{i}"), ", \"sim\": {\"seconds\": 1}")).collect();
+    drop_file(&home, "spread.jsonl", &text);
+    assert!(wait_until(LONG, || completed(&home) == 6), "{:?}\n{}", runs(&home), daemon.log_text());
+    let c0 = container_id(&format!("cosmos-{inst}-0")).expect("container for GPU 0");
+    let c1 = container_id(&format!("cosmos-{inst}-1")).expect("container for GPU 1");
+    assert_ne!(c0, c1);
+    let mut used = std::collections::BTreeSet::new();
+    for r in runs(&home) {
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap()).unwrap();
+        used.insert(m["worker"]["container_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(used.len(), 2, "runs spread over both containers: {used:?}");
+    let st = status(&home);
+    assert_eq!(st["workers"].as_array().map(Vec::len), Some(2), "{st}");
+    assert_eq!(st["workers"][1]["gpus"], serde_json::json!([1]));
+}

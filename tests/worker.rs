@@ -357,3 +357,24 @@ fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
     );
     assert_eq!(runs(&home)[0]["status"], "queued");
 }
+
+#[test]
+fn a_worker_per_gpu_shares_the_queue_without_running_anything_twice() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "gpus = [0, 1]\nbackend_args = [\"--job-seconds\", \"0.4\"]", &[("COSMOS_FAKE_GPUS", "2")]);
+    let text: String = (0..8).map(|i| line(&format!("p{i}"), EDGE, "")).collect();
+    drop_file(&home, "two.jsonl", &text);
+    assert!(wait_until(LONG, || all_final(&home, 8)), "{}", daemon.log_text());
+    let mut pids = std::collections::BTreeSet::new();
+    for r in runs(&home) {
+        assert_eq!(r["status"], "completed");
+        assert_eq!(r["attempts"], 1, "each run started once: {r}");
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap()).unwrap();
+        pids.insert(m["worker"]["pid"].as_u64().unwrap());
+    }
+    assert_eq!(pids.len(), 2, "both workers ran runs: {pids:?}");
+    let st = status(&home);
+    assert_eq!(st["workers"].as_array().map(Vec::len), Some(2), "{st}");
+}

@@ -10,7 +10,7 @@
 
 use super::process::{LogSink, WorkerMsg};
 use super::protocol::{parse_event, Event, Op};
-use crate::config::{Config, Gpus};
+use crate::config::Config;
 use bollard::container::{
     AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
     RemoveContainerOptions, StartContainerOptions,
@@ -144,7 +144,7 @@ fn rewrite(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>) {
 }
 
 /// What shapes the container: a change to any of it means a new container.
-fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String]) -> String {
+fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String], gpus: Option<&[u32]>) -> String {
     use sha2::{Digest, Sha256};
     let rt = &config.runtime;
     let text = format!(
@@ -157,7 +157,7 @@ fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String]) -> S
         user,
         rt.network,
         rt.shm_size.0,
-        rt.gpus,
+        gpus,
         rt.ipc_host
     );
     crate::fsutil::hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
@@ -180,7 +180,17 @@ pub struct DockerWorker {
 impl DockerWorker {
     /// Re-attaches to this instance's container when its configuration still matches,
     /// else creates and starts a new one; then speaks to the worker in it.
-    pub fn start(config: &Config, worker_path: &Path, log: LogSink, hello_timeout: Duration) -> Result<DockerWorker, DockerError> {
+    /// `slot` of `slots`: one container per GPU or GPU group; `gpus` are this one's
+    /// (`None`: all).
+    pub fn start(
+        config: &Config,
+        worker_path: &Path,
+        log: LogSink,
+        hello_timeout: Duration,
+        slot: usize,
+        slots: usize,
+        gpus: Option<&[u32]>,
+    ) -> Result<DockerWorker, DockerError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -198,13 +208,15 @@ impl DockerWorker {
         if !args.iter().any(|a| a == "--checkpoint-dir") && map.mounts.iter().any(|m| m.container == Path::new("/cosmos/checkpoints")) {
             args.extend(["--checkpoint-dir".to_string(), "/cosmos/checkpoints".to_string()]);
         }
-        let hash = config_hash(config, &map, &user, &args);
+        let hash = config_hash(config, &map, &user, &args, gpus);
         let instance = config.runtime.instance.clone();
-        let name = format!("cosmos-{instance}");
+        let name = if slots > 1 { format!("cosmos-{instance}-{slot}") } else { format!("cosmos-{instance}") };
 
         let mut labels = HashMap::new();
         labels.insert("cosmos.instance".to_string(), instance.clone());
-        let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}")])]);
+        labels.insert("cosmos.slot".to_string(), slot.to_string());
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}"), format!("cosmos.slot={slot}")])]);
         let existing = rt
             .block_on(docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })))
             .map_err(api)?;
@@ -231,13 +243,15 @@ impl DockerWorker {
                 labels.insert("cosmos.config-hash".to_string(), hash.clone());
                 let mut cmd = vec![config.runtime.python.clone(), "-u".into(), "-m".into(), "cosmos_worker".into(), "--backend".into(), config.runtime.backend.as_str().into()];
                 cmd.extend(args.iter().cloned());
-                let device_requests = match &config.runtime.gpus {
-                    Gpus::Each(v) if v.is_empty() => None,
-                    Gpus::Named(_) => Some(vec![DeviceRequest { driver: Some("nvidia".into()), count: Some(-1), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
-                    Gpus::Each(v) => Some(vec![DeviceRequest { driver: Some("nvidia".into()), device_ids: Some(vec![v[0].to_string()]), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
-                    Gpus::Groups(g) => Some(vec![DeviceRequest {
+                // Fake GPUs (COSMOS_FAKE_GPUS, tests) have no driver to request them from.
+                let fake = std::env::var_os("COSMOS_FAKE_GPUS").is_some_and(|v| !v.is_empty());
+                let device_requests = match gpus {
+                    _ if fake => None,
+                    Some([]) => None,
+                    None => Some(vec![DeviceRequest { driver: Some("nvidia".into()), count: Some(-1), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
+                    Some(ids) => Some(vec![DeviceRequest {
                         driver: Some("nvidia".into()),
-                        device_ids: Some(g.first().map(|g| g.iter().map(u32::to_string).collect()).unwrap_or_default()),
+                        device_ids: Some(ids.iter().map(u32::to_string).collect()),
                         capabilities: Some(vec![vec!["gpu".into()]]),
                         ..Default::default()
                     }]),

@@ -70,7 +70,8 @@ pub fn worker_path(config: &Config) -> PathBuf {
 
 impl ProcessWorker {
     /// Starts the worker and waits for its `hello`.
-    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration) -> Result<ProcessWorker, WorkerError> {
+    /// `gpus`: this worker's GPUs (`None`: all), given to it as CUDA_VISIBLE_DEVICES.
+    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration, gpus: Option<&[u32]>) -> Result<ProcessWorker, WorkerError> {
         let rt = &config.runtime;
         let path = worker_path(config);
         let mut cmd = Command::new(&rt.python);
@@ -85,6 +86,9 @@ impl ProcessWorker {
             None => path.clone().into_os_string(),
         };
         cmd.env("PYTHONPATH", python_path).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(gpus) = gpus {
+            cmd.env("CUDA_VISIBLE_DEVICES", gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        }
         let command = format!("{} -m cosmos_worker --backend {} (PYTHONPATH={})", rt.python, rt.backend.as_str(), path.display());
         let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn { command: command.clone(), source })?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
