@@ -346,7 +346,11 @@ impl Scheduler {
             if adopted.contains(&run.id) {
                 continue;
             }
-            match protocol::read_result(&out) {
+            let result = protocol::read_result(&out).map(|ev| match ev {
+                Event::Done { run_id, outputs, seconds } => Event::Done { run_id, outputs: self.outputs_on_host(outputs), seconds },
+                other => other,
+            });
+            match result {
                 Some(Event::Done { outputs, seconds, .. }) if video_ok(&outputs, &out) => {
                     tracing::info!(run = %run.id, "finished while the daemon was down: publishing");
                     self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds, gpu: Value::Null });
@@ -359,6 +363,18 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Output paths from a result.json, as host paths: a container wrote container paths.
+    fn outputs_on_host(&self, outputs: Outputs) -> Outputs {
+        let map = crate::runtime::docker::PathMap::for_config(&self.config, &crate::runtime::process::worker_path(&self.config));
+        let host = |p: String| {
+            if Path::new(&p).exists() {
+                return p;
+            }
+            map.to_host(Path::new(&p)).filter(|h| h.exists()).map_or(p, |h| h.display().to_string())
+        };
+        Outputs { video: outputs.video.map(host), controls: outputs.controls.into_iter().map(|(k, v)| (k, host(v))).collect() }
     }
 
     /// A run the re-attached worker is still running: wait for it like any other.

@@ -90,7 +90,7 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
     drop_file(&home, "first.jsonl", &line("a", ""));
     assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
     let id = container_id(&format!("cosmos-{inst}")).expect("the worker container");
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     drop_file(&home, "second.jsonl", &line("b", ""));
     assert!(wait_until(LONG, || completed(&home) == 2), "{}", daemon.log_text());
     assert_eq!(status(&home)["workers"][0]["loads"], 1, "one load for both submissions");
@@ -100,7 +100,13 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
 
     let daemon = Daemon::start(&home, &cfg, &[]);
     daemon.wait_log("re-attached to the running worker container", LONG);
-    drop_file(&home, "third.jsonl", &line("c", ""));
+    // A bundle folder naming its video by a relative path.
+    let bundle = home.path().join("shoot");
+    std::fs::create_dir_all(bundle.join("clips")).unwrap();
+    std::fs::copy(home.path().join("videos/city1/color.mp4"), bundle.join("clips/color.mp4")).unwrap();
+    std::fs::write(bundle.join("jobs.jsonl"), line("c", "").replace("videos/city1/color.mp4", "clips/color.mp4")).unwrap();
+    std::fs::write(bundle.join("READY"), "").unwrap();
+    std::fs::rename(&bundle, home.inbox().join("shoot")).unwrap();
     assert!(wait_until(LONG, || completed(&home) == 3), "{}", daemon.log_text());
     assert_eq!(status(&home)["workers"][0]["loads"], 0, "the model stayed loaded: no new load");
     assert_eq!(container_id(&format!("cosmos-{inst}")).as_deref(), Some(id.as_str()));
@@ -110,8 +116,10 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
     let me = format!("{}:{} none", unsafe { libc::getuid() }, unsafe { libc::getgid() });
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), me);
     // A bundle's relative paths reach the worker as container paths.
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", runs(&home)[0]["id"].as_str().unwrap()))).unwrap()).unwrap();
-    assert!(spec["input_video_path"].as_str().unwrap().starts_with("/cosmos/work/rs_"), "{spec}");
+    let c = runs(&home).into_iter().find(|r| r["name"] == "c").unwrap();
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", c["id"].as_str().unwrap()))).unwrap()).unwrap();
+    let seen = spec["input_video_path"].as_str().unwrap();
+    assert!(seen.starts_with("/cosmos/work/rs_") && seen.ends_with("/input/video.mp4"), "{spec}");
 }
 
 #[test]
@@ -196,4 +204,42 @@ fn two_gpus_get_two_containers_and_runs_spread_over_both() {
     let st = status(&home);
     assert_eq!(st["workers"].as_array().map(Vec::len), Some(2), "{st}");
     assert_eq!(st["workers"][1]["gpus"], serde_json::json!([1]));
+}
+
+#[test]
+fn a_daemon_killed_mid_run_finds_the_run_going_on_or_finished_in_the_container() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("adopt");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let cfg = config(&inst, IMAGE, "");
+    // Still running when the daemon comes back: followed, not restarted.
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    drop_file(&home, "a.jsonl", &line("going", ", \"sim\": {\"seconds\": 4}"));
+    // Past the model load: the worker has the run (it reported progress).
+    assert!(wait_until(LONG, || status(&home)["current"]["step"].as_u64().unwrap_or(0) >= 1), "{}", daemon.log_text());
+    daemon.kill9();
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("the worker is still running it: following it"), "{}", daemon.log_text());
+    assert_eq!(runs(&home)[0]["attempts"], 1, "not run again");
+    // Finished while no daemon was attached: published from result.json.
+    drop_file(&home, "b.jsonl", &line("finished", ", \"sim\": {\"seconds\": 2}"));
+    assert!(
+        wait_until(LONG, || status(&home)["current"]["run_id"].as_str().is_some_and(|id| runs(&home).iter().any(|r| r["id"] == id && r["name"] == "finished"))
+            && status(&home)["current"]["step"].as_u64().unwrap_or(0) >= 1),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    assert!(wait_until(LONG, || completed(&home) == 2), "{}", daemon.log_text());
+    let r = runs(&home).into_iter().find(|r| r["name"] == "finished").unwrap();
+    assert_eq!(r["attempts"], 1, "published from result.json, not re-run: {r}");
+    assert!(daemon.log_text().contains("finished while the daemon was down"), "{}", daemon.log_text());
 }

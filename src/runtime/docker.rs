@@ -383,6 +383,7 @@ impl DockerWorker {
                 Some(WorkerMsg::Event(Event::Pong { state, run_id, controls, version, pid })) => {
                     w.version = version.unwrap_or_default();
                     w.pid = pid.unwrap_or(0);
+                    tracing::info!(%state, run = ?run_id, controls = ?controls, "the re-attached worker reports");
                     w.found = Some((state, run_id, controls.unwrap_or_default()));
                     return Ok(w);
                 }
