@@ -182,8 +182,9 @@ impl Outbox {
         let runs = store.runs_where(RunLink::Batch, &batch.id)?;
         let pairs: Vec<(&str, &crate::spec::RunSpec)> = runs.iter().map(|r| (r.id.as_str(), &r.spec)).collect();
         let files = nvidia::nvidia_batch(&pairs);
-        let tmp = self.staging.join(batch.folder_name());
-        let _ = std::fs::remove_dir_all(&tmp);
+        // Several workers may start runs of one batch at once: each builds its own copy,
+        // the first rename wins.
+        let tmp = self.staging.join(format!("{}.{}", batch.folder_name(), crate::ids::new_id(crate::ids::IdKind::Batch)));
         std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
         files.write_to(&tmp, &batch.name).map_err(at("cannot write", &tmp))?;
         let mut log = format!("{} batch {} ({}) {}: {} runs\n", Timestamp::now().rfc3339(), batch.name, batch.id, batch.kind, runs.len());
@@ -198,7 +199,12 @@ impl Outbox {
             self.set_mode(&tmp.join(f));
         }
         self.set_mode(&tmp.join(format!("{}.jsonl", batch.name)));
-        std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
+        if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !final_dir.is_dir() {
+                return Err(at("cannot publish", &final_dir)(e).into());
+            }
+        }
         Ok(final_dir)
     }
 
@@ -212,6 +218,10 @@ impl Outbox {
 
     /// Writes (or rewrites) the receipt of a submission from the store.
     pub fn write_receipt(&self, store: &Store, sub: &Submission) -> Result<PathBuf> {
+        // Workers finish runs of one submission at the same time: read-and-write under one
+        // lock, or an older view could land last and stay.
+        static RECEIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = RECEIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let stem = stem_of(&sub.file);
         let runs = store.runs_where(RunLink::Submission, &sub.id)?;
         let runs: Vec<_> = runs

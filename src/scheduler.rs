@@ -279,9 +279,12 @@ impl Scheduler {
                 a.insert(run);
             }
         }
-        // Every worker has said what it is still running before anything is requeued.
+        // Every worker has said what it is still running before anything is requeued, and
+        // recovery is over before any worker takes a new run.
         self.shared.barrier.wait();
-        self.recover()?;
+        let recovered = self.recover();
+        self.shared.barrier.wait();
+        recovered?;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 break;

@@ -355,7 +355,9 @@ fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
         status(&home),
         daemon.log_text()
     );
-    assert_eq!(runs(&home)[0]["status"], "queued");
+    assert!(wait_until(LONG, || runs(&home).len() == 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runs(&home)[0]["status"], "queued", "held back, not started");
 }
 
 #[test]
@@ -369,7 +371,7 @@ fn a_worker_per_gpu_shares_the_queue_without_running_anything_twice() {
     assert!(wait_until(LONG, || all_final(&home, 8)), "{}", daemon.log_text());
     let mut pids = std::collections::BTreeSet::new();
     for r in runs(&home) {
-        assert_eq!(r["status"], "completed");
+        assert_eq!(r["status"], "completed", "{r}\n{}", daemon.log_text());
         assert_eq!(r["attempts"], 1, "each run started once: {r}");
         let m: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap()).unwrap();
         pids.insert(m["worker"]["pid"].as_u64().unwrap());
