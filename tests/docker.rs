@@ -243,3 +243,31 @@ fn a_daemon_killed_mid_run_finds_the_run_going_on_or_finished_in_the_container()
     assert_eq!(r["attempts"], 1, "published from result.json, not re-run: {r}");
     assert!(daemon.log_text().contains("finished while the daemon was down"), "{}", daemon.log_text());
 }
+
+#[test]
+fn an_engine_that_is_away_holds_runs_and_is_found_again() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("away");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    // This daemon's engine socket does not exist yet: the engine is "down" for it alone.
+    let socket = home.path().join("engine.sock");
+    let host = format!("unix://{}", socket.display());
+    let daemon = Daemon::start(&home, &config(&inst, IMAGE, ""), &[("DOCKER_HOST", host.as_str())]);
+    drop_file(&home, "held.jsonl", &line("held", ""));
+    assert!(
+        wait_until(LONG, || status(&home)["waiting"].as_str().is_some_and(|w| w.contains("cannot reach the Docker engine"))),
+        "{}\n{}",
+        status(&home),
+        daemon.log_text()
+    );
+    assert!(wait_until(LONG, || runs(&home).len() == 1));
+    assert_eq!(runs(&home)[0]["status"], "queued");
+    // The engine comes back.
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    assert!(wait_until(Duration::from_secs(90), || completed(&home) == 1), "{}\n{}", status(&home), daemon.log_text());
+}
