@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_until, Daemon, Home};
+use common::{drop_file, runs, status, wait_until, Daemon, Home};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -53,27 +53,16 @@ fn container_id(name: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn drop_file(home: &Home, name: &str, text: &str) {
-    let tmp = home.inbox().join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, home.inbox().join(name)).unwrap();
-}
 
 fn line(name: &str, extra: &str) -> String {
     format!("{{\"name\": \"{name}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{name}\", \"control_overrides\": {{\"edge\": {{\"control_weight\": 0.5}}}}{extra}}}\n")
 }
 
-fn runs(home: &Home) -> Vec<Value> {
-    home.json(&["list", "runs", "--json"]).as_array().cloned().unwrap_or_default()
-}
 
 fn completed(home: &Home) -> usize {
     runs(home).iter().filter(|r| r["status"] == "completed").count()
 }
 
-fn status(home: &Home) -> Value {
-    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
-}
 
 #[test]
 fn one_container_one_load_across_submissions_and_daemon_restarts() {

@@ -3,18 +3,13 @@
 
 mod common;
 
-use common::{wait_until, Daemon, Home};
+use common::{drop_file, runs, status, wait_until, Daemon, Home};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(40);
 
-fn drop_file(home: &Home, name: &str, text: &str) {
-    let tmp = home.inbox().join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, home.inbox().join(name)).unwrap();
-}
 
 fn line(name: &str, controls: &str, extra: &str) -> String {
     format!(
@@ -24,9 +19,6 @@ fn line(name: &str, controls: &str, extra: &str) -> String {
 
 const EDGE: &str = "{\"edge\": {\"control_weight\": 0.5}}";
 
-fn runs(home: &Home) -> Vec<Value> {
-    home.json(&["list", "runs", "--json"]).as_array().cloned().unwrap_or_default()
-}
 
 fn by_name<'a>(runs: &'a [Value], name: &str) -> &'a Value {
     runs.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no run named {name}"))
@@ -37,9 +29,6 @@ fn all_final(home: &Home, n: usize) -> bool {
     r.len() == n && r.iter().all(|r| ["completed", "failed", "cancelled"].contains(&r["status"].as_str().unwrap_or("")))
 }
 
-fn status(home: &Home) -> Value {
-    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
-}
 
 /// Checks every `size mtime sha256 path` line of a manifest.txt, as `sha256sum -c` would.
 fn verify_manifest(dir: &Path) -> usize {

@@ -8,7 +8,7 @@
 //! no daemon is attached. Host paths in specs are rewritten to the container's mounts and
 //! the worker's output paths back.
 
-use super::process::{LogSink, WorkerMsg};
+use super::process::{log_worker_line, recv_msg, LogSink, WorkerMsg};
 use super::protocol::{parse_event, Event, Op};
 use crate::config::Config;
 use bollard::container::{
@@ -20,10 +20,9 @@ use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -330,13 +329,7 @@ impl DockerWorker {
                         err_buf.extend_from_slice(&message);
                         while let Some(i) = err_buf.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = err_buf.drain(..=i).collect();
-                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                            tracing::info!(target: "worker", "{text}");
-                            if let Ok(mut sink) = log.lock() {
-                                if let Some(f) = sink.as_mut() {
-                                    let _ = writeln!(f, "{text}");
-                                }
-                            }
+                            log_worker_line(&log, String::from_utf8_lossy(&line).trim_end());
                         }
                     }
                     LogOutput::StdIn { .. } => {}
@@ -407,11 +400,7 @@ impl DockerWorker {
     }
 
     pub fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
-        match self.events.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
-        }
+        recv_msg(&self.events, timeout)
     }
 
     /// Removes the container (a dead or hung worker is replaced by a new one).

@@ -39,6 +39,26 @@ pub enum WorkerMsg {
 /// Where the worker's stderr lines go besides the daemon log: the running run's log.
 pub type LogSink = Arc<Mutex<Option<std::fs::File>>>;
 
+/// One line the worker wrote on stderr: into the daemon log and the current run's log.
+pub fn log_worker_line(log: &LogSink, line: &str) {
+    tracing::info!(target: "worker", "{line}");
+    if let Ok(mut sink) = log.lock() {
+        if let Some(f) = sink.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The next message from a worker's reader, or `None` after `timeout`; a reader that is
+/// gone means the worker is.
+pub fn recv_msg(events: &Receiver<WorkerMsg>, timeout: Duration) -> Option<WorkerMsg> {
+    match events.recv_timeout(timeout) {
+        Ok(m) => Some(m),
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
+    }
+}
+
 pub struct ProcessWorker {
     child: Child,
     stdin: ChildStdin,
@@ -116,12 +136,7 @@ impl ProcessWorker {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                tracing::info!(target: "worker", "{line}");
-                if let Ok(mut sink) = log.lock() {
-                    if let Some(f) = sink.as_mut() {
-                        let _ = writeln!(f, "{line}");
-                    }
-                }
+                log_worker_line(&log, &line);
             }
         });
         let mut worker = ProcessWorker { child, stdin, events, backend: rt.backend.as_str().to_string(), version: String::new(), pid: 0 };
@@ -157,11 +172,7 @@ impl ProcessWorker {
 
     /// The next message, or `None` after `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
-        match self.events.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
-        }
+        recv_msg(&self.events, timeout)
     }
 
     /// Kills the worker and reaps it.

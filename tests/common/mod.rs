@@ -239,3 +239,20 @@ impl Home {
         self.json(&["list", "runs", "--json"]).as_array().map_or(0, Vec::len)
     }
 }
+
+/// Drops `text` into the inbox as `name`, by rename (as rsync and `cosmos submit` do).
+pub fn drop_file(home: &Home, name: &str, text: &str) {
+    let tmp = home.inbox().join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, home.inbox().join(name)).expect("drop");
+}
+
+/// Every run, as `cosmos list runs --json` shows them.
+pub fn runs(home: &Home) -> Vec<serde_json::Value> {
+    home.json(&["list", "runs", "--json"]).as_array().cloned().unwrap_or_default()
+}
+
+/// The daemon's status.json (null before it exists).
+pub fn status(home: &Home) -> serde_json::Value {
+    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+}
