@@ -260,3 +260,23 @@ fn an_engine_that_is_away_holds_runs_and_is_found_again() {
     std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
     assert!(wait_until(Duration::from_secs(90), || completed(&home) == 1), "{}\n{}", status(&home), daemon.log_text());
 }
+
+#[test]
+fn seed_commands_run_in_the_container_from_staged_inputs() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("seed");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    let daemon = Daemon::start(&home, &config(&inst, IMAGE, ""), &[]);
+    // The prompt's videos live outside every mounted folder: queueing stages them.
+    let ps = common::grep_id(&home.ok(&["create", "prompt", "A city", "videos/city1"]), "ps_");
+    let rs = common::grep_id(&home.ok(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0"]), "rs_");
+    home.ok(&["batch-inference", &rs, "--batch-name", "seeded"]);
+    std::fs::remove_dir_all(home.path().join("videos")).unwrap();
+    assert!(wait_until(LONG, || completed(&home) == 1), "{:?}\n{}", runs(&home), daemon.log_text());
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{rs}/spec.json"))).unwrap()).unwrap();
+    assert_eq!(spec["input_video_path"], format!("/cosmos/work/{rs}/input/video.mp4"));
+    assert_eq!(spec["depth"]["input_control"], format!("/cosmos/work/{rs}/input/depth.mp4"));
+}

@@ -282,7 +282,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 Command::BatchInference { runs, batch_name, dry_run } => {
                     batch_inference(&mut store, &config, &runs, batch_name, dry_run, out)
                 }
-                Command::Inference { runs, upscale_weight, dry_run } => inference(&mut store, &runs, upscale_weight, dry_run, out),
+                Command::Inference { runs, upscale_weight, dry_run } => {
+                    inference(&mut store, &config, &runs, upscale_weight, dry_run, out)
+                }
                 Command::List { what, status, limit, json } => list(&store, what, status, limit, json, out),
                 Command::Show { id, json } => show(&store, &id, json, out),
                 Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
@@ -515,6 +517,7 @@ fn batch_inference(
         }
         return Ok(());
     }
+    stage_inputs(store, config, &ids)?;
     let batch = store.queue_batch(&name, &ids)?;
     writeln!(out, "Queued batch {} ({}): {} runs", batch.name, batch.id, ids.len())?;
     for id in &ids {
@@ -524,7 +527,34 @@ fn batch_inference(
     Ok(())
 }
 
-fn inference(store: &mut Store, prefixes: &[String], upscale: Option<f64>, dry_run: bool, out: &mut dyn Write) -> Result<()> {
+/// Copies (hard-links) the inputs of runs about to be queued into `<state>/work/rs_<id>/input/`,
+/// as intake does for submissions: the worker (in a container too) reads them there, and the
+/// user may move or delete the originals. Runs already staged keep their copies.
+fn stage_inputs(store: &mut Store, config: &Config, ids: &[String]) -> Result<()> {
+    let work = config.paths.state.join("work");
+    for id in ids {
+        let run = store.run(id)?;
+        // Only runs that can be queued; the queueing step explains the others.
+        let queueable = matches!(run.status, RunStatus::Pending | RunStatus::Failed | RunStatus::Cancelled);
+        if !queueable || run.spec.visual_input.starts_with(&work) {
+            continue;
+        }
+        let mut spec = run.spec.clone();
+        crate::intake::stage::stage_run(&work, id, &mut spec)
+            .map_err(|e| usage(format!("run {id}: cannot stage its input videos under {}: {e}", work.display())))?;
+        store.restage(id, &spec)?;
+    }
+    Ok(())
+}
+
+fn inference(
+    store: &mut Store,
+    config: &Config,
+    prefixes: &[String],
+    upscale: Option<f64>,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     if let Some(w) = upscale {
         if !(w.is_finite() && w > 0.0 && w <= 1.0) {
             return Err(usage(format!("--upscale-weight: expected a number in (0, 1], got {w}")));
@@ -542,6 +572,7 @@ fn inference(store: &mut Store, prefixes: &[String], upscale: Option<f64>, dry_r
         }
         return Ok(());
     }
+    stage_inputs(store, config, &ids)?;
     store.queue_single(&ids, upscale)?;
     for id in &ids {
         match upscale {

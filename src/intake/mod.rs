@@ -8,7 +8,7 @@
 //! ever deleted: originals end in `<state>/archive/`.
 
 pub mod fate;
-mod stage;
+pub mod stage;
 pub mod tracker;
 pub mod watch;
 

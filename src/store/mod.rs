@@ -369,6 +369,20 @@ impl Store {
         Ok(batch)
     }
 
+    /// Replaces a not-yet-started run's spec (its inputs were staged). Refused once the
+    /// run is queued or later: the daemon may be reading it.
+    pub fn restage(&mut self, run_id: &str, spec: &RunSpec) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE runs SET spec = ?2 WHERE id = ?1 AND status IN ('pending', 'failed', 'cancelled')",
+            params![run_id, spec_json(spec)?],
+        )?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Refused(format!("run {run_id} is queued or running; its inputs are already set")))
+        }
+    }
+
     /// Queues runs one by one (`cosmos inference`), all or nothing; with `upscale_weight`,
     /// each is followed by an upscale run once it completes.
     pub fn queue_single(&mut self, run_ids: &[String], upscale_weight: Option<f64>) -> Result<()> {
