@@ -100,7 +100,7 @@ fn three_lines_give_three_verified_run_folders_and_a_batch_folder() {
     assert_eq!(st["daemon"]["state"], "running");
     // cosmos status and logs.
     let text = home.ok(&["status"]);
-    assert!(text.contains("3 completed") && text.contains("worker: sim"), "{text}");
+    assert!(text.contains("3 completed") && text.contains("worker 0: sim idle (process"), "{text}");
     let log = home.ok(&["logs", by_name(&runs, "a")["id"].as_str().unwrap()]);
     assert!(log.contains("attempt 1 of run") && log.contains("reports done"), "{log}");
     assert!(daemon.stop().success());

@@ -101,9 +101,14 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             writeln!(out, "waiting: {w}")?;
         }
         for w in s["workers"].as_array().into_iter().flatten() {
+            let container = w["container_id"].as_str().map_or(String::new(), |c| format!(" container {}", &c[..c.len().min(12)]));
+            let gpus = w["gpus"].as_array().map_or("all GPUs".to_string(), |g| {
+                if g.is_empty() { "no GPU".to_string() } else { format!("GPU {}", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")) }
+            });
             writeln!(
                 out,
-                "worker: {} {} ({}), loaded {}, {} load(s)",
+                "worker {}: {} {} ({}{container}, {gpus}), loaded {}, {} load(s)",
+                w["slot"].as_u64().unwrap_or(0),
                 w["backend"].as_str().unwrap_or("?"),
                 w["state"].as_str().unwrap_or("?"),
                 w["runtime"].as_str().unwrap_or("?"),
