@@ -280,3 +280,24 @@ fn seed_commands_run_in_the_container_from_staged_inputs() {
     assert_eq!(spec["input_video_path"], format!("/cosmos/work/{rs}/input/video.mp4"));
     assert_eq!(spec["depth"]["input_control"], format!("/cosmos/work/{rs}/input/depth.mp4"));
 }
+
+#[test]
+fn a_load_under_way_when_the_daemon_died_is_kept() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("load");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let cfg = config(&inst, IMAGE, "").replace("\"--load-seconds\", \"1\"", "\"--load-seconds\", \"4\"");
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    drop_file(&home, "l.jsonl", &line("l", ""));
+    assert!(wait_until(LONG, || status(&home)["workers"][0]["state"] == "loading"), "{}", daemon.log_text());
+    daemon.kill9();
+    let daemon = Daemon::start(&home, &cfg, &[]);
+    assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("state=loading"), "{}", daemon.log_text());
+    assert_eq!(status(&home)["workers"][0]["loads"], 0, "the load the first daemon asked for was kept: {}", status(&home));
+}

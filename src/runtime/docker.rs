@@ -377,6 +377,10 @@ impl DockerWorker {
                     w.version = version.unwrap_or_default();
                     w.pid = pid.unwrap_or(0);
                     tracing::info!(%state, run = ?run_id, controls = ?controls, "the re-attached worker reports");
+                    if state == "loading" {
+                        // A load the previous daemon asked for: let it finish and keep it.
+                        return w.await_load(config.scheduler.run_timeout.0);
+                    }
                     w.found = Some((state, run_id, controls.unwrap_or_default()));
                     return Ok(w);
                 }
@@ -384,6 +388,29 @@ impl DockerWorker {
                 Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
                 None => {
                     w.kill();
+                    return Err(DockerError::NoPong);
+                }
+            }
+        }
+    }
+
+    /// Waits for a load that was under way when this daemon attached, and keeps its result.
+    fn await_load(mut self, limit: Duration) -> Result<DockerWorker, DockerError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.recv(deadline.saturating_duration_since(Instant::now())) {
+                Some(WorkerMsg::Event(Event::Loaded { controls, .. })) => {
+                    self.found = Some(("idle".into(), None, controls));
+                    return Ok(self);
+                }
+                Some(WorkerMsg::Event(Event::LoadFailed { .. })) => {
+                    self.found = Some(("idle".into(), None, Vec::new()));
+                    return Ok(self);
+                }
+                Some(WorkerMsg::Event(_)) => {}
+                Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
+                None => {
+                    self.kill();
                     return Err(DockerError::NoPong);
                 }
             }
