@@ -3,8 +3,10 @@
 //!
 //! A file is renamed into the inbox (as rsync and `cosmos submit` deliver); it counts as
 //! queued when its receipt appears (the receipt is written after the store commit), seen by
-//! an inotify watch on the receipts folder. Measured for inotify mode and for poll mode,
-//! side by side with each mode's target.
+//! an inotify watch on the receipts folder. Measured for inotify mode, for poll mode, and
+//! for an inbox on a FUSE mount (bindfs, as NFS or sshfs look to the daemon: poll mode
+//! chosen by `watch.mode = "auto"`, files renamed in behind the mount as another host would,
+//! the state folder on the local disk), side by side with each mode's target.
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashMap;
@@ -23,6 +25,28 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A bindfs mount, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").args(["-u", "-z"]).arg(&self.0).status();
+    }
+}
+
+/// Mounts `backing` at `root/inbox` with bindfs; `None` (and why) without bindfs or FUSE.
+fn fuse_inbox(root: &Path, backing: &Path) -> Option<Mount> {
+    std::fs::create_dir_all(root.join("inbox")).ok()?;
+    std::fs::create_dir_all(backing).ok()?;
+    match Command::new("bindfs").arg(backing).arg(root.join("inbox")).status() {
+        Ok(s) if s.success() => Some(Mount(root.join("inbox"))),
+        other => {
+            println!("  FUSE inbox: skipped, bindfs could not mount ({other:?}); install bindfs and fuse3");
+            None
+        }
     }
 }
 
@@ -81,10 +105,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Drops `n` files one every `gap`, returns each one's drop-to-receipt latency.
-fn latencies(root: &Path, n: usize, gap: Duration, tag: &str) -> Vec<Duration> {
+/// Drops `n` files into `drop_dir` (the inbox, or the folder behind a mounted inbox) one
+/// every `gap`, returns each one's drop-to-receipt latency.
+fn latencies(root: &Path, drop_dir: &Path, n: usize, gap: Duration, tag: &str) -> Vec<Duration> {
     let (_w, rx) = watch_receipts(&root.join("outbox/receipts"));
-    let staging = root.join("staging");
+    // Beside the drop folder, on its filesystem, so that the drop is a rename.
+    let staging = drop_dir.with_extension("staging");
     std::fs::create_dir_all(&staging).expect("staging");
     let mut dropped: HashMap<String, Instant> = HashMap::new();
     let mut seen: HashMap<String, Instant> = HashMap::new();
@@ -93,7 +119,7 @@ fn latencies(root: &Path, n: usize, gap: Duration, tag: &str) -> Vec<Duration> {
         let src = staging.join(format!("{stem}.jsonl"));
         std::fs::write(&src, job(i, tag)).expect("write");
         let t = Instant::now();
-        std::fs::rename(&src, root.join("inbox").join(format!("{stem}.jsonl"))).expect("drop");
+        std::fs::rename(&src, drop_dir.join(format!("{stem}.jsonl"))).expect("drop");
         dropped.insert(stem, t);
         let next = t + gap;
         while let Ok((stem, at)) = rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -161,16 +187,26 @@ fn main() {
     println!("drop-to-queued latency, {drops} drops each (renamed into the inbox, one every 100 ms):");
     let root: PathBuf = tmp.path().join("inotify");
     let daemon = start(&root, "mode = \"inotify\"\nsettle = \"2s\"");
-    let lat = latencies(&root, drops, Duration::from_millis(100), "ino");
+    let lat = latencies(&root, &root.join("inbox"), drops, Duration::from_millis(100), "ino");
     report("inotify (settle 2s: not needed for renames)", &lat, "< 50 ms");
     let burst_time = burst(&root, burst_n);
     drop(daemon);
 
     let root: PathBuf = tmp.path().join("poll");
     let daemon = start(&root, "mode = \"poll\"\npoll_interval = \"500ms\"\nsettle = \"500ms\"");
-    let lat = latencies(&root, drops, Duration::from_millis(100), "poll");
-    report("poll (poll_interval 500ms, settle 500ms)", &lat, "<= 1100 ms (interval + settle + 100 ms)");
+    let lat = latencies(&root, &root.join("inbox"), drops, Duration::from_millis(100), "poll");
+    report("poll (poll_interval 500ms, settle 500ms)", &lat, "p99 <= 1100 ms (interval + settle + 100 ms)");
     drop(daemon);
+
+    let root: PathBuf = tmp.path().join("fuse");
+    let share = tmp.path().join("share");
+    if let Some(mount) = fuse_inbox(&root, &share) {
+        let daemon = start(&root, "mode = \"auto\"\npoll_interval = \"500ms\"\nsettle = \"500ms\"");
+        let lat = latencies(&root, &share, drops, Duration::from_millis(100), "fuse");
+        report("FUSE inbox, auto -> poll (500ms, 500ms)", &lat, "p99 <= 1100 ms (interval + settle + 100 ms)");
+        drop(daemon);
+        drop(mount);
+    }
 
     match burst_time {
         Some(t) => println!(

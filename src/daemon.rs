@@ -29,6 +29,8 @@ pub enum DaemonError {
     Watch { path: String, source: notify::Error },
     #[error("{0}")]
     Intake(#[from] crate::intake::fate::IntakeError),
+    #[error(transparent)]
+    Path(#[from] crate::fsutil::PathIo),
 }
 
 /// Sets up logging: `$COSMOS_LOG_LEVEL`, else `log.level`; to `log.dir/cosmosd.log` (daily
@@ -64,9 +66,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     config.paths.inbox = inbox.map_err(|source| DaemonError::Io { what: format!("cannot open the inbox {}", config.paths.inbox.display()), source })?;
     std::fs::create_dir_all(&config.paths.state)
         .map_err(|source| DaemonError::Io { what: format!("cannot create {}", config.paths.state.display()), source })?;
+    // One daemon per state folder: a second one would finish the first one's claims.
+    let _state_lock = lock_state(&config.paths.state)?;
     let store = Store::open(&config.paths.database())?;
-    let mut intake = Intake::new(&config, store)
-        .map_err(|source| DaemonError::Io { what: "cannot create the inbox, outbox and state folders".into(), source })?;
+    let mut intake = Intake::new(&config, store)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         inbox = %config.paths.inbox.display(),
@@ -149,11 +152,6 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             if let Err(e) = tracker.rescan(&config.paths.inbox, now) {
                 tracing::error!(error = %e, "cannot list the inbox");
             }
-            // Retry anything an earlier error left in claimed/.
-            match intake.recover() {
-                Ok(done) => done.iter().for_each(log_taken),
-                Err(e) => tracing::error!(error = %e, "cannot finish a claim; will retry"),
-            }
             next_rescan = now + config.watch.rescan.0;
             check_now = true;
         }
@@ -162,6 +160,11 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             check_now = false;
             next_check = tracker.next_wake(Instant::now());
         }
+        // Entries that failed earlier, each on its own backoff.
+        if intake.next_retry().is_some_and(|t| now >= t) && !stop.load(Ordering::SeqCst) {
+            intake.retry_due().iter().for_each(log_taken);
+        }
+        shared.set_intake_stuck(intake.stuck_report());
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
@@ -173,6 +176,9 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             }
         }
         let mut wake = next_check.map_or(next_rescan, |w| w.min(next_rescan));
+        if let Some(retry) = intake.next_retry() {
+            wake = wake.min(retry);
+        }
         if watchdog.is_some() {
             wake = wake.min(next_watchdog);
         }
@@ -231,6 +237,33 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     result
 }
 
+/// Holds `<state>/cosmosd.lock` (flock) for the daemon's life, with its pid in it; another
+/// daemon on the same state folder is refused with that pid. (Daemons that share only an
+/// inbox, each with its own state, are fine: claims keep them apart.)
+fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = state.join("cosmosd.lock");
+    let io_err = |what: &str, source| DaemonError::Io { what: format!("{what} {}", path.display()), source };
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io_err("cannot open", e))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(DaemonError::Io {
+                what: format!("another cosmosd (pid {}) uses the state folder {}; stop it first", pid.trim(), state.display()),
+                source: err,
+            });
+        }
+        // A filesystem without locks (some NFS setups): go on, and say so.
+        tracing::warn!(path = %path.display(), error = %err, "cannot lock the state folder; make sure no other cosmosd uses it");
+    }
+    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| writeln!(file, "{}", std::process::id())).map_err(|e| io_err("cannot write", e))?;
+    Ok(file)
+}
+
 /// Claims every ready entry, stopping early (between claims) when asked to stop.
 fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool) {
     let roots = {
@@ -246,10 +279,9 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
             tracing::info!(left = ready.len() - i, "stopping: leaving the rest in the inbox");
             return;
         }
-        match intake.take(name) {
-            Ok(Some(taken)) => log_taken(&taken),
-            Ok(None) => {}
-            Err(e) => tracing::error!(file = %name, error = %e, "cannot take in; it stays claimed and is retried"),
+        // A failure is logged and scheduled for a retry by the intake itself.
+        if let Ok(Some(taken)) = intake.take(name) {
+            log_taken(&taken);
         }
     }
 }
@@ -267,7 +299,17 @@ fn log_taken(t: &crate::intake::Taken) {
     match &t.fate {
         Fate::Accepted { runs } => tracing::info!(submission = %t.submission, file = %t.name, runs, receipt = %t.receipt.display(), "accepted"),
         Fate::Duplicate { of } => tracing::info!(submission = %t.submission, file = %t.name, duplicate_of = %of, "duplicate: nothing runs again"),
-        Fate::Rejected { problems } => tracing::warn!(submission = %t.submission, file = %t.name, problems, receipt = %t.receipt.display(), "rejected"),
+        Fate::Rejected { problems, same_as: None } => {
+            tracing::warn!(submission = %t.submission, file = %t.name, problems, receipt = %t.receipt.display(), "rejected")
+        }
+        Fate::Rejected { problems, same_as: Some(first) } => tracing::warn!(
+            submission = %t.submission,
+            file = %t.name,
+            problems,
+            same_as = %first,
+            receipt = %t.receipt.display(),
+            "rejected again for the same problems"
+        ),
     }
 }
 

@@ -1,8 +1,15 @@
 //! Small filesystem helpers shared by intake, the outbox and the CLI: hashing, linking,
-//! syncing, and an I/O error that names what was being done and where.
+//! syncing, atomic writes, moves that work across filesystems, and an I/O error that names
+//! what was being done and where.
+//!
+//! The inbox, the outbox and the state folder may each be on its own filesystem (NFS, CIFS,
+//! FUSE, another disk): a rename between them fails with EXDEV. [`move_entry`] is the one
+//! place that crosses: a rename where it can, else a copy that appears whole by a rename on
+//! the target's own filesystem.
 
 use sha2::{Digest, Sha256};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// An I/O failure with its context: "cannot publish /outbox/run_rs_x: No space left".
@@ -52,5 +59,177 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
 pub fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
+    }
+}
+
+/// Writes `path` whole or not at all: a temp name in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    // Unique per call: several threads may replace the same file (a receipt) at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Whether an error is "these two paths are on different filesystems".
+pub fn is_cross_device(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EXDEV)
+}
+
+/// How [`move_entry`] got an entry to its new place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// One rename: both places are on one filesystem.
+    Renamed,
+    /// Copied (and synced) under a temp name beside the target, renamed into place, then
+    /// the source removed.
+    Copied,
+}
+
+/// The temp name [`move_entry`] copies to before the final rename: hidden, beside `dst`.
+/// Whoever owns the target folder removes leftovers of a crash ([`is_move_leftover`]).
+pub fn move_temp(dst: &Path) -> PathBuf {
+    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dst.with_file_name(format!(".{name}.copying"))
+}
+
+/// Whether a name in a folder is a half-made copy of [`move_entry`].
+pub fn is_move_leftover(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".copying")
+}
+
+/// Moves a file, folder or symlink from `src` to `dst` so that `dst` appears whole or not at
+/// all, whatever filesystems the two are on. A crash part-way leaves `src` in place (and
+/// perhaps a [`move_temp`] leftover), or `dst` complete beside a `src` not yet removed: the
+/// caller's recovery sees which and finishes.
+pub fn move_entry(src: &Path, dst: &Path) -> io::Result<Moved> {
+    match std::fs::rename(src, dst) {
+        Ok(()) => {
+            if let Some(parent) = dst.parent() {
+                sync_dir(parent);
+            }
+            return Ok(Moved::Renamed);
+        }
+        Err(e) if !is_cross_device(&e) => return Err(e),
+        Err(_) => {}
+    }
+    let tmp = move_temp(dst);
+    remove_any(&tmp)?;
+    if let Err(e) = copy_synced(src, &tmp) {
+        let _ = remove_any(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dst)?;
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent);
+    }
+    remove_any(src)?;
+    Ok(Moved::Copied)
+}
+
+/// Removes a file, symlink or folder tree; absent is fine.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let result = if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Copies `src` to `dst` (which must not exist) without following symlinks, and fsyncs every
+/// file and folder made. Regular files keep their permission bits; symlinks are made again
+/// as symlinks; fifos, sockets and devices become fifos (nothing is read from them, and
+/// intake still sees that the entry was not a regular file).
+pub fn copy_synced(src: &Path, dst: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        std::fs::create_dir(dst)?;
+        for entry in std::fs::read_dir(src)? {
+            let entry = entry?;
+            copy_synced(&entry.path(), &dst.join(entry.file_name()))?;
+        }
+        sync_dir(dst);
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
+    } else if ft.is_file() {
+        let mut from = std::fs::File::open(src)?;
+        let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(dst)?;
+        io::copy(&mut from, &mut to)?;
+        to.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+        to.sync_all()?;
+    } else if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dst.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: mkfifo reads a NUL-terminated path we own.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn move_entry_renames_on_one_filesystem_and_copies_a_tree_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("bundle");
+        std::fs::create_dir_all(src.join("videos")).unwrap();
+        std::fs::write(src.join("jobs.jsonl"), b"{}\n").unwrap();
+        std::fs::write(src.join("videos/color.mp4"), b"video").unwrap();
+        std::os::unix::fs::symlink("videos/color.mp4", src.join("link.mp4")).unwrap();
+        let dst = dir.path().join("moved");
+        assert_eq!(move_entry(&src, &dst).unwrap(), Moved::Renamed);
+        assert!(!src.exists());
+        assert_eq!(std::fs::read(dst.join("videos/color.mp4")).unwrap(), b"video");
+
+        // The copy path (what EXDEV takes): same tree, symlink kept as a symlink.
+        let copy = dir.path().join("copy");
+        copy_synced(&dst, &copy).unwrap();
+        assert_eq!(std::fs::read(copy.join("jobs.jsonl")).unwrap(), b"{}\n");
+        assert_eq!(std::fs::read_link(copy.join("link.mp4")).unwrap(), Path::new("videos/color.mp4"));
+        assert!(copy_synced(&dst, &copy).is_err(), "never copies over an existing entry");
+    }
+
+    #[test]
+    fn move_entry_across_filesystems_copies_then_removes() {
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+            println!("skipped: no /dev/shm");
+            return;
+        };
+        if std::fs::metadata(home.path()).unwrap().dev() == std::fs::metadata(other.path()).unwrap().dev() {
+            println!("skipped: /dev/shm is on the same filesystem");
+            return;
+        }
+        let src = other.path().join("jobs.jsonl");
+        std::fs::write(&src, b"line\n").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let dst = home.path().join("jobs.jsonl");
+        assert_eq!(move_entry(&src, &dst).unwrap(), Moved::Copied);
+        assert!(!src.exists());
+        assert_eq!(std::fs::read(&dst).unwrap(), b"line\n");
+        assert_eq!(std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777, 0o640);
+        assert!(!move_temp(&dst).exists(), "no temp left behind");
     }
 }

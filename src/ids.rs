@@ -52,14 +52,21 @@ pub const ID_CHARS: usize = 12;
 
 /// A new random id of the given kind.
 pub fn new_id(kind: IdKind) -> String {
-    let mut bits = random_u64();
     let mut id = String::with_capacity(3 + ID_CHARS);
     id.push_str(kind.prefix());
+    id.push_str(&token());
+    id
+}
+
+/// [`ID_CHARS`] random characters of the id alphabet: a name no other process picks.
+pub fn token() -> String {
+    let mut bits = random_u64();
+    let mut out = String::with_capacity(ID_CHARS);
     for _ in 0..ID_CHARS {
-        id.push(ALPHABET[(bits & 31) as usize] as char);
+        out.push(ALPHABET[(bits & 31) as usize] as char);
         bits >>= 5;
     }
-    id
+    out
 }
 
 /// 64 random bits from the kernel, fetched 4 KiB at a time: a 100,000-line submission

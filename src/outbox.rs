@@ -4,11 +4,11 @@
 
 use crate::intake::stem_of;
 use crate::runtime::protocol::Outputs;
-use crate::spec::nvidia::{self, write_atomic};
+use crate::spec::nvidia;
 use crate::store::{Batch, Run, RunLink, Store, StoreError, Submission};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
-use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, PathIo};
+use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, write_atomic, PathIo};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -248,9 +248,24 @@ impl Outbox {
         if let Some(of) = &sub.duplicate_of {
             receipt["duplicate_of"] = json!(of);
         }
+        if let Some(earlier) = &sub.rejected_before {
+            // Judged again after an earlier rejection of the same content.
+            receipt["rejected_before"] = json!(earlier);
+        }
         if sub.status == "rejected" {
             receipt["problems"] = json!(sub.problems);
-            receipt["errors"] = json!(self.rejected.join(format!("{stem}.{}", sub.id)).join("errors.txt"));
+            let errors = match &sub.duplicate_of {
+                // The same problems as a rejection before: its folder says them.
+                Some(first) => {
+                    let first_file = store.submission(first).map(|s| s.file).unwrap_or_else(|_| sub.file.clone());
+                    receipt["note"] = json!(format!("rejected again for the same problems as {first}; no new rejected/ folder"));
+                    self.rejected.join(format!("{}.{first}", stem_of(&first_file))).join("errors.txt")
+                }
+                None => self.rejected.join(format!("{stem}.{}", sub.id)).join("errors.txt"),
+            };
+            receipt["errors"] = json!(errors);
+        } else if sub.status == "accepted" && sub.rejected_before.is_some() {
+            receipt["note"] = json!("accepted this time: what made the earlier rejection is gone");
         }
         receipt["runs"] = json!(runs);
         let path = self.receipts.join(format!("{stem}.{}.json", sub.id));

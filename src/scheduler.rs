@@ -81,6 +81,8 @@ pub struct Shared {
     adopted: Arc<Mutex<std::collections::HashSet<String>>>,
     barrier: Arc<std::sync::Barrier>,
     pub slots: usize,
+    /// Inbox entries that cannot be taken in right now, as the intake reports them.
+    intake_stuck: Arc<Mutex<Value>>,
 }
 
 impl Shared {
@@ -90,6 +92,14 @@ impl Shared {
             adopted: Arc::default(),
             barrier: Arc::new(std::sync::Barrier::new(slots.max(1))),
             slots: slots.max(1),
+            intake_stuck: Arc::new(Mutex::new(Value::Array(Vec::new()))),
+        }
+    }
+
+    /// What status.json says of inbox entries that cannot be taken in (from the intake).
+    pub fn set_intake_stuck(&self, stuck: Value) {
+        if let Ok(mut s) = self.intake_stuck.lock() {
+            *s = stuck;
         }
     }
 }
@@ -958,6 +968,7 @@ impl Scheduler {
             "current": current,
             "waiting": waiting,
             "workers": workers,
+            "intake": {"stuck": self.shared.intake_stuck.lock().map(|s| s.clone()).unwrap_or(Value::Null)},
             "gpus": self.gpu_samples,
             "nvml": self.gpus.describe(),
             "updated_at": Timestamp::now().rfc3339(),

@@ -56,7 +56,11 @@ fn cp_mv_rsync_and_submit_are_all_taken_in_once() {
     assert_eq!(staged, 14);
     // Nothing was deleted: every original is in the archive.
     assert_eq!(std::fs::read_dir(home.root().join("state/archive")).unwrap().count(), 4);
-    assert!(std::fs::read_dir(home.inbox()).unwrap().all(|e| e.unwrap().file_name() == "videos"), "the inbox keeps only the videos folder");
+    assert!(
+        std::fs::read_dir(home.inbox()).unwrap().all(|e| ["videos", ".cosmos"].contains(&e.unwrap().file_name().to_str().unwrap())),
+        "the inbox keeps only the videos folder (and intake's own hidden folder)"
+    );
+    assert_eq!(common::inbox_claims(&home).len(), 0, "no claim left behind in the inbox");
     assert!(daemon.stop().success(), "SIGTERM exits 0");
 }
 
@@ -150,13 +154,17 @@ fn kill_9_between_claim_and_commit_takes_the_file_exactly_once() {
     daemon.wait_log("COSMOS_FAULT_PAUSE: pausing", LONG);
     daemon.kill9();
     let claimed = home.root().join("state/claimed");
-    assert_eq!(std::fs::read_dir(&claimed).unwrap().count(), 1, "the file sits in claimed/");
+    let in_inbox = common::inbox_claims(&home);
+    assert_eq!(in_inbox.len(), 1, "the file sits in the inbox's claim folder");
+    assert!(in_inbox[0].file_name().unwrap().to_str().unwrap().ends_with("__crash.jsonl"));
+    assert!(!home.inbox().join("crash.jsonl").exists(), "claimed: no longer under its own name");
     assert_eq!(home.run_count(), 0, "nothing was committed");
 
     let daemon = Daemon::start(&home, "", &[]);
     assert!(wait_until(LONG, || home.receipts_with("accepted").len() == 1), "{}", daemon.log_text());
     assert_eq!(home.run_count(), 3);
     assert_eq!(std::fs::read_dir(&claimed).unwrap().count(), 0);
+    assert!(common::inbox_claims(&home).is_empty());
     drop(daemon);
 
     // Killed after the commit, before the receipt and the archive: finished, not redone.
@@ -314,4 +322,87 @@ fn inputs_on_another_filesystem_are_copied_not_linked() {
     let staged = Path::new(run["visual_input"].as_str().unwrap());
     assert_eq!(std::fs::read(staged).unwrap(), std::fs::read(&video).unwrap());
     assert_ne!(std::fs::metadata(staged).unwrap().dev(), std::fs::metadata(&video).unwrap().dev(), "a copy on the state filesystem");
+}
+
+#[test]
+fn a_file_identical_to_a_rejected_one_is_judged_again() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    let daemon = Daemon::start(&home, "", &[]);
+    let rejected_dirs = || std::fs::read_dir(home.outbox().join("rejected")).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+    // The job names videos that are not there yet.
+    let text = home.jobs("late", 2);
+    common::drop_file(&home, "late.jsonl", &text);
+    assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 1), "{}", daemon.log_text());
+    let first = home.receipts_with("rejected")[0].clone();
+    let errors = std::fs::read_to_string(first["errors"].as_str().unwrap()).unwrap();
+    assert!(errors.contains("late.jsonl:1: visual_input:") && errors.contains("videos/city1/color.mp4"), "{errors}");
+
+    // Dropped again unchanged: judged again, rejected for the same problems, no new folder.
+    common::drop_file(&home, "late.jsonl", &text);
+    assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 2), "{}", daemon.log_text());
+    let again = home.receipts_with("rejected").into_iter().find(|r| r["submission"] != first["submission"]).unwrap();
+    assert_eq!(again["duplicate_of"], first["submission"], "{again}");
+    assert_eq!(again["rejected_before"], first["submission"]);
+    assert_eq!(again["errors"], first["errors"], "points at the first rejection's errors.txt");
+    assert!(again["note"].as_str().unwrap().contains("same problems"), "{again}");
+    assert_eq!(rejected_dirs(), 1);
+
+    // The videos arrive; the very same file is accepted now, and its runs run.
+    home.videos_in_inbox();
+    common::drop_file(&home, "late.jsonl", &text);
+    assert!(wait_until(LONG, || home.receipts_with("accepted").len() == 1), "{}", daemon.log_text());
+    let accepted = home.receipts_with("accepted")[0].clone();
+    assert_eq!(accepted["rejected_before"], again["submission"], "names the latest rejection: {accepted}");
+    assert!(accepted["note"].as_str().unwrap().contains("accepted this time"));
+    assert!(wait_until(LONG, || common::runs(&home).iter().filter(|r| r["status"] == "completed").count() == 2), "{}", daemon.log_text());
+    // Once accepted, the same bytes are a duplicate: nothing runs twice.
+    common::drop_file(&home, "late.jsonl", &text);
+    assert!(wait_until(LONG, || home.receipts_with("duplicate").len() == 1), "{}", daemon.log_text());
+    assert_eq!(home.receipts_with("duplicate")[0]["duplicate_of"], accepted["submission"]);
+    assert_eq!(home.run_count(), 2);
+    assert_eq!(rejected_dirs(), 1);
+
+    // A bundle without its videos: its errors name the bundle's own paths, not the state
+    // folder's copy; judged again with new problems, it gets a folder of its own.
+    let bundle = home.path().join("shoot");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("jobs.jsonl"), home.jobs("shoot", 1)).unwrap();
+    std::fs::write(bundle.join("READY"), "").unwrap();
+    let deliver = |b: &Path| {
+        let tmp = home.inbox().join(".shoot.tmp");
+        assert!(std::process::Command::new("cp").arg("-r").arg(b).arg(&tmp).status().unwrap().success());
+        std::fs::rename(&tmp, home.inbox().join("shoot")).unwrap();
+    };
+    deliver(&bundle);
+    assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 3), "{}", daemon.log_text());
+    let shoot = home.receipts_with("rejected").into_iter().find(|r| r["file"] == "shoot").unwrap();
+    let errors = std::fs::read_to_string(shoot["errors"].as_str().unwrap()).unwrap();
+    assert!(errors.contains("shoot/videos/city1/color.mp4") && !errors.contains("state/claimed"), "{errors}");
+    assert_eq!(rejected_dirs(), 2);
+    // Half the videos arrive: other problems, so a new folder; the same again: none.
+    std::fs::create_dir_all(bundle.join("videos/city1")).unwrap();
+    std::fs::copy(home.path().join("videos/city1/color.mp4"), bundle.join("videos/city1/color.mp4")).unwrap();
+    deliver(&bundle);
+    assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 4), "{}", daemon.log_text());
+    assert_eq!(rejected_dirs(), 3, "new problems, new folder");
+    deliver(&bundle);
+    assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 5), "{}", daemon.log_text());
+    assert_eq!(rejected_dirs(), 3, "the same problems again, no new folder");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_folder_is_refused() {
+    let home = Home::new();
+    let daemon = Daemon::start(&home, "", &[]);
+    let config = home.path().join("cosmosd.toml");
+    let out = home.cosmosd().arg("--config").arg(&config).arg("--root").arg(home.root()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("another cosmosd (pid {}) uses the state folder", daemon.child.id())), "{err}");
+    assert!(daemon.stop().success());
+    // Once it stopped, the folder is free again.
+    let daemon = Daemon::start(&home, "", &[]);
+    assert!(daemon.stop().success());
 }

@@ -126,6 +126,21 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
                 g["utilization_pct"], g["temperature_c"], g["power_w"]
             )?;
         }
+        let stuck = s["intake"]["stuck"].as_array().cloned().unwrap_or_default();
+        if !stuck.is_empty() {
+            writeln!(out, "intake: {} inbox entr{} cannot be taken in (retried with backoff):", stuck.len(), if stuck.len() == 1 { "y" } else { "ies" })?;
+            for e in stuck {
+                writeln!(
+                    out,
+                    "  {}: {} ({}; attempt {}, next try {})",
+                    e["file"].as_str().unwrap_or("?"),
+                    e["reason"].as_str().unwrap_or("?"),
+                    e["waits"].as_str().unwrap_or("?"),
+                    e["attempts"],
+                    e["next_try_at"].as_str().unwrap_or("?")
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -66,6 +66,7 @@ pub fn submission(s: &Submission) -> Value {
         "duplicate_of": s.duplicate_of,
         "runs": s.runs,
         "problems": s.problems,
+        "rejected_before": s.rejected_before,
         "received_at": s.received_at,
     })
 }

@@ -59,10 +59,12 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
         match wait_for_submission(&store, name, sha, &since)? {
             Some(sub) => {
                 let receipt = config.paths.outbox.join("receipts").join(format!("{}.{}.json", stem_of(name), sub.id));
-                let fate = match sub.status.as_str() {
-                    "accepted" => format!("accepted, {} run(s) queued", sub.runs),
-                    "duplicate" => format!("duplicate of {}: nothing runs again", sub.duplicate_of.as_deref().unwrap_or("?")),
-                    _ => format!("rejected, {} problem(s)", sub.problems),
+                let before = sub.rejected_before.as_deref().map_or(String::new(), |b| format!("; rejected before as {b}"));
+                let fate = match (sub.status.as_str(), &sub.duplicate_of) {
+                    ("accepted", _) => format!("accepted, {} run(s) queued{before}", sub.runs),
+                    ("duplicate", of) => format!("duplicate of {}: nothing runs again", of.as_deref().unwrap_or("?")),
+                    (_, Some(first)) => format!("rejected again, {} problem(s), the same as {first}", sub.problems),
+                    _ => format!("rejected, {} problem(s){before}", sub.problems),
                 };
                 writeln!(out, "receipt {} ({fate})", receipt.display())?;
                 subs.push(sub);
@@ -197,8 +199,8 @@ fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Res
 /// Follows the runs of the submissions until every one has ended. Exit 0 only if every run
 /// completed.
 fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()> {
-    // A duplicate's runs are the original's.
-    let ids: Vec<String> = subs.iter().map(|s| s.duplicate_of.clone().unwrap_or_else(|| s.id.clone())).collect();
+    // A duplicate's runs are the original's. (A rejected one never gets here.)
+    let ids: Vec<String> = subs.iter().map(|s| if s.status == "duplicate" { s.duplicate_of.clone().unwrap_or_else(|| s.id.clone()) } else { s.id.clone() }).collect();
     let runs_of = |store: &Store| -> Result<Vec<crate::store::Run>> {
         let mut all = Vec::new();
         for id in &ids {

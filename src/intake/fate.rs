@@ -1,24 +1,43 @@
 //! Claim and fate: one inbox entry becomes exactly one submission.
 
+use super::stuck::{Key, Retries, Stage};
 use super::{classify, stage, stem_of, EntryKind, Layout};
 use crate::config::Config;
+use crate::fsutil::{at, move_entry, remove_any, sha256_file, sync_dir, write_atomic, PathIo};
 use crate::ids::{self, IdKind};
-use crate::spec::{self, nvidia::write_atomic, FileKind, JsonlLimits, Problem, Report};
-use crate::fsutil::{at, sha256_file, sync_dir, PathIo};
-use crate::store::{Store, StoreError, Submission};
+use crate::spec::{self, FileKind, JsonlLimits, Problem, Report};
+use crate::store::{Store, StoreError, Submission, Unaccepted};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
+    /// The entry could not be renamed into the claim folder: it is still in the inbox.
+    #[error("cannot claim {path}: {source}")]
+    Claim { path: PathBuf, source: io::Error },
+    /// Claimed, but not moved into the state folder: it waits in the inbox's claim folder.
+    #[error("cannot copy {from} into {to}: {source}")]
+    Copy { from: PathBuf, to: PathBuf, source: io::Error },
     #[error(transparent)]
     Io(#[from] PathIo),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
+}
+
+impl IntakeError {
+    /// How far the entry got, so the log and status.json say where it waits.
+    pub fn stage(&self) -> Stage {
+        match self {
+            IntakeError::Claim { .. } => Stage::Claim,
+            IntakeError::Copy { .. } => Stage::Copy,
+            _ => Stage::Decide,
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, IntakeError>;
@@ -28,7 +47,8 @@ type Result<T> = std::result::Result<T, IntakeError>;
 pub enum Fate {
     Accepted { runs: u64 },
     Duplicate { of: String },
-    Rejected { problems: u64 },
+    /// `same_as`: rejected before for the very same problems; its rejected/ folder says them.
+    Rejected { problems: u64, same_as: Option<String> },
 }
 
 /// One entry taken in.
@@ -47,6 +67,8 @@ pub struct Intake {
     roots: Vec<PathBuf>,
     limits: JsonlLimits,
     file_mode: u32,
+    /// Entries that failed, waiting for their next try.
+    retries: Retries,
 }
 
 /// The shape of a claimed entry.
@@ -56,11 +78,24 @@ enum Claimed {
     Foreign(String),
 }
 
+/// `sb_xxx__name`: a claim's name in either claim folder.
+fn entry_name(sb: &str, name: &str) -> String {
+    format!("{sb}__{name}")
+}
+
+/// The submission id and inbox name of a claim folder entry.
+fn parse_entry_name(entry: &str) -> Option<(&str, &str)> {
+    let (sb, name) = entry.split_once("__")?;
+    (ids::parse_prefix(sb) == Ok(IdKind::Submission) && sb.len() == 3 + ids::ID_CHARS && !name.is_empty()).then_some((sb, name))
+}
+
 impl Intake {
-    pub fn new(config: &Config, store: Store) -> io::Result<Intake> {
-        let layout = Layout::new(config);
+    pub fn new(config: &Config, store: Store) -> std::result::Result<Intake, PathIo> {
+        std::fs::create_dir_all(&config.paths.state).map_err(at("cannot create", &config.paths.state))?;
+        let daemon = super::daemon_id(&config.paths.state)?;
+        let layout = Layout::new(config, &daemon);
         layout.create_all()?;
-        let mut intake = Intake { layout, store, roots: Vec::new(), limits: JsonlLimits::default(), file_mode: 0o644 };
+        let mut intake = Intake { layout, store, roots: Vec::new(), limits: JsonlLimits::default(), file_mode: 0o644, retries: Retries::default() };
         intake.set_config(config);
         Ok(intake)
     }
@@ -81,44 +116,176 @@ impl Intake {
         &self.store
     }
 
-    /// Claims `inbox/<name>` and decides its fate. `Ok(None)`: it was gone already.
+    /// Claims `inbox/<name>` and decides its fate. `Ok(None)`: it was gone already (another
+    /// daemon took it, or the sender removed it), or it waits for a retry after a failure.
+    /// A failure is logged, remembered and retried by [`Intake::retry_due`].
     pub fn take(&mut self, name: &str) -> Result<Option<Taken>> {
-        let source = self.layout.inbox.join(name);
+        let key = Key::Inbox(name.to_string());
+        if self.retries.waiting(&key, Instant::now()) {
+            return Ok(None);
+        }
         let sb = ids::new_id(IdKind::Submission);
-        let claimed = self.layout.claimed.join(format!("{sb}__{name}"));
-        match std::fs::rename(&source, &claimed) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(PathIo { what: "cannot claim", path: source, source: e }.into()),
+        let source = self.layout.inbox.join(name);
+        let in_inbox = self.layout.inbox_claims.join(entry_name(&sb, name));
+        // The claim: a rename within the inbox's own filesystem, so it is atomic on NFS too
+        // and of two daemons sharing the inbox only one wins.
+        match std::fs::rename(&source, &in_inbox) {
+            Ok(()) => {
+                self.retries.cleared(&key);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.retries.cleared(&key);
+                return Ok(None);
+            }
+            Err(e) => {
+                let err = IntakeError::Claim { path: source, source: e };
+                self.note_failure(key, name, &err);
+                return Err(err);
+            }
         }
         // The claim must survive a crash before anything depends on it.
-        sync_dir(&self.layout.claimed);
+        sync_dir(&self.layout.inbox_claims);
         fault_pause("claim");
         tracing::debug!(submission = %sb, file = name, "claimed");
-        self.process(&claimed, &sb, name).map(Some)
+        self.finish_claim(&sb, name).map(Some)
     }
 
-    /// Finishes every claim a crash (or an earlier error) left in `claimed/`.
-    pub fn recover(&mut self) -> Result<Vec<Taken>> {
-        let mut entries: Vec<(String, String, PathBuf)> = Vec::new();
-        let dir = &self.layout.claimed;
-        for entry in std::fs::read_dir(dir).map_err(at("cannot list", dir))? {
-            let entry = entry.map_err(at("cannot list", dir))?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            match file_name.split_once("__") {
-                Some((sb, name)) if ids::parse_prefix(sb) == Ok(IdKind::Submission) && sb.len() == 15 => {
-                    entries.push((sb.to_string(), name.to_string(), entry.path()))
+    /// Moves a claim into the state folder and decides its fate; a failure is remembered
+    /// under the claim's submission id and retried.
+    fn finish_claim(&mut self, sb: &str, name: &str) -> Result<Taken> {
+        let key = Key::Claim(sb.to_string());
+        let result = self.into_state(sb, name).and_then(|claimed| self.process(&claimed, sb, name));
+        match &result {
+            Ok(_) => {
+                if self.retries.cleared(&key) {
+                    tracing::info!(submission = %sb, file = name, "taken in after an earlier failure");
                 }
-                _ => tracing::warn!(path = %entry.path().display(), "unexpected entry in claimed/, left alone"),
+            }
+            Err(e) => self.note_failure(key, name, e),
+        }
+        result
+    }
+
+    fn note_failure(&mut self, key: Key, name: &str, err: &IntakeError) {
+        let stage = err.stage();
+        let wait = self.retries.failed(key, name, stage, err.to_string(), Instant::now());
+        tracing::error!(file = name, error = %err, retry_in = ?wait, "cannot take in; {} and is retried", stage.waits_in());
+    }
+
+    /// Where the claim `sb__name` is in the state folder, moving it there from the inbox's
+    /// claim folder first where needed. Idempotent: a crash between the copy and the removal
+    /// of the inbox's copy leaves both, and the state's copy (complete, since it appeared by
+    /// rename) wins.
+    fn into_state(&mut self, sb: &str, name: &str) -> Result<PathBuf> {
+        let entry = entry_name(sb, name);
+        let in_state = self.layout.claimed.join(&entry);
+        let in_inbox = self.layout.inbox_claims.join(&entry);
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let copy_error = |source| IntakeError::Copy { from: in_inbox.clone(), to: in_state.clone(), source };
+        if exists(&in_state) {
+            if exists(&in_inbox) {
+                remove_any(&in_inbox).map_err(copy_error)?;
+            }
+            return Ok(in_state);
+        }
+        move_entry(&in_inbox, &in_state).map_err(copy_error)?;
+        fault_pause("copy");
+        Ok(in_state)
+    }
+
+    /// Finishes every claim a crash left, in this daemon's claim folder in the inbox or in
+    /// `claimed/`. An entry that fails is logged and retried later; the others go on.
+    pub fn recover(&mut self) -> Result<Vec<Taken>> {
+        let mut entries: Vec<(String, String)> = Vec::new();
+        for dir in [self.layout.inbox_claims.clone(), self.layout.claimed.clone()] {
+            for entry in std::fs::read_dir(&dir).map_err(at("cannot list", &dir))? {
+                let entry = entry.map_err(at("cannot list", &dir))?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if crate::fsutil::is_move_leftover(&file_name) {
+                    // A copy a crash cut short: its source is still in the inbox's claim
+                    // folder, and the copy is made again from it.
+                    if let Err(e) = remove_any(&entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a half-made copy");
+                    }
+                    continue;
+                }
+                match parse_entry_name(&file_name) {
+                    Some((sb, name)) => entries.push((sb.to_string(), name.to_string())),
+                    None => tracing::warn!(path = %entry.path().display(), "unexpected entry in a claim folder, left alone"),
+                }
             }
         }
         entries.sort();
+        entries.dedup();
+        self.warn_of_other_claims();
         let mut done = Vec::new();
-        for (sb, name, path) in entries {
+        for (sb, name) in entries {
+            if self.retries.waiting(&Key::Claim(sb.clone()), Instant::now()) {
+                continue;
+            }
             tracing::info!(submission = %sb, file = %name, "finishing an interrupted claim");
-            done.push(self.process(&path, &sb, &name)?);
+            if let Ok(taken) = self.finish_claim(&sb, &name) {
+                done.push(taken);
+            }
         }
         Ok(done)
+    }
+
+    /// Claim folders of other daemons in the inbox are theirs to finish; one that holds
+    /// entries is worth a word, in case it belongs to nobody any more (a state folder that
+    /// was wiped).
+    fn warn_of_other_claims(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.layout.inbox_claims_root) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == self.layout.inbox_claims {
+                continue;
+            }
+            let held = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+            if held > 0 {
+                tracing::warn!(
+                    folder = %path.display(),
+                    entries = held,
+                    "another daemon's claims wait in the inbox; that daemon finishes them when it starts \
+                     (if none owns this folder any more, move the entries back into the inbox without their sb_...__ prefix)"
+                );
+            }
+        }
+    }
+
+    /// Retries the entries whose backoff has passed.
+    pub fn retry_due(&mut self) -> Vec<Taken> {
+        let mut done = Vec::new();
+        for (key, stuck) in self.retries.due(Instant::now()) {
+            let taken = match &key {
+                Key::Inbox(name) => {
+                    if std::fs::symlink_metadata(self.layout.inbox.join(name)).is_err() {
+                        // Gone from the inbox: the sender took it back, or another daemon did.
+                        self.retries.cleared(&key);
+                        continue;
+                    }
+                    self.take(name).ok().flatten()
+                }
+                Key::Claim(sb) => self.finish_claim(sb, &stuck.file).ok(),
+            };
+            done.extend(taken);
+        }
+        done
+    }
+
+    /// When the next retry is due, if anything is stuck.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retries.next_try()
+    }
+
+    /// Whether `name` in the inbox waits for a retry (the tracker need not offer it).
+    pub fn is_waiting(&self, name: &str) -> bool {
+        self.retries.waiting(&Key::Inbox(name.to_string()), Instant::now())
+    }
+
+    /// The stuck entries, for status.json.
+    pub fn stuck_report(&self) -> serde_json::Value {
+        self.retries.report(Instant::now())
     }
 
     fn process(&mut self, claimed: &Path, sb: &str, name: &str) -> Result<Taken> {
@@ -128,13 +295,19 @@ impl Intake {
             return self.finish(claimed, &sub, &shape, None);
         }
         let sha = hash_entry(claimed, &shape).map_err(at("cannot read", claimed))?;
-        if let Some(prev) = self.store.submission_by_sha256(&sha)? {
-            let sub = self.store.record_submission(Some(sb), name, &sha, "duplicate", Some(&prev.id), 0)?;
-                return self.finish(claimed, &sub, &shape, None);
+        if let Some(prev) = self.store.accepted_by_sha256(&sha)? {
+            let sub = self.store.record_submission(
+                Some(sb),
+                &Unaccepted { file: name, sha256: &sha, status: "duplicate", duplicate_of: Some(&prev.id), ..Default::default() },
+            )?;
+            return self.finish(claimed, &sub, &shape, None);
         }
+        // Rejected before? Then it is judged again: what was wrong (a missing video, say)
+        // may have been put right since.
+        let rejected_before = self.store.rejections_by_sha256(&sha)?.into_iter().next().map(|s| s.id);
         let (report, display) = self.validate(claimed, name, &shape, &mut |_| {});
         if !report.is_ok() {
-            return self.reject(claimed, sb, name, &sha, &shape, &report, &display);
+            return self.reject(claimed, sb, name, &sha, &shape, &report, &display, rejected_before.as_deref());
         }
         // Second pass: stage each run's inputs and insert it, in one transaction.
         let work = self.layout.work.clone();
@@ -142,6 +315,9 @@ impl Intake {
         let roots = self.roots.clone();
         let limits = self.limits.clone();
         let mut writer = self.store.begin_submission_with_id(sb, name, &sha, &stem_of(name))?;
+        if let Some(earlier) = &rejected_before {
+            writer.set_rejected_before(earlier)?;
+        }
         let mut staged: Vec<String> = Vec::new();
         let mut failure: Option<IntakeError> = None;
         let report = match &job_path {
@@ -170,7 +346,7 @@ impl Intake {
             // A file the first pass accepted changed under us (an input vanished).
             drop(writer);
             stage::unstage(&work, &staged);
-            return self.reject(claimed, sb, name, &sha, &shape, &report, &display);
+            return self.reject(claimed, sb, name, &sha, &shape, &report, &display, rejected_before.as_deref());
         }
         let (sub, _batch) = writer.commit()?;
         fault_pause("commit");
@@ -238,10 +414,43 @@ impl Intake {
         }
     }
 
+    /// Records a rejection. Rejected before for the very same problems, it gets no second
+    /// rejected/ folder: its receipt points at the first one's.
     #[allow(clippy::too_many_arguments)]
-    fn reject(&mut self, claimed: &Path, sb: &str, name: &str, sha: &str, shape: &Claimed, report: &Report, display: &Path) -> Result<Taken> {
-        let sub = self.store.record_submission(Some(sb), name, sha, "rejected", None, report.problem_count())?;
-        self.finish(claimed, &sub, shape, Some(report.render(display)))
+    fn reject(
+        &mut self,
+        claimed: &Path,
+        sb: &str,
+        name: &str,
+        sha: &str,
+        shape: &Claimed,
+        report: &Report,
+        display: &Path,
+        rejected_before: Option<&str>,
+    ) -> Result<Taken> {
+        let digest = crate::fsutil::hex(&Sha256::digest(render_problems(report, Path::new("FILE"), claimed, "FILE").as_bytes()));
+        let same_as = match rejected_before {
+            Some(_) => self
+                .store
+                .rejections_by_sha256(sha)?
+                .into_iter()
+                .find(|s| s.duplicate_of.is_none() && s.problems_digest.as_deref() == Some(digest.as_str()))
+                .map(|s| s.id),
+            None => None,
+        };
+        let sub = self.store.record_submission(
+            Some(sb),
+            &Unaccepted {
+                file: name,
+                sha256: sha,
+                status: "rejected",
+                duplicate_of: same_as.as_deref(),
+                problems: report.problem_count(),
+                problems_digest: Some(&digest),
+                rejected_before,
+            },
+        )?;
+        self.finish(claimed, &sub, shape, Some(render_problems(report, display, claimed, name)))
     }
 
     /// The steps after the decision, each safe to repeat: rejected/ folder, receipt, archive.
@@ -251,23 +460,22 @@ impl Intake {
         let fate = match sub.status.as_str() {
             "accepted" => Fate::Accepted { runs: sub.runs },
             "duplicate" => Fate::Duplicate { of: sub.duplicate_of.clone().unwrap_or_default() },
-            _ => Fate::Rejected { problems: sub.problems },
+            _ => Fate::Rejected { problems: sub.problems, same_as: sub.duplicate_of.clone() },
         };
-        if let Fate::Rejected { .. } = fate {
+        if let Fate::Rejected { same_as: None, .. } = fate {
             let errors = match errors {
                 Some(e) => e,
                 None => {
                     let (report, display) = self.validate(claimed, &name, shape, &mut |_| {});
-                    report.render(&display)
+                    render_problems(&report, &display, claimed, &name)
                 }
             };
             self.write_rejected(claimed, &name, &stem, &sub.id, &errors)?;
         }
         let receipt = self.write_receipt(sub)?;
-        let archived = self.layout.archive.join(format!("{}__{name}", sub.id));
-        if claimed.exists() {
-            std::fs::rename(claimed, &archived).map_err(at("cannot archive", claimed))?;
-            sync_dir(&self.layout.archive);
+        let archived = self.layout.archive.join(entry_name(&sub.id, &name));
+        if std::fs::symlink_metadata(claimed).is_ok() {
+            move_entry(claimed, &archived).map_err(at("cannot archive", claimed))?;
         }
         Ok(Taken { submission: sub.id.clone(), name, fate, receipt })
     }
@@ -280,7 +488,12 @@ impl Intake {
         let tmp = self.layout.rejected.join(format!(".{stem}.{sb}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
-        copy_original(claimed, &tmp.join(name)).map_err(at("cannot copy the original into", &tmp))?;
+        // The original travels with its errors; a fifo, link or device does not (errors.txt
+        // says what it was, and the archive keeps it).
+        let ft = std::fs::symlink_metadata(claimed).map_err(at("cannot read", claimed))?.file_type();
+        if ft.is_file() || ft.is_dir() {
+            crate::fsutil::copy_synced(claimed, &tmp.join(name)).map_err(at("cannot copy the original into", &tmp))?;
+        }
         let errors_path = tmp.join("errors.txt");
         write_atomic(&errors_path, errors.as_bytes()).map_err(at("cannot write", &errors_path))?;
         let _ = std::fs::set_permissions(&errors_path, std::fs::Permissions::from_mode(self.file_mode));
@@ -376,23 +589,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> io::Result<
     Ok(())
 }
 
-/// Copies (hard-links where it can) a claimed original into the rejected folder.
-fn copy_original(src: &Path, dst: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(src)?;
-    let ft = meta.file_type();
-    if ft.is_file() {
-        crate::fsutil::link_or_copy(src, dst)?;
-    } else if ft.is_dir() {
-        let options = fs_extra::dir::CopyOptions::new().copy_inside(true);
-        fs_extra::dir::copy(src, dst, &options).map_err(|e| io::Error::other(e.to_string()))?;
-    }
-    // Links, fifos and devices are not copied; errors.txt says what they were, and the
-    // original stays in the archive.
-    Ok(())
+/// A report as errors.txt shows it: the claimed copy's path (inside the state folder, which
+/// means nothing to the sender) written as the name the sender gave the entry.
+fn render_problems(report: &Report, display: &Path, claimed: &Path, name: &str) -> String {
+    report.render(display).replace(&claimed.display().to_string(), name)
 }
 
-/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=claim:MS` (or `commit:MS`)
-/// makes intake stop for MS milliseconds right after that step, so a test can `kill -9`
+/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=claim:MS` (or `copy:MS`,
+/// `commit:MS`) makes intake stop for MS milliseconds right after that step, so a test can `kill -9`
 /// the daemon there. Unset in production; reading it costs one lookup per claim.
 fn fault_pause(point: &str) {
     let Ok(spec) = std::env::var("COSMOS_FAULT_PAUSE") else { return };
@@ -443,4 +647,97 @@ pub fn looks_complete(path: &Path) -> bool {
         None => &tail[..],
     };
     !matches!(serde_json::from_slice::<serde_json::Value>(last), Err(e) if e.is_eof())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        intake: Intake,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.paths.inbox = dir.path().join("inbox");
+        config.paths.outbox = dir.path().join("outbox");
+        config.paths.state = dir.path().join("state");
+        std::fs::create_dir_all(config.paths.inbox.join("videos")).unwrap();
+        std::fs::write(config.paths.inbox.join("videos/color.mp4"), b"video").unwrap();
+        std::fs::create_dir_all(&config.paths.state).unwrap();
+        let store = Store::open(&config.paths.database()).unwrap();
+        let intake = Intake::new(&config, store).unwrap();
+        Fixture { _dir: dir, intake }
+    }
+
+    fn job(tag: &str) -> String {
+        format!("{{\"visual_input\": \"videos/color.mp4\", \"prompt\": \"{tag}\", \"control_overrides\": {{\"edge\": {{\"control_weight\": 0.5}}}}}}\n")
+    }
+
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn start_up_finishes_a_claim_left_at_every_step() {
+        let mut f = fixture();
+        let l = f.intake.layout().clone();
+        let sb = || ids::new_id(IdKind::Submission);
+        // Claimed in the inbox, never copied.
+        std::fs::write(l.inbox_claims.join(entry_name(&sb(), "a.jsonl")), job("a")).unwrap();
+        // Copied into the state folder, the inbox's copy not yet removed.
+        let both = entry_name(&sb(), "b.jsonl");
+        std::fs::write(l.inbox_claims.join(&both), job("b")).unwrap();
+        std::fs::write(l.claimed.join(&both), job("b")).unwrap();
+        // A copy cut short: a half-made temp beside the target, the source still claimed.
+        let cut = entry_name(&sb(), "c.jsonl");
+        std::fs::write(l.inbox_claims.join(&cut), job("c")).unwrap();
+        std::fs::write(crate::fsutil::move_temp(&l.claimed.join(&cut)), "{\"visual_in").unwrap();
+        // Another daemon's claim: not ours to finish.
+        let theirs = l.inbox_claims_root.join("otherhost-aaaaaaaaaaaa");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::write(theirs.join(entry_name(&sb(), "d.jsonl")), job("d")).unwrap();
+
+        let done = f.intake.recover().unwrap();
+        let mut names: Vec<&str> = done.iter().map(|t| t.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a.jsonl", "b.jsonl", "c.jsonl"]);
+        assert!(done.iter().all(|t| t.fate == Fate::Accepted { runs: 1 }), "{done:?}");
+        assert_eq!(count(&l.inbox_claims), 0);
+        assert_eq!(count(&l.claimed), 0, "no leftover temp either");
+        assert_eq!(count(&l.archive), 3);
+        assert_eq!(count(&theirs), 1, "another daemon's claim is left alone");
+        assert_eq!(f.intake.store().counts().unwrap().queued, 3);
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_made_stays_in_the_inbox_and_waits_its_backoff() {
+        let mut f = fixture();
+        let l = f.intake.layout().clone();
+        std::fs::write(l.inbox.join("j.jsonl"), job("j")).unwrap();
+        // The claim folder is not a folder: every rename into it fails.
+        std::fs::remove_dir(&l.inbox_claims).unwrap();
+        std::fs::write(&l.inbox_claims, b"").unwrap();
+        let err = f.intake.take("j.jsonl").unwrap_err();
+        assert_eq!(err.stage(), Stage::Claim);
+        assert!(err.to_string().starts_with(&format!("cannot claim {}", l.inbox.join("j.jsonl").display())), "{err}");
+        assert!(l.inbox.join("j.jsonl").exists(), "still in the inbox under its name");
+        assert!(f.intake.is_waiting("j.jsonl"));
+        assert!(f.intake.take("j.jsonl").unwrap().is_none(), "not tried again before its backoff");
+        let report = f.intake.stuck_report();
+        assert_eq!(report[0]["file"], "j.jsonl");
+        assert_eq!(report[0]["attempts"], 1);
+        assert!(report[0]["reason"].as_str().unwrap().contains("Not a directory"), "{report}");
+        // Put right: the retry takes it.
+        std::fs::remove_file(&l.inbox_claims).unwrap();
+        std::fs::create_dir_all(&l.inbox_claims).unwrap();
+        std::thread::sleep(super::super::stuck::FIRST_RETRY);
+        let done = f.intake.retry_due();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].fate, Fate::Accepted { runs: 1 });
+        assert!(f.intake.next_retry().is_none());
+        assert_eq!(f.intake.stuck_report(), serde_json::json!([]));
+    }
 }

@@ -36,10 +36,11 @@ fn place(src: &Path, dir: &Path, role: &str) -> io::Result<PathBuf> {
         Ok(()) => Ok(dst),
         // Another filesystem (EXDEV), or a file we may read but not link (EPERM under
         // fs.protected_hardlinks): copy it, whole or not at all.
+        // The copy is synced before the run that names it is committed.
         Err(_) => {
-            let tmp = dir.join(format!(".{role}.copying"));
-            let options = fs_extra::file::CopyOptions::new().overwrite(true);
-            fs_extra::file::copy(src, &tmp, &options).map_err(|e| io::Error::other(format!("cannot copy {}: {e}", src.display())))?;
+            let tmp = crate::fsutil::move_temp(&dst);
+            crate::fsutil::remove_any(&tmp)?;
+            crate::fsutil::copy_synced(src, &tmp).map_err(|e| io::Error::new(e.kind(), format!("cannot copy {}: {e}", src.display())))?;
             std::fs::rename(&tmp, &dst)?;
             Ok(dst)
         }

@@ -36,6 +36,9 @@ struct Candidate {
     /// First seen through a watcher event (not a scan): with inotify, such a file is
     /// written in place and ready only when its writer closes it.
     from_event: bool,
+    /// When [`Tracker::due`] last looked at it: a settle deadline that passed since then is
+    /// worth a look at once, one that passed before is not (it waits for something else).
+    last_look: Instant,
 }
 
 pub struct Tracker {
@@ -81,6 +84,7 @@ impl Tracker {
             self.entries.remove(name);
             return;
         };
+        tracing::trace!(entry = name, whole, from_event, ?sig, "seen");
         match self.entries.get_mut(name) {
             Some(c) if c.sig == sig => c.hinted |= whole,
             Some(c) => {
@@ -90,7 +94,7 @@ impl Tracker {
                 c.from_event |= from_event;
             }
             None => {
-                self.entries.insert(name.to_string(), Candidate { kind, sig, changed_at: now, hinted: whole, from_event });
+                self.entries.insert(name.to_string(), Candidate { kind, sig, changed_at: now, hinted: whole, from_event, last_look: now });
             }
         }
     }
@@ -118,6 +122,7 @@ impl Tracker {
         let mut ready: Vec<(Instant, String)> = Vec::new();
         let mut gone = Vec::new();
         for (name, c) in self.entries.iter_mut() {
+            c.last_look = now;
             let path = inbox.join(name);
             let Some(sig) = classify(&path).and_then(|k| signature(&path, k)) else {
                 gone.push(name.clone());
@@ -152,6 +157,7 @@ impl Tracker {
             if is_ready {
                 ready.push((c.changed_at, name.clone()));
             }
+            tracing::trace!(entry = %name, quiet_ms = quiet.as_millis() as u64, is_ready, "looked at");
         }
         for name in gone {
             self.entries.remove(&name);
@@ -173,9 +179,11 @@ impl Tracker {
         }
         let mut wake = now + self.tick;
         for c in self.entries.values() {
+            // A deadline not yet looked at, even one that passed while other entries were
+            // being taken in, is looked at when it comes (or now), not a tick later.
             let settle_at = c.changed_at + self.settle;
-            if settle_at > now && settle_at < wake {
-                wake = settle_at;
+            if settle_at > c.last_look {
+                wake = wake.min(settle_at.max(now));
             }
         }
         Some(wake)
@@ -275,6 +283,33 @@ mod tests {
         assert!(t.due(inbox, t0 + Duration::from_millis(300), &mut |_| true).is_empty(), "it changed");
         assert!(t.due(inbox, t0 + Duration::from_millis(400), &mut |_| true).is_empty(), "not settled since");
         assert_eq!(t.due(inbox, t0 + Duration::from_millis(600), &mut |_| true), vec!["grow.jsonl"]);
+    }
+
+    #[test]
+    fn a_deadline_that_passed_while_others_were_taken_is_looked_at_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path();
+        std::fs::write(inbox.join("a.jsonl"), "{}\n").unwrap();
+        std::fs::write(inbox.join("b.jsonl"), "{}\n").unwrap();
+        let settle = Duration::from_millis(500);
+        let mut t = Tracker::new(settle, Duration::from_secs(5), false);
+        let t0 = Instant::now();
+        t.hint(inbox, "a.jsonl", false, t0);
+        t.hint(inbox, "b.jsonl", false, t0 + Duration::from_millis(1));
+        // a's deadline: b is a millisecond short of its own.
+        assert_eq!(t.due(inbox, t0 + settle, &mut |_| true), vec!["a.jsonl"]);
+        // Taking a in took 4 ms: b's deadline passed meanwhile, so look again now, not a
+        // tick (125 ms) later.
+        let after = t0 + settle + Duration::from_millis(4);
+        assert_eq!(t.next_wake(after), Some(after));
+        assert_eq!(t.due(inbox, after, &mut |_| true), vec!["b.jsonl"]);
+        // An entry past its settle that waits for something else (a cut-off last line)
+        // does not make the loop spin: the next look is a tick away.
+        std::fs::write(inbox.join("half.jsonl"), "{\"a\": ").unwrap();
+        t.hint(inbox, "half.jsonl", false, after);
+        let later = after + settle;
+        assert!(t.due(inbox, later, &mut |_| true).is_empty());
+        assert_eq!(t.next_wake(later), Some(later + Duration::from_millis(125)));
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use super::{Hint, RunSpec};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 
 /// NVIDIA Transfer1's defaults (`transfer.py`), used where a run leaves a setting unset.
@@ -106,29 +105,9 @@ impl NvidiaBatch {
 
     /// Writes `<name>.jsonl` and `batch_spec.json` into `dir`, each by temp file + rename.
     pub fn write_to(&self, dir: &Path, name: &str) -> std::io::Result<()> {
-        write_atomic(&dir.join(format!("{name}.jsonl")), self.jsonl().as_bytes())?;
-        write_atomic(&dir.join("batch_spec.json"), self.base_spec_text().as_bytes())
+        crate::fsutil::write_atomic(&dir.join(format!("{name}.jsonl")), self.jsonl().as_bytes())?;
+        crate::fsutil::write_atomic(&dir.join("batch_spec.json"), self.base_spec_text().as_bytes())
     }
-}
-
-/// Writes `path` whole or not at all: a temp name in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // Unique per call: several threads may replace the same file (a receipt) at once.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Builds NVIDIA's batch files for `runs` (id, spec), in the given order.

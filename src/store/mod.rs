@@ -130,10 +130,29 @@ pub struct Submission {
     pub file: String,
     pub sha256: String,
     pub status: String,
+    /// `duplicate`: the accepted submission it repeats. `rejected`: the earlier rejection
+    /// with the same content and the same problems, whose rejected/ folder says them.
     pub duplicate_of: Option<String>,
     pub runs: u64,
     pub problems: u64,
     pub received_at: String,
+    /// sha256 of the problems as rendered without the file's name (`rejected` only).
+    pub problems_digest: Option<String>,
+    /// The latest rejection of the same content before this submission, if any.
+    pub rejected_before: Option<String>,
+}
+
+/// What [`Store::record_submission`] records of a submission that was not accepted.
+#[derive(Debug, Clone, Default)]
+pub struct Unaccepted<'a> {
+    pub file: &'a str,
+    pub sha256: &'a str,
+    /// `duplicate` or `rejected`.
+    pub status: &'a str,
+    pub duplicate_of: Option<&'a str>,
+    pub problems: u64,
+    pub problems_digest: Option<&'a str>,
+    pub rejected_before: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,6 +179,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
 }
+
+const SUBMISSION_COLUMNS: &str = "id, file, sha256, status, duplicate_of, runs, problems, received_at, problems_digest, rejected_before";
 
 const RUN_COLUMNS: &str = "id, prompt_id, name, status, spec, control_set, priority, batch_id, submission_id, line, \
      parent_id, attempts, outputs, error, created_at, queued_at, started_at, finished_at, updated_at";
@@ -591,7 +612,7 @@ impl Store {
     pub fn submission(&self, id: &str) -> Result<Submission> {
         self.conn
             .query_row(
-                "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions WHERE id = ?1",
+                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
                 [id],
                 submission_from_row,
             )
@@ -602,25 +623,39 @@ impl Store {
     /// Submissions of a file of this name and content received at or after `since`
     /// (RFC 3339), oldest first: how `cosmos submit` finds the receipt of what it sent.
     pub fn submissions_of(&self, file: &str, sha256: &str, since: &str) -> Result<Vec<Submission>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions \
-             WHERE file = ?1 AND sha256 = ?2 AND received_at >= ?3 ORDER BY received_at, rowid",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SUBMISSION_COLUMNS} FROM submissions \
+             WHERE file = ?1 AND sha256 = ?2 AND received_at >= ?3 ORDER BY received_at, rowid"
+        ))?;
         let rows = stmt.query_map(params![file, sha256, since], submission_from_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    /// The earlier accepted or rejected submission with this content, if any.
-    pub fn submission_by_sha256(&self, sha256: &str) -> Result<Option<Submission>> {
+    /// The earlier accepted submission with this content, if any: what a duplicate repeats.
+    /// (An earlier rejection is no reason to refuse a file: what was wrong, a missing
+    /// video say, may have been put right since, so such a file is judged again.)
+    pub fn accepted_by_sha256(&self, sha256: &str) -> Result<Option<Submission>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions \
-                 WHERE sha256 = ?1 AND status IN ('accepted', 'rejected') ORDER BY received_at LIMIT 1",
+                &format!(
+                    "SELECT {SUBMISSION_COLUMNS} FROM submissions \
+                     WHERE sha256 = ?1 AND status = 'accepted' ORDER BY received_at, rowid LIMIT 1"
+                ),
                 [sha256],
                 submission_from_row,
             )
             .optional()?)
+    }
+
+    /// Earlier rejections of this content, newest first.
+    pub fn rejections_by_sha256(&self, sha256: &str) -> Result<Vec<Submission>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SUBMISSION_COLUMNS} FROM submissions \
+             WHERE sha256 = ?1 AND status = 'rejected' ORDER BY received_at DESC, rowid DESC"
+        ))?;
+        let rows = stmt.query_map([sha256], submission_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Starts taking in an accepted submission: its runs are added one by one as the file
@@ -654,20 +689,13 @@ impl Store {
     }
 
     /// Records a submission that was not accepted (duplicate or rejected), in one row.
-    pub fn record_submission(
-        &mut self,
-        id: Option<&str>,
-        file: &str,
-        sha256: &str,
-        status: &str,
-        duplicate_of: Option<&str>,
-        problems: u64,
-    ) -> Result<Submission> {
+    pub fn record_submission(&mut self, id: Option<&str>, sub: &Unaccepted<'_>) -> Result<Submission> {
         let now = Timestamp::now().rfc3339();
         let id = id.map_or_else(|| ids::new_id(IdKind::Submission), str::to_string);
         self.conn.execute(
-            "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, file, sha256, status, duplicate_of, problems as i64, now],
+            "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, problems_digest, rejected_before, received_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![id, sub.file, sub.sha256, sub.status, sub.duplicate_of, sub.problems as i64, sub.problems_digest, sub.rejected_before, now],
         )?;
         self.submission(&id)
     }
@@ -774,10 +802,16 @@ impl SubmissionWriter<'_> {
         Ok(())
     }
 
+    /// Notes the earlier rejection of the same content that this acceptance follows.
+    pub fn set_rejected_before(&mut self, earlier: &str) -> Result<()> {
+        self.tx.execute("UPDATE submissions SET rejected_before = ?1 WHERE id = ?2", params![earlier, self.id])?;
+        Ok(())
+    }
+
     pub fn commit(self) -> Result<(Submission, Batch)> {
         self.tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![self.runs as i64, self.id])?;
         let sub = self.tx.query_row(
-            "SELECT id, file, sha256, status, duplicate_of, runs, problems, received_at FROM submissions WHERE id = ?1",
+            &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
             [&self.id],
             submission_from_row,
         )?;
@@ -1042,6 +1076,8 @@ fn submission_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
         runs: runs as u64,
         problems: problems as u64,
         received_at: r.get(7)?,
+        problems_digest: r.get(8)?,
+        rejected_before: r.get(9)?,
     })
 }
 

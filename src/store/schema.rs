@@ -84,4 +84,11 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 3: a file identical to a rejected one is judged again (the reason may be gone): what
+    // the problems were, to tell "rejected again for the same problems" (no second
+    // rejected/ folder) from new ones, and which rejection came before.
+    r#"
+    ALTER TABLE submissions ADD COLUMN problems_digest TEXT;
+    ALTER TABLE submissions ADD COLUMN rejected_before TEXT REFERENCES submissions(id);
+    "#,
 ];

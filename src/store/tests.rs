@@ -158,7 +158,7 @@ fn a_submission_is_visible_whole_or_not_at_all() {
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.submission_id.as_deref(), Some(sub.id.as_str()));
     assert_eq!(run.batch_id.as_deref(), Some(batch.id.as_str()));
-    assert_eq!(store.submission_by_sha256("abc").unwrap().map(|s| s.id), Some(sub.id));
+    assert_eq!(store.accepted_by_sha256("abc").unwrap().map(|s| s.id), Some(sub.id));
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn ingest_is_all_or_nothing() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.counts().unwrap(), Counts::default(), "nothing of a rejected file is stored");
-    assert!(store.submission_by_sha256("sha-bad").unwrap().is_none());
+    assert!(store.accepted_by_sha256("sha-bad").unwrap().is_none());
     std::fs::write(&jobs, format!("{good}\n\n{good}\n")).unwrap();
     match store.ingest(&jobs, "sha-good", "jobs", &[], &limits).unwrap() {
         Ingest::Accepted { submission, batch, .. } => {

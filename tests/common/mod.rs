@@ -92,13 +92,25 @@ impl Daemon {
     /// Starts cosmosd on `home` with a fast test configuration plus `extra` TOML.
     pub fn start(home: &Home, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let config = home.path().join("cosmosd.toml");
+        Daemon::start_with(home, &config, extra, &["--root".as_ref(), home.root().as_os_str()], env)
+    }
+
+    /// Starts cosmosd with the fast test configuration plus `extra` TOML written to `config`,
+    /// and `args` after `--config` (say, `--root DIR`; none when `extra` has `[paths]`).
+    pub fn start_with(home: &Home, config: &Path, extra: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
         // The process runtime unless the test picks one.
         let kind = if extra.contains("kind = ") { "" } else { "kind = \"process\"\n" };
+        // `extra` may open with sections of its own ([paths] say): those go first, so the
+        // [runtime] keys below stay in [runtime].
+        let (watch_extra, rest) = match extra.strip_prefix("[watch]\n") {
+            Some(r) => r.split_once("\n[").map_or((r, String::new()), |(w, rest)| (w, format!("[{rest}"))),
+            None => ("", extra.to_string()),
+        };
         std::fs::write(
-            &config,
+            config,
             format!(
-                "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n\
-                 [runtime]\n{kind}backend = \"sim\"\n{extra}\n"
+                "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n{watch_extra}\n\
+                 [runtime]\n{kind}backend = \"sim\"\n{rest}\n"
             ),
         )
         .expect("write config");
@@ -109,9 +121,8 @@ impl Daemon {
             .env_remove("COSMOS_CONFIG")
             .env("COSMOS_LOG_LEVEL", "debug")
             .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(home.root())
+            .arg(config)
+            .args(args)
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file);
         for (k, v) in env {
@@ -240,6 +251,20 @@ impl Home {
     }
 }
 
+/// Every entry in the inbox's claim folders (`inbox/.cosmos/claimed/<daemon>/`).
+pub fn inbox_claims(home: &Home) -> Vec<PathBuf> {
+    claims_under(&home.inbox())
+}
+
+/// Every entry in the claim folders of the inbox at `inbox`.
+pub fn claims_under(inbox: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for daemon in std::fs::read_dir(inbox.join(".cosmos/claimed")).into_iter().flatten().flatten() {
+        out.extend(std::fs::read_dir(daemon.path()).into_iter().flatten().flatten().map(|e| e.path()));
+    }
+    out
+}
+
 /// Drops `text` into the inbox as `name`, by rename (as rsync and `cosmos submit` do).
 pub fn drop_file(home: &Home, name: &str, text: &str) {
     let tmp = home.inbox().join(format!(".{name}.tmp"));
@@ -255,4 +280,63 @@ pub fn runs(home: &Home) -> Vec<serde_json::Value> {
 /// The daemon's status.json (null before it exists).
 pub fn status(home: &Home) -> serde_json::Value {
     std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+}
+
+/// A FUSE mount of `backing` at `mount` made with bindfs: what an NFS or sshfs inbox looks
+/// like to cosmosd (another filesystem, inotify blind to writes behind it). Unmounted when
+/// dropped.
+pub struct BindMount {
+    pub backing: PathBuf,
+    pub mount: PathBuf,
+}
+
+impl BindMount {
+    /// Mounts, or returns `None` (printing why) where bindfs or FUSE is missing, unless
+    /// `COSMOS_REQUIRE_FUSE=1` (CI), where that fails the test.
+    pub fn new(backing: &Path, mount: &Path, options: &[&str]) -> Option<BindMount> {
+        std::fs::create_dir_all(backing).expect("backing folder");
+        std::fs::create_dir_all(mount).expect("mount point");
+        let status = std::process::Command::new("bindfs").args(options).arg(backing).arg(mount).status();
+        match status {
+            Ok(s) if s.success() => Some(BindMount { backing: backing.to_path_buf(), mount: mount.to_path_buf() }),
+            other => {
+                let why = format!("cannot mount bindfs ({other:?}): install bindfs and fuse3, and allow FUSE mounts");
+                if std::env::var("COSMOS_REQUIRE_FUSE").as_deref() == Ok("1") {
+                    panic!("COSMOS_REQUIRE_FUSE=1 but {why}");
+                }
+                println!("skipped: {why} (set COSMOS_REQUIRE_FUSE=1 to make this a failure)");
+                None
+            }
+        }
+    }
+
+    /// Unmounts and mounts again with other options (say `-o ro`), at the same place.
+    pub fn remount(&mut self, options: &[&str]) {
+        unmount(&self.mount);
+        let ok = std::process::Command::new("bindfs").args(options).arg(&self.backing).arg(&self.mount).status().map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "bindfs remount of {}", self.mount.display());
+    }
+}
+
+fn unmount(mount: &Path) {
+    for cmd in [&["fusermount3", "-u", "-z"][..], &["fusermount", "-u", "-z"], &["umount", "-l"]] {
+        if std::process::Command::new(cmd[0]).args(&cmd[1..]).arg(mount).status().is_ok_and(|s| s.success()) {
+            return;
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        unmount(&self.mount);
+    }
+}
+
+/// Whether `path` is on a FUSE filesystem (statfs).
+pub fn is_fuse(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statfs fills the struct we own from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == 0x6573_5546
 }
