@@ -7,7 +7,7 @@
 //! a fresh store (all runs in one transaction), and `jq -c . FILE > /dev/null` (which only
 //! parses and prints JSON: no rules, no paths, no store).
 
-use cosmos_workflow::spec::{parse_job_file, JsonlLimits};
+use cosmos_workflow::spec::{parse_job_file, Rules};
 use cosmos_workflow::store::{Ingest, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn validate(path: &Path) -> u64 {
-    let report = parse_job_file(path, &[], &JsonlLimits::default(), &mut |_| {});
+    let report = parse_job_file(path, &[], &Rules::default(), &mut |_| {});
     assert!(report.is_ok(), "bench file must be valid: {:?}", report.problems.first());
     report.runs
 }
@@ -61,7 +61,7 @@ fn validate_and_insert(path: &Path, db_dir: &Path) -> u64 {
     let _ = std::fs::remove_dir_all(db_dir);
     std::fs::create_dir_all(db_dir).expect("db dir");
     let mut store = Store::open(&db_dir.join("cosmos.db")).expect("open store");
-    match store.ingest(path, "bench", "bench", &[], &JsonlLimits::default()).expect("ingest") {
+    match store.ingest(path, "bench", "bench", &[], &cosmos_workflow::spec::Rules::default()).expect("ingest") {
         Ingest::Accepted { submission, .. } => submission.runs,
         Ingest::Rejected { report } => panic!("rejected: {:?}", report.problems.first()),
     }

@@ -3,6 +3,7 @@
 //! `--root DIR` relocates the three folders for a quick start.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub struct Config {
     pub paths: Paths,
     pub watch: Watch,
     pub runtime: Runtime,
+    pub jobs: Jobs,
     pub scheduler: Scheduler,
     pub outbox: Outbox,
     pub daemon: Daemon,
@@ -168,6 +170,95 @@ pub struct Runtime {
     pub ipc_host: bool,
     pub min_free_gpu_mib: u64,
     pub instance: String,
+    /// NVIDIA's checkout (cosmos-transfer1 or cosmos-transfer2.5): the worker's working
+    /// directory, first on PYTHONPATH. A container path for docker. Empty: not set.
+    pub model_code: PathBuf,
+    /// A Hugging Face cache on the host: mounted read-only (docker), `HF_HOME`,
+    /// `HF_HUB_OFFLINE=1`. Empty: not set.
+    pub hf_home: PathBuf,
+    /// Extra environment for the worker.
+    pub env: BTreeMap<String, String>,
+    /// Extra bind mounts for the container, `"HOST:CONTAINER[:ro]"`.
+    pub mounts: Vec<String>,
+    pub guardrails: Guardrails,
+    /// transfer1: NVIDIA's Cosmos-Transfer1-7B-Sample-AV base, whose controls are `hdmap`
+    /// and `lidar` (and only those), instead of the base 7B model.
+    pub av_sample: bool,
+}
+
+/// `runtime.guardrails`: NVIDIA's safety models, where the backend has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Guardrails {
+    On,
+    Off,
+    /// On, with the guardrail models offloaded to the CPU between uses.
+    Offload,
+}
+
+impl Guardrails {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guardrails::On => "on",
+            Guardrails::Off => "off",
+            Guardrails::Offload => "offload",
+        }
+    }
+}
+
+/// One `runtime.mounts` entry, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraMount {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+/// Parses `"HOST:CONTAINER[:ro|:rw]"` (both absolute).
+pub fn parse_mount(text: &str) -> Result<ExtraMount, String> {
+    let expected = || format!("expected \"HOST:CONTAINER\" or \"HOST:CONTAINER:ro\" with absolute paths, got {text:?}");
+    let parts: Vec<&str> = text.split(':').collect();
+    let (host, container, read_only) = match parts.as_slice() {
+        [h, c] => (*h, *c, false),
+        [h, c, "ro"] => (*h, *c, true),
+        [h, c, "rw"] => (*h, *c, false),
+        _ => return Err(expected()),
+    };
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(expected());
+    }
+    Ok(ExtraMount { host: host.into(), container: container.into(), read_only })
+}
+
+impl Runtime {
+    /// `runtime.mounts`, parsed (checked when the configuration is loaded).
+    pub fn extra_mounts(&self) -> Vec<ExtraMount> {
+        self.mounts.iter().filter_map(|m| parse_mount(m).ok()).collect()
+    }
+}
+
+/// `[jobs]`: what a job line that leaves something out gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jobs {
+    /// The controls of a line without `control_overrides` (NVIDIA's batch format lets a base
+    /// spec supply them; outside a bundle with such a spec, these do).
+    pub default_controls: BTreeMap<String, DefaultControl>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs { default_controls: BTreeMap::from([("edge".to_string(), DefaultControl { control_weight: 1.0, input_control: None })]) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultControl {
+    pub control_weight: f64,
+    /// An absolute path (under `paths.input_roots`); absent: generated from the input video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_control: Option<PathBuf>,
 }
 
 impl Default for Runtime {
@@ -186,6 +277,12 @@ impl Default for Runtime {
             ipc_host: false,
             min_free_gpu_mib: 0,
             instance: "default".into(),
+            model_code: PathBuf::new(),
+            hf_home: PathBuf::new(),
+            env: BTreeMap::new(),
+            mounts: Vec::new(),
+            guardrails: Guardrails::On,
+            av_sample: false,
         }
     }
 }
@@ -416,6 +513,35 @@ impl Config {
                 return Err(bad("runtime.gpus", "a GPU group must name at least one GPU".into()));
             }
         }
+        for m in &self.runtime.mounts {
+            parse_mount(m).map_err(|e| bad("runtime.mounts", e))?;
+        }
+        for key in self.runtime.env.keys() {
+            let ok = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(bad("runtime.env", format!("expected variable names like HF_TOKEN, got {key:?}")));
+            }
+        }
+        for (path, key) in [(&self.runtime.hf_home, "runtime.hf_home"), (&self.runtime.model_code, "runtime.model_code")] {
+            if !path.as_os_str().is_empty() && !path.is_absolute() {
+                return Err(bad(key, format!("expected an absolute path, got {:?}", path.display().to_string())));
+            }
+        }
+        if self.runtime.av_sample && self.runtime.backend != Backend::Transfer1 {
+            return Err(bad("runtime.av_sample", "the Sample-AV base is a Transfer1 model; set runtime.backend = \"transfer1\"".into()));
+        }
+        for (hint, c) in &self.jobs.default_controls {
+            if crate::spec::Hint::parse(hint).is_none() {
+                return Err(bad("jobs.default_controls", format!("{hint:?} is not a control; expected vis, edge, depth, seg, keypoint, hdmap, lidar or upscale")));
+            }
+            if !(0.0..=1.0).contains(&c.control_weight) {
+                return Err(bad("jobs.default_controls", format!("{hint}.control_weight: expected a number in [0, 1], got {}", c.control_weight)));
+            }
+            if c.input_control.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(bad("jobs.default_controls", format!("{hint}.input_control: expected an absolute path")));
+            }
+        }
         let level = self.log.level.to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
             return Err(bad("log.level", format!("expected error, warn, info, debug or trace, got {:?}", self.log.level)));
@@ -527,6 +653,44 @@ mod tests {
         assert!(err.contains("paths.input_roots"), "{err}");
         let err = Config::from_toml("[scheduler]\nmax_attempts = 0\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn runtime_model_keys_and_default_controls() {
+        let text = r#"
+            [runtime]
+            backend = "transfer1"
+            model_code = "/opt/cosmos-transfer1"
+            hf_home = "/srv/hf"
+            env = { HF_TOKEN = "x", NCCL_DEBUG = "WARN" }
+            mounts = ["/srv/code:/workspace/code:ro", "/scratch:/scratch"]
+            guardrails = "offload"
+            av_sample = true
+            [jobs]
+            default_controls = { depth = { control_weight = 0.5 }, vis = { control_weight = 0.2 } }
+        "#;
+        let c = Config::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.runtime.guardrails, Guardrails::Offload);
+        assert_eq!(c.runtime.extra_mounts()[0], ExtraMount { host: "/srv/code".into(), container: "/workspace/code".into(), read_only: true });
+        assert!(!c.runtime.extra_mounts()[1].read_only);
+        assert_eq!(c.runtime.env["NCCL_DEBUG"], "WARN");
+        assert_eq!(c.jobs.default_controls.len(), 2);
+        assert_eq!(Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap(), c);
+        assert_eq!(Config::default().jobs.default_controls["edge"].control_weight, 1.0);
+        for (bad, key) in [
+            ("[runtime]\nmounts = [\"relative:/x\"]", "runtime.mounts"),
+            ("[runtime]\nmounts = [\"/a:/b:maybe\"]", "runtime.mounts"),
+            ("[runtime]\nenv = { \"1X\" = \"y\" }", "runtime.env"),
+            ("[runtime]\nmodel_code = \"code\"", "runtime.model_code"),
+            ("[runtime]\nbackend = \"transfer2_5\"\nav_sample = true", "runtime.av_sample"),
+            ("[jobs]\ndefault_controls = { blur = { control_weight = 0.5 } }", "jobs.default_controls"),
+            ("[jobs]\ndefault_controls = { edge = { control_weight = 1.5 } }", "jobs.default_controls"),
+        ] {
+            let err = Config::from_toml(bad, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let err = Config::from_toml("[runtime]\nguardrails = \"maybe\"", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("guardrails"), "{err}");
     }
 
     #[test]

@@ -271,7 +271,8 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
         r.push(config.paths.inbox.clone());
         r
     };
-    let mut bundle_ok = |path: &Path| bundle_validates(path, &roots);
+    let rules = crate::spec::Rules::from_config(config);
+    let mut bundle_ok = |path: &Path| bundle_validates(path, &roots, &rules);
     let ready = tracker.due(&config.paths.inbox, Instant::now(), &mut bundle_ok);
     for (i, name) in ready.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
@@ -286,13 +287,9 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
     }
 }
 
-/// Whether a quiet bundle's one job file validates where it stands.
-fn bundle_validates(dir: &Path, roots: &[std::path::PathBuf]) -> bool {
-    let Ok(files) = crate::spec::bundle_job_files(dir) else { return false };
-    match files.as_slice() {
-        [file] => crate::spec::parse_job_file(file, roots, &crate::spec::JsonlLimits::default(), &mut |_| {}).is_ok(),
-        _ => false,
-    }
+/// Whether a quiet bundle validates where it stands (so its videos are all there).
+fn bundle_validates(dir: &Path, roots: &[std::path::PathBuf], rules: &crate::spec::Rules) -> bool {
+    crate::spec::parse_bundle(dir, roots, rules, &mut |_| {}).0.is_ok()
 }
 
 fn log_taken(t: &crate::intake::Taken) {
@@ -377,10 +374,13 @@ pub fn diff(a: &Config, b: &Config) -> Vec<String> {
         flatten("", &va, &mut fa);
         flatten("", &vb, &mut fb);
     }
-    fa.iter()
-        .zip(fb.iter())
-        .filter(|((_, x), (_, y))| x != y)
-        .map(|((k, x), (_, y))| format!("{k}: {x} -> {y}"))
+    // By key: tables such as runtime.env may gain or lose keys.
+    let (ma, mb): (std::collections::BTreeMap<_, _>, std::collections::BTreeMap<_, _>) = (fa.into_iter().collect(), fb.into_iter().collect());
+    let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+    let none = "(none)".to_string();
+    keys.into_iter()
+        .filter(|k| ma.get(*k) != mb.get(*k))
+        .map(|k| format!("{k}: {} -> {}", ma.get(k).unwrap_or(&none), mb.get(k).unwrap_or(&none)))
         .collect()
 }
 
@@ -397,5 +397,7 @@ mod tests {
         b.scheduler.max_attempts = 5;
         let d = diff(&a, &b);
         assert_eq!(d, vec!["scheduler.max_attempts: 3 -> 5", "watch.settle: \"2s\" -> \"500ms\""]);
+        b.runtime.env.insert("NCCL_DEBUG".into(), "WARN".into());
+        assert_eq!(diff(&a, &b)[0], "runtime.env.NCCL_DEBUG: (none) -> \"WARN\"");
     }
 }

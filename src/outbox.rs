@@ -150,6 +150,8 @@ impl Outbox {
             "gpu": gpu,
             "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
             "attempts": run.attempts,
+            // What the model was called with, as the worker reported it (defaults included).
+            "settings": outputs.settings,
             "files": entries,
         });
         std::fs::write(tmp.join("manifest.txt"), text).map_err(at("cannot write", &tmp))?;

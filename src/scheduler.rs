@@ -182,7 +182,7 @@ impl Worker {
             Worker::Process(_) => outputs,
             Worker::Docker(w) => {
                 let back = |p: String| w.map.to_host(Path::new(&p)).map_or(p, |h| h.display().to_string());
-                Outputs { video: outputs.video.map(back), controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect() }
+                Outputs { video: outputs.video.map(back), controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect(), settings: outputs.settings }
             }
         }
     }
@@ -387,7 +387,7 @@ impl Scheduler {
             }
             map.to_host(Path::new(&p)).filter(|h| h.exists()).map_or(p, |h| h.display().to_string())
         };
-        Outputs { video: outputs.video.map(host), controls: outputs.controls.into_iter().map(|(k, v)| (k, host(v))).collect() }
+        Outputs { video: outputs.video.map(host), controls: outputs.controls.into_iter().map(|(k, v)| (k, host(v))).collect(), settings: outputs.settings }
     }
 
     /// A run the re-attached worker is still running: wait for it like any other.
@@ -548,7 +548,7 @@ impl Scheduler {
             started: Some(Instant::now()),
         });
 
-        let mut spec = worker_spec(&run.spec);
+        let mut spec = worker_spec(&run.spec, crate::spec::Model::from_config(&self.config));
         let localized = match &self.worker {
             Some(w) => w.localize(&mut spec, &out),
             None => Err("the worker is gone".into()),
@@ -979,29 +979,17 @@ impl Scheduler {
     }
 }
 
-/// What the worker gets for a run: NVIDIA's Transfer1 spec for it, plus the `sim` fault
-/// key and the Transfer2.5-only settings where the run has them. Also its `spec.json`.
-pub fn worker_spec(spec: &RunSpec) -> Value {
+/// What the worker gets for a run, in the configured model's own format: for Transfer2.5
+/// NVIDIA's `InferenceArguments` object; otherwise NVIDIA's Transfer1 `--controlnet_specs`
+/// object, plus the `sim` fault key where the run has one. Each carries the model's own
+/// defaults for what the run leaves unset. Also the run's `spec.json`.
+pub fn worker_spec(spec: &RunSpec, model: crate::spec::Model) -> Value {
+    if model == crate::spec::Model::Transfer2_5 {
+        return nvidia::transfer2_5_spec(spec);
+    }
     let mut v = nvidia::transfer1_spec(spec);
     if let Some(sim) = &spec.sim {
         v["sim"] = serde_json::to_value(sim).unwrap_or(Value::Null);
-    }
-    let s = &spec.settings;
-    if let Some(r) = &s.resolution {
-        v["resolution"] = json!(r);
-    }
-    for (key, value) in [("max_frames", s.max_frames), ("num_conditional_frames", s.num_conditional_frames), ("num_video_frames_per_chunk", s.num_video_frames_per_chunk)] {
-        if let Some(x) = value {
-            v[key] = json!(x);
-        }
-    }
-    for (hint, c) in &spec.controls {
-        if let Some(m) = &c.mask_path {
-            v[hint.as_str()]["mask_path"] = json!(m);
-        }
-        if let Some(m) = &c.mask_prompt {
-            v[hint.as_str()]["mask_prompt"] = json!(m);
-        }
     }
     v
 }

@@ -19,6 +19,8 @@ fn cp_mv_rsync_and_submit_are_all_taken_in_once() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();
     home.videos_in_inbox();
+    // Intake only: the runs stay queued, so the receipts below say `queued` for each.
+    home.ok(&["pause"]);
     let daemon = Daemon::start(&home, "", &[]);
     let outside = home.path().join("outgoing");
     std::fs::create_dir_all(&outside).unwrap();

@@ -1,7 +1,7 @@
 //! Property tests of the JSONL parser: no input makes it panic, every problem points at a
 //! real line, and whatever valid jobs we generate come back exactly.
 
-use cosmos_workflow::spec::{parse_jsonl, Hint, Job, JsonlLimits, PathPolicy};
+use cosmos_workflow::spec::{parse_jsonl, Hint, Job, JsonlLimits, PathPolicy, Rules};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::io::Cursor;
@@ -17,8 +17,8 @@ fn video_dir() -> tempfile::TempDir {
 fn parse(bytes: Vec<u8>, dir: &Path, max_line: usize) -> (cosmos_workflow::spec::Report, Vec<Job>) {
     let mut jobs = Vec::new();
     let mut policy = PathPolicy::new(dir, &[]);
-    let limits = JsonlLimits { max_line_bytes: max_line };
-    let report = parse_jsonl(Cursor::new(bytes), &mut policy, &limits, &mut |j| jobs.push(j));
+    let rules = Rules { limits: JsonlLimits { max_line_bytes: max_line }, ..Rules::default() };
+    let report = parse_jsonl(Cursor::new(bytes), &mut policy, &rules, &mut |j| jobs.push(j));
     (report, jobs)
 }
 

@@ -16,7 +16,8 @@ pub fn prompt(p: &Prompt) -> Value {
     })
 }
 
-pub fn run(r: &Run) -> Value {
+/// A run; `settings` as the configured model gets them (its own defaults filled in).
+pub fn run(r: &Run, model: crate::spec::Model) -> Value {
     let mut controls = Map::new();
     for (hint, c) in &r.spec.controls {
         controls.insert(hint.as_str().into(), json!({"weight": c.weight, "input": c.input}));
@@ -24,7 +25,7 @@ pub fn run(r: &Run) -> Value {
     // The seed's four weights, 0 for a control that is off.
     let weight = |h: Hint| r.spec.controls.get(&h).map_or(0.0, |c| c.weight);
     let settings: Map<String, Value> =
-        nvidia::effective_settings(&r.spec).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        nvidia::model_settings(&r.spec, model).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     json!({
         "id": r.id,
         "prompt_id": r.prompt_id,

@@ -8,7 +8,7 @@ mod submit;
 
 use crate::config::{Config, ConfigError};
 use crate::ids::IdKind;
-use crate::spec::{self, nvidia, Control, Hint, JsonlLimits, Level, RunSpec, Settings, SpecStyle};
+use crate::spec::{self, nvidia, Control, Hint, Level, RunSpec, Settings, SpecStyle};
 use crate::store::{NewPrompt, PromptInputs, Run, RunLink, RunStatus, Store, StoreError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
@@ -285,8 +285,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 Command::Inference { runs, upscale_weight, dry_run } => {
                     inference(&mut store, &config, &runs, upscale_weight, dry_run, out)
                 }
-                Command::List { what, status, limit, json } => list(&store, what, status, limit, json, out),
-                Command::Show { id, json } => show(&store, &id, json, out),
+                Command::List { what, status, limit, json } => list(&store, spec::Model::from_config(&config), what, status, limit, json, out),
+                Command::Show { id, json } => show(&store, spec::Model::from_config(&config), &id, json, out),
                 Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
                 Command::Cancel { runs } => control::cancel(&mut store, &runs, out),
                 Command::Retry { runs } => control::retry(&mut store, &runs, out),
@@ -517,6 +517,7 @@ fn batch_inference(
         }
         return Ok(());
     }
+    check_model(store, config, &ids)?;
     stage_inputs(store, config, &ids)?;
     let batch = store.queue_batch(&name, &ids)?;
     writeln!(out, "Queued batch {} ({}): {} runs", batch.name, batch.id, ids.len())?;
@@ -525,6 +526,24 @@ fn batch_inference(
     }
     writeln!(out, "Outputs: {}/run_<id>/ and {}/", config.paths.outbox.display(), config.paths.outbox.join(batch.folder_name()).display())?;
     Ok(())
+}
+
+/// Refuses to queue runs the configured backend cannot run as asked (a control it does not
+/// serve, a setting it would ignore), each named with why: found now, not on the GPU.
+fn check_model(store: &Store, config: &Config, ids: &[String]) -> Result<()> {
+    let model = spec::Model::from_config(config);
+    let mut lines = Vec::new();
+    for id in ids {
+        let run = store.run(id)?;
+        for p in model.problems(&run.spec) {
+            lines.push(format!("{id}: {}: {}", p.key.unwrap_or_default(), p.message));
+        }
+    }
+    if lines.is_empty() {
+        Ok(())
+    } else {
+        Err(usage(format!("nothing was queued; the {} backend cannot run: {}", model.name(), lines.join("; "))))
+    }
 }
 
 /// Copies (hard-links) the inputs of runs about to be queued into `<state>/work/rs_<id>/input/`,
@@ -564,13 +583,17 @@ fn inference(
     if dry_run {
         writeln!(out, "# dry run: nothing was queued")?;
         for run in load_runs(store, &ids)? {
-            writeln!(out, "# --- {} spec.json (NVIDIA transfer.py --controlnet_specs) ---", run.id)?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&nvidia::transfer1_spec(&run.spec)).unwrap_or_default())?;
+            writeln!(out, "# --- {} spec.json (what the {} worker gets) ---", run.id, config.runtime.backend.as_str())?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&crate::scheduler::worker_spec(&run.spec, spec::Model::from_config(config))).unwrap_or_default())?;
             if let Some(w) = upscale.or(run.spec.upscale_weight) {
                 writeln!(out, "# then an upscale run: control upscale at weight {w} on this run's output.mp4")?;
             }
         }
         return Ok(());
+    }
+    check_model(store, config, &ids)?;
+    if upscale.is_some() && spec::Model::from_config(config) == spec::Model::Transfer2_5 {
+        return Err(usage("--upscale-weight: the transfer2_5 backend has no upscale control"));
     }
     stage_inputs(store, config, &ids)?;
     store.queue_single(&ids, upscale)?;
@@ -583,7 +606,7 @@ fn inference(
     Ok(())
 }
 
-fn list(store: &Store, what: ListWhat, status: Option<RunStatus>, limit: Option<usize>, as_json: bool, out: &mut dyn Write) -> Result<()> {
+fn list(store: &Store, model: spec::Model, what: ListWhat, status: Option<RunStatus>, limit: Option<usize>, as_json: bool, out: &mut dyn Write) -> Result<()> {
     match what {
         ListWhat::Prompts => {
             if status.is_some() {
@@ -617,7 +640,7 @@ fn list(store: &Store, what: ListWhat, status: Option<RunStatus>, limit: Option<
         ListWhat::Runs => {
             let runs = store.list_runs(status, limit)?;
             if as_json {
-                let arr: Vec<_> = runs.iter().map(json::run).collect();
+                let arr: Vec<_> = runs.iter().map(|r| json::run(r, model)).collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&arr).unwrap_or_default())?;
                 return Ok(());
             }
@@ -650,7 +673,7 @@ fn shorten(text: &str, max: usize) -> String {
     s
 }
 
-fn show(store: &Store, prefix: &str, as_json: bool, out: &mut dyn Write) -> Result<()> {
+fn show(store: &Store, model: spec::Model, prefix: &str, as_json: bool, out: &mut dyn Write) -> Result<()> {
     let (kind, id) = store.resolve_any(prefix)?;
     let value = match kind {
         IdKind::Prompt => {
@@ -660,8 +683,8 @@ fn show(store: &Store, prefix: &str, as_json: bool, out: &mut dyn Write) -> Resu
         }
         IdKind::Run => {
             let run = store.run(&id)?;
-            let mut v = json::run(&run);
-            v["spec"] = nvidia::transfer1_spec(&run.spec);
+            let mut v = json::run(&run, model);
+            v["spec"] = crate::scheduler::worker_spec(&run.spec, model);
             v["children"] = store.runs_where(RunLink::Parent, &id)?.iter().map(json::run_ref).collect();
             v["events"] = store.events(&id)?.iter().map(json::event).collect();
             v
@@ -727,31 +750,27 @@ fn write_plain(v: &serde_json::Value, indent: &str, out: &mut dyn Write) -> std:
 fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<()> {
     let mut roots = config.paths.input_roots.clone();
     roots.push(config.paths.inbox.clone());
-    let limits = JsonlLimits::default();
-    let mut files = Vec::new();
+    // The daemon's own rules: its backend, its default controls.
+    let rules = spec::Rules::from_config(config);
     let mut problems_total = 0u64;
+    let (mut ok, mut checked) = (0usize, 0usize);
     for p in paths {
-        match std::fs::metadata(p) {
+        checked += 1;
+        let (report, shown) = match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => {
-                let found = spec::bundle_job_files(p)?;
-                if found.is_empty() {
-                    writeln!(out, "{}: no .jsonl or .json job files in this folder", p.display())?;
-                    problems_total += 1;
-                }
-                files.extend(found);
+                // A bundle: its job file, with the base spec beside it where there is one.
+                let (report, layout) = spec::parse_bundle(p, &roots, &rules, &mut |_| {});
+                let shown = layout.map_or_else(|| p.clone(), |l| l.jobs().to_path_buf());
+                (report, shown)
             }
-            _ => files.push(p.clone()),
-        }
-    }
-    let mut ok = 0;
-    for file in &files {
-        let report = spec::parse_job_file(file, &roots, &limits, &mut |_| {});
+            _ => (spec::parse_job_file(p, &roots, &rules, &mut |_| {}), p.clone()),
+        };
         if report.is_ok() {
             ok += 1;
-            writeln!(out, "{}: ok, {} run{}", file.display(), report.runs, if report.runs == 1 { "" } else { "s" })?;
+            writeln!(out, "{}: ok, {} run{} for the {} backend", shown.display(), report.runs, if report.runs == 1 { "" } else { "s" }, rules.model.name())?;
         } else {
             problems_total += report.problem_count();
-            write!(out, "{}", report.render(file))?;
+            write!(out, "{}", report.render(&shown))?;
         }
     }
     if problems_total == 0 {
@@ -760,9 +779,9 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
         Err(CliError::Invalid(format!(
             "{problems_total} problem{} in {} of {} file{}",
             if problems_total == 1 { "" } else { "s" },
-            files.len() - ok,
-            files.len(),
-            if files.len() == 1 { "" } else { "s" }
+            checked - ok,
+            checked,
+            if checked == 1 { "" } else { "s" }
         )))
     }
 }

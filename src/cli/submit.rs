@@ -8,7 +8,7 @@ use super::{usage, CliError, Result};
 use crate::config::Config;
 use crate::fsutil::link_or_copy;
 use crate::intake::{fate::submission_sha256, stem_of};
-use crate::spec::{self, JsonlLimits};
+use crate::spec;
 use crate::store::{RunLink, RunStatus, Store, Submission};
 use crate::time::Timestamp;
 use std::collections::BTreeSet;
@@ -31,8 +31,9 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
     // than one that submits nothing.
     let mut plans = Vec::new();
     let mut problems = 0u64;
+    let rules = spec::Rules::from_config(config);
     for file in files {
-        match plan(file, &roots) {
+        match plan(file, &roots, &rules) {
             Ok(p) => plans.push(p),
             Err(text) => {
                 problems += 1;
@@ -101,17 +102,14 @@ struct Plan {
 
 /// Validates `file` (a job file or a bundle folder) as the daemon will, and works out what
 /// must travel with it. `Err` holds the problems, one per line.
-fn plan(file: &Path, roots: &[PathBuf]) -> std::result::Result<Plan, String> {
+fn plan(file: &Path, roots: &[PathBuf], rules: &spec::Rules) -> std::result::Result<Plan, String> {
     if file.is_dir() {
-        let jobs = spec::bundle_job_files(file).map_err(|e| format!("{}: {e}\n", file.display()))?;
-        let [job] = jobs.as_slice() else {
-            return Err(format!("{}: a bundle folder holds exactly one .jsonl or .json job file at its top level\n", file.display()));
-        };
-        let report = spec::parse_job_file(job, roots, &JsonlLimits::default(), &mut |_| {});
-        return if report.is_ok() { Ok(Plan { source: file.to_path_buf(), carry: Vec::new(), bundle: true }) } else { Err(report.render(job)) };
+        let (report, layout) = spec::parse_bundle(file, roots, rules, &mut |_| {});
+        let shown = layout.map_or_else(|| file.to_path_buf(), |l| l.jobs().to_path_buf());
+        return if report.is_ok() { Ok(Plan { source: file.to_path_buf(), carry: Vec::new(), bundle: true }) } else { Err(report.render(&shown)) };
     }
     let mut inputs: BTreeSet<PathBuf> = BTreeSet::new();
-    let report = spec::parse_job_file(file, roots, &JsonlLimits::default(), &mut |job| {
+    let report = spec::parse_job_file(file, roots, rules, &mut |job| {
         inputs.insert(job.spec.visual_input.clone());
         for c in job.spec.controls.values() {
             inputs.extend(c.input.iter().cloned());

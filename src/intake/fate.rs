@@ -5,7 +5,7 @@ use super::{classify, stage, stem_of, EntryKind, Layout};
 use crate::config::Config;
 use crate::fsutil::{at, move_entry, remove_any, sha256_file, sync_dir, write_atomic, PathIo};
 use crate::ids::{self, IdKind};
-use crate::spec::{self, FileKind, JsonlLimits, Problem, Report};
+use crate::spec::{self, FileKind, Problem, Report, Rules};
 use crate::store::{Store, StoreError, Submission, Unaccepted};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -65,7 +65,7 @@ pub struct Intake {
     layout: Layout,
     store: Store,
     roots: Vec<PathBuf>,
-    limits: JsonlLimits,
+    rules: Rules,
     file_mode: u32,
     /// Entries that failed, waiting for their next try.
     retries: Retries,
@@ -95,17 +95,19 @@ impl Intake {
         let daemon = super::daemon_id(&config.paths.state)?;
         let layout = Layout::new(config, &daemon);
         layout.create_all()?;
-        let mut intake = Intake { layout, store, roots: Vec::new(), limits: JsonlLimits::default(), file_mode: 0o644, retries: Retries::default() };
+        let mut intake = Intake { layout, store, roots: Vec::new(), rules: Rules::from_config(config), file_mode: 0o644, retries: Retries::default() };
         intake.set_config(config);
         Ok(intake)
     }
 
-    /// Takes the settings that a reload may change (input roots, file mode).
+    /// Takes the settings that a reload may change (input roots, file mode, the backend's
+    /// rules and default controls).
     pub fn set_config(&mut self, config: &Config) {
         let mut roots = config.paths.input_roots.clone();
         roots.push(config.paths.inbox.clone());
         self.roots = roots;
         self.file_mode = config.outbox.mode.0;
+        self.rules = Rules::from_config(config);
     }
 
     pub fn layout(&self) -> &Layout {
@@ -311,32 +313,27 @@ impl Intake {
         }
         // Second pass: stage each run's inputs and insert it, in one transaction.
         let work = self.layout.work.clone();
-        let (base, job_path) = self.job_file(claimed, &shape);
-        let roots = self.roots.clone();
-        let limits = self.limits.clone();
+        let (inbox, roots, rules) = (self.layout.inbox.clone(), self.roots.clone(), self.rules.clone());
         let mut writer = self.store.begin_submission_with_id(sb, name, &sha, &stem_of(name))?;
         if let Some(earlier) = &rejected_before {
             writer.set_rejected_before(earlier)?;
         }
         let mut staged: Vec<String> = Vec::new();
         let mut failure: Option<IntakeError> = None;
-        let report = match &job_path {
-            Some(path) => spec::parse_job_file_at(path, &base, &roots, &limits, &mut |mut job| {
-                if failure.is_some() {
-                    return;
-                }
-                let run_id = ids::new_id(IdKind::Run);
-                if let Err(e) = stage::stage_run(&work, &run_id, &mut job.spec) {
-                    failure = Some(PathIo { what: "cannot stage the inputs of", path: work.join(&run_id), source: e }.into());
-                    return;
-                }
-                staged.push(run_id.clone());
-                if let Err(e) = writer.add_with_id(&run_id, &job) {
-                    failure = Some(e.into());
-                }
-            }),
-            None => Report::default(),
-        };
+        let (report, _) = parse_entry(claimed, name, &shape, &inbox, &roots, &rules, &mut |mut job| {
+            if failure.is_some() {
+                return;
+            }
+            let run_id = ids::new_id(IdKind::Run);
+            if let Err(e) = stage::stage_run(&work, &run_id, &mut job.spec) {
+                failure = Some(PathIo { what: "cannot stage the inputs of", path: work.join(&run_id), source: e }.into());
+                return;
+            }
+            staged.push(run_id.clone());
+            if let Err(e) = writer.add_with_id(&run_id, &job) {
+                failure = Some(e.into());
+            }
+        });
         if let Some(e) = failure {
             drop(writer);
             stage::unstage(&work, &staged);
@@ -361,57 +358,9 @@ impl Intake {
         }
     }
 
-    /// The job file to parse and the folder its relative paths resolve against: the inbox
-    /// for a top-level file, the bundle for a bundle.
-    fn job_file(&self, claimed: &Path, shape: &Claimed) -> (PathBuf, Option<PathBuf>) {
-        match shape {
-            Claimed::File => (self.layout.inbox.clone(), Some(claimed.to_path_buf())),
-            Claimed::Bundle => {
-                let files = bundle_job_files(claimed).unwrap_or_default();
-                (claimed.to_path_buf(), if files.len() == 1 { files.into_iter().next() } else { None })
-            }
-            Claimed::Foreign(_) => (self.layout.inbox.clone(), None),
-        }
-    }
-
     /// Validates a claimed entry; returns the report and the name to show in errors.
     fn validate(&self, claimed: &Path, name: &str, shape: &Claimed, sink: &mut dyn FnMut(spec::Job)) -> (Report, PathBuf) {
-        let mut report = Report::default();
-        let problem = |message: String| Problem { line: None, key: None, message };
-        match shape {
-            Claimed::Foreign(why) => {
-                report.add(problem(why.clone()));
-                (report, PathBuf::from(name))
-            }
-            Claimed::File => {
-                let report = spec::parse_job_file_at(claimed, &self.layout.inbox, &self.roots, &self.limits, sink);
-                (report, PathBuf::from(name))
-            }
-            Claimed::Bundle => {
-                let files = match bundle_job_files(claimed) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        report.add(problem(format!("cannot list the bundle folder: {e}")));
-                        return (report, PathBuf::from(name));
-                    }
-                };
-                match files.as_slice() {
-                    [file] => {
-                        let display = Path::new(name).join(file.file_name().unwrap_or_default());
-                        (spec::parse_job_file_at(file, claimed, &self.roots, &self.limits, sink), display)
-                    }
-                    [] => {
-                        report.add(problem("the bundle folder holds no .jsonl or .json job file at its top level".into()));
-                        (report, PathBuf::from(name))
-                    }
-                    many => {
-                        let names: Vec<String> = many.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-                        report.add(problem(format!("a bundle folder holds one job file; this one has {}: {}", many.len(), names.join(", "))));
-                        (report, PathBuf::from(name))
-                    }
-                }
-            }
-        }
+        parse_entry(claimed, name, shape, &self.layout.inbox, &self.roots, &self.rules, sink)
     }
 
     /// Records a rejection. Rejected before for the very same problems, it gets no second
@@ -509,6 +458,36 @@ impl Intake {
     }
 }
 
+/// Validates a claimed entry as the submission it is: a top-level job file read as if it
+/// were still in the inbox, a bundle against its own folder (and its base spec). Returns the
+/// report and the name to show in errors.
+fn parse_entry(
+    claimed: &Path,
+    name: &str,
+    shape: &Claimed,
+    inbox: &Path,
+    roots: &[PathBuf],
+    rules: &Rules,
+    sink: &mut dyn FnMut(spec::Job),
+) -> (Report, PathBuf) {
+    match shape {
+        Claimed::Foreign(why) => {
+            let mut report = Report::default();
+            report.add(Problem { line: None, key: None, message: why.clone() });
+            (report, PathBuf::from(name))
+        }
+        Claimed::File => (spec::parse_job_file_at(claimed, inbox, roots, rules, sink), PathBuf::from(name)),
+        Claimed::Bundle => {
+            let (report, layout) = spec::parse_bundle(claimed, roots, rules, sink);
+            let display = match layout {
+                Some(l) => Path::new(name).join(l.jobs().file_name().unwrap_or_default()),
+                None => PathBuf::from(name),
+            };
+            (report, display)
+        }
+    }
+}
+
 fn claimed_shape(path: &Path) -> Claimed {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -526,11 +505,6 @@ fn claimed_shape(path: &Path) -> Claimed {
     } else {
         Claimed::Foreign("not a submission: expected NAME.jsonl (jobs), NAME.json (one run spec) or a bundle folder".into())
     }
-}
-
-/// The job files at the top of a bundle, without hidden names.
-fn bundle_job_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    crate::spec::bundle_job_files(dir)
 }
 
 /// The sha256 the daemon will record for a job file or a bundle folder (what `cosmos

@@ -46,6 +46,10 @@ pub struct Outputs {
     pub video: Option<String>,
     #[serde(default)]
     pub controls: BTreeMap<String, String>,
+    /// What the model was actually called with (the worker reports it): recorded in the
+    /// run's manifest.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Value>,
 }
 
 impl Op {

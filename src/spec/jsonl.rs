@@ -2,7 +2,7 @@
 //! Read line by line with a cap on line length, so memory stays bounded whatever the file.
 
 use super::fields::{self, check_keys, describe, Key, Problems};
-use super::{Control, Hint, Job, PathPolicy, Problem, Report, RunSpec, Settings, SimFailure, SimFault, SpecStyle};
+use super::{Control, Hint, Job, PathPolicy, Problem, Report, Rules, RunSpec, Settings, SimFailure, SimFault, SpecStyle};
 use serde_json::{Map, Value};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -94,9 +94,10 @@ fn read_capped_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std:
 pub fn parse_jsonl(
     mut reader: impl BufRead,
     policy: &mut PathPolicy,
-    limits: &JsonlLimits,
+    rules: &Rules,
     sink: &mut dyn FnMut(Job),
 ) -> Report {
+    let limits = &rules.limits;
     let mut report = Report::default();
     let mut buf = Vec::with_capacity(4096);
     // Names seen so far, by a 64-bit hash: a million names cost 16 MB, not the names
@@ -149,7 +150,7 @@ pub fn parse_jsonl(
             }
             Err(e) => p.push_general(format!("invalid JSON: {}", json_error_text(&e))),
             Ok(Value::Object(obj)) => {
-                if let Some(spec) = parse_line_object(&obj, policy, SpecStyle::Jsonl, &mut p) {
+                if let Some(spec) = parse_line_object(&obj, policy, SpecStyle::Jsonl, rules, &mut p) {
                     if let Some(name) = &spec.name {
                         match names.entry(name_hash(name)) {
                             Entry::Occupied(first) => p.push(
@@ -196,27 +197,28 @@ fn json_error_text(e: &serde_json::Error) -> String {
     format!("{msg} (column {})", e.column())
 }
 
-/// Validates one job object in the JSONL style (also accepted as a `.json` file).
+/// Validates one job object in the JSONL style (also accepted as a `.json` file). A line
+/// without `control_overrides` gets the base's controls (see [`super::rules::Base`]); the
+/// result is checked against what the configured model can run.
 pub(crate) fn parse_line_object(
     obj: &Map<String, Value>,
     policy: &mut PathPolicy,
     style: SpecStyle,
+    rules: &Rules,
     p: &mut Problems,
 ) -> Option<RunSpec> {
     check_keys(obj, LINE_KEYS, Key::from(""), p);
     let visual_input = required_path(obj, "visual_input", "the path of the input (color) video", policy, p);
     let prompt = required_prompt(obj, "prompt", p);
-    let controls = match obj.get("control_overrides") {
-        None => {
-            p.push("control_overrides", "missing; expected at least one control, e.g. {\"edge\": {\"control_weight\": 0.5}}");
-            None
-        }
-        Some(v) => parse_overrides(v, policy, p),
-    };
-    let settings = read_settings(obj, "", p);
+    let controls = rules.base.controls_for(obj.get("control_overrides"), policy, p);
+    let mut settings = read_settings(obj, "", p);
+    rules.base.fill_settings(&mut settings);
     let ext = read_extensions(obj, p);
-    let negative_prompt = obj.get("negative_prompt").and_then(|v| fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p));
-    Some(RunSpec {
+    let negative_prompt = match obj.get("negative_prompt") {
+        Some(v) => fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p),
+        None => rules.base.negative_prompt.clone(),
+    };
+    let spec = RunSpec {
         style,
         name: ext.name,
         prompt: prompt?,
@@ -227,8 +229,9 @@ pub(crate) fn parse_line_object(
         priority: ext.priority,
         upscale_weight: ext.upscale_weight,
         sim: ext.sim,
-    })
-    .filter(|_| p.is_empty())
+    };
+    rules.model.check(&spec, p);
+    Some(spec).filter(|_| p.is_empty())
 }
 
 pub(crate) fn required_prompt(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<String> {
@@ -282,7 +285,7 @@ pub(crate) fn path_value<'k>(
 
 /// `control_overrides`: hint -> `{control_weight, input_control}`. Weight-0 controls are
 /// checked, then left out: off means not sent to the model.
-fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Problems) -> Option<BTreeMap<Hint, Control>> {
+pub(crate) fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Problems) -> Option<BTreeMap<Hint, Control>> {
     let obj = fields::object(v, "control_overrides", p)?;
     let before = p.list.len();
     let mut controls = BTreeMap::new();
@@ -393,7 +396,7 @@ mod tests {
     fn run(text: &str, dir: &Path) -> (Report, Vec<Job>) {
         let mut jobs = Vec::new();
         let mut policy = PathPolicy::new(dir, &[]);
-        let report = parse_jsonl(Cursor::new(text.as_bytes().to_vec()), &mut policy, &JsonlLimits::default(), &mut |j| jobs.push(j));
+        let report = parse_jsonl(Cursor::new(text.as_bytes().to_vec()), &mut policy, &Rules::default(), &mut |j| jobs.push(j));
         (report, jobs)
     }
 
@@ -484,8 +487,8 @@ mod tests {
         text.push('\n');
         let mut jobs = Vec::new();
         let mut policy = PathPolicy::new(dir.path(), &[]);
-        let limits = JsonlLimits { max_line_bytes: 1024 };
-        let report = parse_jsonl(Cursor::new(text.into_bytes()), &mut policy, &limits, &mut |j| jobs.push(j));
+        let rules = Rules { limits: JsonlLimits { max_line_bytes: 1024 }, ..Rules::default() };
+        let report = parse_jsonl(Cursor::new(text.into_bytes()), &mut policy, &rules, &mut |j| jobs.push(j));
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].line, 2);
         let shown = report.render(Path::new("big.jsonl"));

@@ -10,6 +10,7 @@ mod fields;
 pub mod jsonl;
 pub mod nvidia;
 pub mod paths;
+pub mod rules;
 pub mod runspec;
 mod suggest;
 
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use fields::is_safe_name;
 pub use jsonl::{parse_jsonl, JsonlLimits};
 pub use paths::PathPolicy;
+pub use rules::{Base, BaseOrigin, Model, Rules};
 
 /// A control ("hint") of NVIDIA Cosmos Transfer. Declaration order is the canonical order
 /// used in control-set strings and exported files.
@@ -366,25 +368,14 @@ pub fn bundle_job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Validates one job file (`.jsonl` or `.json`) and hands each good run to `sink`. This is
 /// the exact validation the daemon applies to a submission; `cosmos validate` calls it too.
 /// Paths in the file resolve against the file's folder under `policy`'s rules.
-pub fn parse_job_file(
-    path: &Path,
-    roots: &[PathBuf],
-    limits: &JsonlLimits,
-    sink: &mut dyn FnMut(Job),
-) -> Report {
+pub fn parse_job_file(path: &Path, roots: &[PathBuf], rules: &Rules, sink: &mut dyn FnMut(Job)) -> Report {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    parse_job_file_at(path, &base, roots, limits, sink)
+    parse_job_file_at(path, &base, roots, rules, sink)
 }
 
 /// [`parse_job_file`] with relative paths resolved against `base` rather than the file's
 /// own folder: the daemon reads a claimed file as if it were still in the inbox.
-pub fn parse_job_file_at(
-    path: &Path,
-    base: &Path,
-    roots: &[PathBuf],
-    limits: &JsonlLimits,
-    sink: &mut dyn FnMut(Job),
-) -> Report {
+pub fn parse_job_file_at(path: &Path, base: &Path, roots: &[PathBuf], rules: &Rules, sink: &mut dyn FnMut(Job)) -> Report {
     let mut report = Report::default();
     let kind = match FileKind::of(path) {
         Some(k) => k,
@@ -406,7 +397,98 @@ pub fn parse_job_file_at(
     };
     let mut policy = PathPolicy::new(base, roots);
     match kind {
-        FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, limits, sink),
-        FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, limits, sink),
+        FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, rules, sink),
+        FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, rules, sink),
+    }
+}
+
+/// What a bundle folder holds at its top level: one job file, or a JSONL with a Transfer1
+/// base spec `.json` beside it (NVIDIA's batch format: `--batch_input_path` plus
+/// `--controlnet_specs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleJobs {
+    One(PathBuf),
+    WithBase { jobs: PathBuf, base: PathBuf },
+}
+
+impl BundleJobs {
+    /// The job file whose lines become runs.
+    pub fn jobs(&self) -> &Path {
+        match self {
+            BundleJobs::One(p) => p,
+            BundleJobs::WithBase { jobs, .. } => jobs,
+        }
+    }
+}
+
+/// The job files of a bundle folder, or why it has no usable set of them.
+pub fn bundle_jobs(dir: &Path) -> Result<BundleJobs, String> {
+    let files = bundle_job_files(dir).map_err(|e| format!("cannot list the bundle folder: {e}"))?;
+    let (jsonl, json): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|f| FileKind::of(f) == Some(FileKind::Jsonl));
+    match (jsonl.as_slice(), json.as_slice()) {
+        ([one], []) | ([], [one]) => Ok(BundleJobs::One((*one).clone())),
+        ([jobs], [base]) => Ok(BundleJobs::WithBase { jobs: (*jobs).clone(), base: (*base).clone() }),
+        ([], []) => Err("the bundle folder holds no .jsonl or .json job file at its top level".into()),
+        _ => {
+            let names: Vec<String> = files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+            Err(format!(
+                "a bundle folder holds one job file (a .jsonl may have one base spec .json beside it); this one has {}: {}",
+                names.len(),
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// Validates a bundle folder as the daemon takes it in: its job file, with its base spec as
+/// the base where it has one, paths resolved against the folder. Returns the report and the
+/// bundle's job files (`None` when it has no usable set; the report says why).
+pub fn parse_bundle(dir: &Path, roots: &[PathBuf], rules: &Rules, sink: &mut dyn FnMut(Job)) -> (Report, Option<BundleJobs>) {
+    let mut report = Report::default();
+    let general = |message: String| Problem { line: None, key: None, message };
+    let layout = match bundle_jobs(dir) {
+        Ok(l) => l,
+        Err(message) => {
+            report.add(general(message));
+            return (report, None);
+        }
+    };
+    let rules = match &layout {
+        BundleJobs::One(_) => rules.clone(),
+        BundleJobs::WithBase { base, .. } => match read_base_spec(base, rules) {
+            Ok(b) => Rules { base: b, ..rules.clone() },
+            Err(problems) => {
+                for p in problems {
+                    report.add(p);
+                }
+                return (report, Some(layout));
+            }
+        },
+    };
+    (parse_job_file_at(layout.jobs(), dir, roots, &rules, sink), Some(layout))
+}
+
+/// A bundle's base spec, or its problems (each naming the file).
+fn read_base_spec(path: &Path, rules: &Rules) -> Result<Base, Vec<Problem>> {
+    use std::io::Read;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let fail = |message: String| vec![Problem { line: None, key: None, message: format!("base spec {name}: {message}") }];
+    let file = paths::open_regular_file(path).map_err(fail)?;
+    let mut bytes = Vec::new();
+    let cap = rules.limits.max_line_bytes as u64;
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > cap {
+        return Err(fail(format!("over the limit of {cap} bytes")));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err(fail("expected a JSON object (NVIDIA's --controlnet_specs file)".into()));
+    };
+    let mut p = fields::Problems::new(None);
+    let base = rules::parse_base_spec(obj, &name, &mut p);
+    if p.is_empty() {
+        Ok(base)
+    } else {
+        Err(p.list.into_iter().map(|x| Problem { message: format!("base spec {name}: {}", x.message), ..x }).collect())
     }
 }

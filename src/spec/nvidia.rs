@@ -14,7 +14,14 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// NVIDIA Transfer1's defaults (`transfer.py`), used where a run leaves a setting unset.
+/// NVIDIA's default negative prompt. The same text is transfer.py's `--negative_prompt`
+/// default and `default_negative_prompt` in transfer_pipeline.py (cosmos-transfer1), and
+/// `DEFAULT_NEGATIVE_PROMPT` in config.py (cosmos-transfer2.5). A run that gives no negative
+/// prompt gets it; an explicit `""` stays `""` (negative conditioning off).
+pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a game playing, with bad crappy graphics and cartoonish frames. It represents a recording of old outdated games. The lighting looks very fake. The textures are very raw and basic. The geometries are very primitive. The images are very pixelated and of poor CG quality. There are many subtitles in the footage. Overall, the video is unrealistic at all.";
+
+/// NVIDIA Transfer1's defaults (transfer.py's arguments, `TransferPipeline.generate`'s
+/// keywords), used where a run leaves a setting unset.
 pub struct Transfer1Defaults;
 
 impl Transfer1Defaults {
@@ -22,9 +29,29 @@ impl Transfer1Defaults {
     pub const NUM_STEPS: u32 = 35;
     pub const GUIDANCE: f64 = 5.0;
     pub const SIGMA_MAX: f64 = 70.0;
+    /// transfer.py `--fps`; `TransferPipeline` fixes it at 24.
     pub const FPS: u32 = 24;
     pub const BLUR_STRENGTH: &'static str = "medium";
     pub const CANNY_THRESHOLD: &'static str = "medium";
+}
+
+/// NVIDIA Transfer2.5's defaults (config.py `InferenceArguments`, its `BlurConfig` and
+/// `EdgeConfig` presets). `sigma_max` has none: unset, it is not sent.
+pub struct Transfer25Defaults;
+
+impl Transfer25Defaults {
+    pub const SEED: u64 = 2025;
+    pub const NUM_STEPS: u32 = 35;
+    pub const GUIDANCE: u32 = 3;
+    pub const RESOLUTION: &'static str = "720";
+    pub const NUM_CONDITIONAL_FRAMES: u32 = 1;
+    pub const NUM_VIDEO_FRAMES_PER_CHUNK: u32 = 93;
+    pub const PRESET: &'static str = "medium";
+}
+
+/// The negative prompt a run sends: its own (even `""`), else NVIDIA's default text.
+pub fn negative_prompt(spec: &RunSpec) -> &str {
+    spec.negative_prompt.as_deref().unwrap_or(DEFAULT_NEGATIVE_PROMPT)
 }
 
 /// The settings of a run as NVIDIA Transfer1 would use them, defaults filled in, in the
@@ -32,7 +59,7 @@ impl Transfer1Defaults {
 pub fn effective_settings(spec: &RunSpec) -> Vec<(&'static str, Value)> {
     let s = &spec.settings;
     vec![
-        ("negative_prompt", json!(spec.negative_prompt.clone().unwrap_or_default())),
+        ("negative_prompt", json!(negative_prompt(spec))),
         ("seed", json!(s.seed.unwrap_or(Transfer1Defaults::SEED))),
         ("num_steps", json!(s.num_steps.unwrap_or(Transfer1Defaults::NUM_STEPS))),
         ("guidance", json!(s.guidance.unwrap_or(Transfer1Defaults::GUIDANCE))),
@@ -41,6 +68,91 @@ pub fn effective_settings(spec: &RunSpec) -> Vec<(&'static str, Value)> {
         ("blur_strength", json!(s.blur_strength.map_or(Transfer1Defaults::BLUR_STRENGTH, |l| l.as_str()))),
         ("canny_threshold", json!(s.canny_threshold.map_or(Transfer1Defaults::CANNY_THRESHOLD, |l| l.as_str()))),
     ]
+}
+
+/// The settings the configured model gets for a run, its own defaults filled in: what
+/// `cosmos list runs --json` shows and the worker receives.
+pub fn model_settings(spec: &RunSpec, model: super::Model) -> Vec<(&'static str, Value)> {
+    match model {
+        super::Model::Transfer2_5 => {
+            let s = &spec.settings;
+            let mut out = vec![
+                ("negative_prompt", json!(negative_prompt(spec))),
+                ("seed", json!(s.seed.unwrap_or(Transfer25Defaults::SEED))),
+                ("num_steps", json!(s.num_steps.unwrap_or(Transfer25Defaults::NUM_STEPS))),
+                // A whole number (checked at intake): Transfer2.5's guidance is an int.
+                ("guidance", json!(s.guidance.map_or(Transfer25Defaults::GUIDANCE, |g| g as u32))),
+                ("resolution", json!(s.resolution.as_deref().unwrap_or(Transfer25Defaults::RESOLUTION))),
+                ("num_conditional_frames", json!(s.num_conditional_frames.unwrap_or(Transfer25Defaults::NUM_CONDITIONAL_FRAMES))),
+                (
+                    "num_video_frames_per_chunk",
+                    json!(s.num_video_frames_per_chunk.unwrap_or(Transfer25Defaults::NUM_VIDEO_FRAMES_PER_CHUNK)),
+                ),
+            ];
+            if let Some(sigma) = s.sigma_max {
+                // `sigma_max: str | None` in InferenceArguments: a float there is an error.
+                out.push(("sigma_max", json!(format_number(sigma))));
+            }
+            if let Some(m) = s.max_frames {
+                out.push(("max_frames", json!(m)));
+            }
+            out
+        }
+        _ => effective_settings(spec),
+    }
+}
+
+/// A number as short text: `80` for 80.0, `72.5` for 72.5.
+fn format_number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+/// One run as a Transfer2.5 `InferenceArguments` object, NVIDIA's own per-sample format
+/// (what `examples/inference.py -i` reads): the sample is named `output`, so the model writes
+/// `output.mp4`; each control carries its weight, video, masks and presets.
+pub fn transfer2_5_spec(spec: &RunSpec) -> Value {
+    let mut out = Map::new();
+    out.insert("name".into(), json!("output"));
+    out.insert("prompt".into(), json!(spec.prompt));
+    out.insert("video_path".into(), json!(spec.visual_input));
+    for (k, v) in model_settings(spec, super::Model::Transfer2_5) {
+        out.insert(k.into(), v);
+    }
+    let preset = |l: Option<super::Level>| l.map_or(Transfer25Defaults::PRESET, |l| l.as_str());
+    for hint in super::rules::TRANSFER2_5_HINTS {
+        let Some(c) = spec.controls.get(&hint) else { continue };
+        let mut h = Map::new();
+        h.insert("control_weight".into(), json!(c.weight));
+        if let Some(p) = &c.input {
+            h.insert("control_path".into(), json!(p));
+        }
+        if let Some(p) = &c.mask_path {
+            h.insert("mask_path".into(), json!(p));
+        }
+        if let Some(p) = &c.mask_prompt {
+            h.insert("mask_prompt".into(), json!(p));
+        }
+        match hint {
+            Hint::Edge => {
+                h.insert("preset_edge_threshold".into(), json!(preset(spec.settings.canny_threshold)));
+            }
+            Hint::Vis => {
+                h.insert("preset_blur_strength".into(), json!(preset(spec.settings.blur_strength)));
+            }
+            Hint::Seg => {
+                if let Some(p) = &c.control_prompt {
+                    h.insert("control_prompt".into(), json!(p));
+                }
+            }
+            _ => {}
+        }
+        out.insert(hint.as_str().into(), Value::Object(h));
+    }
+    Value::Object(out)
 }
 
 fn hint_object(spec: &RunSpec, hint: Hint) -> Value {
@@ -260,6 +372,29 @@ mod tests {
             let v: Value = serde_json::from_str(line).unwrap();
             assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["visual_input", "prompt", "control_overrides"]);
         }
+    }
+
+    #[test]
+    fn defaults_are_the_models_own_and_an_explicit_empty_negative_prompt_stays() {
+        let mut a = run(&[(Hint::Edge, 0.5, None), (Hint::Vis, 0.3, None)], None);
+        let t1 = transfer1_spec(&a);
+        assert_eq!(t1["negative_prompt"], json!(DEFAULT_NEGATIVE_PROMPT), "unset: NVIDIA's text, not \"\"");
+        assert_eq!((t1["seed"].clone(), t1["guidance"].clone(), t1["sigma_max"].clone()), (json!(1), json!(5.0), json!(70.0)));
+        let t25 = transfer2_5_spec(&a);
+        assert_eq!((t25["seed"].clone(), t25["guidance"].clone()), (json!(2025), json!(3)), "Transfer2.5's own defaults");
+        assert!(t25.get("sigma_max").is_none(), "no default sigma_max in Transfer2.5");
+        assert_eq!(t25["edge"]["preset_edge_threshold"], json!("medium"));
+        assert_eq!(t25["vis"]["preset_blur_strength"], json!("medium"));
+        a.negative_prompt = Some(String::new());
+        a.settings.sigma_max = Some(80.0);
+        a.settings.guidance = Some(6.0);
+        a.settings.canny_threshold = Some(super::super::Level::High);
+        let t25 = transfer2_5_spec(&a);
+        assert_eq!(t25["negative_prompt"], json!(""));
+        assert_eq!(t25["sigma_max"], json!("80"), "a string, as InferenceArguments wants");
+        assert_eq!(t25["guidance"], json!(6));
+        assert_eq!(t25["edge"]["preset_edge_threshold"], json!("high"));
+        assert_eq!(transfer1_spec(&a)["negative_prompt"], json!(""));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::fields::{self, check_keys, describe, Key, Problems};
 use super::jsonl::{self, path_value, read_extensions, read_settings, required_path, required_prompt, MAX_PROMPT_CHARS};
-use super::{Control, Hint, Job, JsonlLimits, PathPolicy, Problem, Report, RunSpec, SpecStyle};
+use super::{Control, Hint, Job, PathPolicy, Problem, Report, Rules, RunSpec, SpecStyle};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -41,12 +41,12 @@ const T25_HINTS: [Hint; 4] = [Hint::Edge, Hint::Vis, Hint::Depth, Hint::Seg];
 pub fn parse_run_spec_reader(
     reader: impl Read,
     policy: &mut PathPolicy,
-    limits: &JsonlLimits,
+    rules: &Rules,
     sink: &mut dyn FnMut(Job),
 ) -> Report {
     let mut report = Report::default();
     let mut bytes = Vec::new();
-    let cap = limits.max_line_bytes as u64;
+    let cap = rules.limits.max_line_bytes as u64;
     if let Err(e) = reader.take(cap + 1).read_to_end(&mut bytes) {
         report.add(Problem { line: None, key: None, message: format!("cannot read the file: {e}") });
         return report;
@@ -69,7 +69,7 @@ pub fn parse_run_spec_reader(
     };
     let mut p = Problems::new(None);
     let spec = match &value {
-        Value::Object(obj) => parse_run_spec_object(obj, policy, &mut p),
+        Value::Object(obj) => parse_run_spec_object(obj, policy, rules, &mut p),
         other => {
             p.push_general(format!("expected a JSON object (one run spec), got {}", describe(other)));
             None
@@ -86,16 +86,16 @@ pub fn parse_run_spec_reader(
 }
 
 /// Tells the style apart by its keys and parses accordingly.
-pub(crate) fn parse_run_spec_object(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Problems) -> Option<RunSpec> {
+pub(crate) fn parse_run_spec_object(obj: &Map<String, Value>, policy: &mut PathPolicy, rules: &Rules, p: &mut Problems) -> Option<RunSpec> {
     let t1 = obj.contains_key("input_video_path");
     let t25 = obj.contains_key("video_path")
         || obj.contains_key("prompt_path")
         || obj.values().any(|v| v.as_object().is_some_and(|h| h.contains_key("control_path")));
     let line_style = obj.contains_key("visual_input");
-    match (t1, t25, line_style) {
+    let spec = match (t1, t25, line_style) {
         (true, false, false) => parse_transfer1(obj, policy, p),
         (false, true, false) => parse_transfer2_5(obj, policy, p),
-        (false, false, true) => jsonl::parse_line_object(obj, policy, SpecStyle::Jsonl, p),
+        (false, false, true) => return jsonl::parse_line_object(obj, policy, SpecStyle::Jsonl, rules, p),
         (false, false, false) => {
             p.push_general(
                 "cannot tell the run-spec style: expected `input_video_path` (Transfer1), `video_path` (Transfer2.5) or `visual_input` (a job line)",
@@ -106,7 +106,9 @@ pub(crate) fn parse_run_spec_object(obj: &Map<String, Value>, policy: &mut PathP
             p.push_general("mixes the keys of two styles: use `input_video_path` (Transfer1), `video_path` (Transfer2.5) or `visual_input` (a job line), not several");
             None
         }
-    }
+    }?;
+    rules.model.check(&spec, p);
+    Some(spec).filter(|_| p.is_empty())
 }
 
 /// NVIDIA Transfer1's `--controlnet_specs` file: settings at the top level, hint objects
@@ -207,7 +209,7 @@ fn read_settings_2_5(obj: &Map<String, Value>, p: &mut Problems) -> super::Setti
         seed: obj.get("seed").and_then(|v| fields::integer(v, "seed", 0, u32::MAX as i64, p)).map(|x| x as u64),
         num_steps: obj.get("num_steps").and_then(|v| fields::integer(v, "num_steps", 1, 1000, p)).map(|x| x as u32),
         guidance: obj.get("guidance").and_then(|v| fields::integer(v, "guidance", 0, 7, p)).map(|x| x as f64),
-        sigma_max: obj.get("sigma_max").and_then(|v| fields::number(v, "sigma_max", 0.0, 1000.0, true, p)),
+        sigma_max: obj.get("sigma_max").and_then(|v| sigma_max_2_5(v, p)),
         ..Default::default()
     };
     s.resolution = obj.get("resolution").and_then(|v| match v {
@@ -226,6 +228,22 @@ fn read_settings_2_5(obj: &Map<String, Value>, p: &mut Problems) -> super::Setti
         .and_then(|v| fields::integer(v, "num_video_frames_per_chunk", 1, 10_000, p))
         .map(|x| x as u32);
     s
+}
+
+/// Transfer2.5's `sigma_max` is a string holding a number (`InferenceArguments.sigma_max:
+/// str | None`, turned into a float by `float()` at generation): `"80"` or `80` here, and a
+/// string that is no number is refused now rather than on the GPU.
+fn sigma_max_2_5(v: &Value, p: &mut Problems) -> Option<f64> {
+    match v {
+        Value::String(text) => match text.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 && x <= 1000.0 => Some(x),
+            _ => {
+                p.push("sigma_max", format!("expected a number in (0, 1000] (as a string, as Transfer2.5 writes it), got {text:?}"));
+                None
+            }
+        },
+        other => fields::number(other, "sigma_max", 0.0, 1000.0, true, p),
+    }
 }
 
 fn read_prompt_file(path: &std::path::Path, p: &mut Problems) -> Option<String> {
@@ -277,7 +295,7 @@ mod tests {
     fn parse(text: &str, dir: &Path) -> (Report, Option<RunSpec>) {
         let mut got = None;
         let mut policy = PathPolicy::new(dir, &[]);
-        let report = parse_run_spec_reader(text.as_bytes(), &mut policy, &JsonlLimits::default(), &mut |j| got = Some(j.spec));
+        let report = parse_run_spec_reader(text.as_bytes(), &mut policy, &Rules::default(), &mut |j| got = Some(j.spec));
         (report, got)
     }
 

@@ -720,12 +720,12 @@ impl Store {
         sha256: &str,
         batch_name: &str,
         roots: &[PathBuf],
-        limits: &crate::spec::JsonlLimits,
+        rules: &crate::spec::Rules,
     ) -> Result<Ingest> {
         let file = path.display().to_string();
         let mut writer = self.begin_submission(&file, sha256, batch_name)?;
         let mut failure: Option<StoreError> = None;
-        let report = crate::spec::parse_job_file(path, roots, limits, &mut |job| {
+        let report = crate::spec::parse_job_file(path, roots, rules, &mut |job| {
             if failure.is_none() {
                 if let Err(e) = writer.add(&job) {
                     failure = Some(e);

@@ -168,7 +168,7 @@ fn ingest_is_all_or_nothing() {
     let good = r#"{"visual_input": "color.mp4", "prompt": "a", "control_overrides": {"vis": {"control_weight": 0.5}}}"#;
     let jobs = dir.path().join("jobs.jsonl");
     std::fs::write(&jobs, format!("{good}\n{good}\n{{\"prompt\": 1}}\n")).unwrap();
-    let limits = crate::spec::JsonlLimits::default();
+    let limits = crate::spec::Rules::default();
     match store.ingest(&jobs, "sha-bad", "jobs", &[], &limits).unwrap() {
         Ingest::Rejected { report } => assert_eq!(report.runs, 2, "two good lines, one bad"),
         other => panic!("{other:?}"),
