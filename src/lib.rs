@@ -5,6 +5,7 @@
 //! (the command line).
 
 pub mod cli;
+pub mod checkhost;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -451,15 +451,17 @@ impl Scheduler {
         }
         self.worker_state = "starting";
         self.write_status_if_due(true);
+        // One process per GPU of this worker (torchrun for more than one).
+        let ranks = crate::runtime::launch::ranks_for(self.slot_gpus.as_deref(), self.gpus.sample().len());
         let started = match self.config.runtime.kind {
             crate::config::RuntimeKind::Process => {
-                ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT, self.slot_gpus.as_deref())
+                ProcessWorker::spawn(&self.config, self.log.clone(), HELLO_TIMEOUT, self.slot_gpus.as_deref(), ranks)
                     .map(Worker::Process)
                     .map_err(|e| e.to_string())
             }
             crate::config::RuntimeKind::Docker => {
                 let path = crate::runtime::process::worker_path(&self.config);
-                DockerWorker::start(&self.config, &path, self.log.clone(), HELLO_TIMEOUT, self.slot, self.shared.slots, self.slot_gpus.as_deref())
+                DockerWorker::start(&self.config, &path, self.log.clone(), HELLO_TIMEOUT, self.slot, self.shared.slots, self.slot_gpus.as_deref(), ranks)
                     .map(|w| Worker::Docker(Box::new(w)))
                     .map_err(|e| e.to_string())
             }
@@ -897,7 +899,7 @@ impl Scheduler {
     fn disk_guard(&self) -> Option<String> {
         let need = self.config.outbox.min_free.0;
         for dir in [&self.config.paths.outbox, &self.config.paths.state] {
-            if let Some(free) = free_bytes(dir) {
+            if let Some(free) = crate::fsutil::free_bytes(dir) {
                 if free < need {
                     return Some(format!(
                         "disk guard: {} free under {}, outbox.min_free is {}",
@@ -1014,13 +1016,3 @@ fn video_ok(outputs: &Outputs, out_dir: &Path) -> bool {
     std::fs::metadata(video).map(|m| m.is_file() && m.len() > 0).unwrap_or(false)
 }
 
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}

@@ -158,6 +158,8 @@ fn a_missing_image_is_named_and_runs_wait_for_it() {
         status(&home),
         daemon.log_text()
     );
+    // The worker is started eagerly, so the wait may be reported before the file is in.
+    assert!(wait_until(LONG, || runs(&home).len() == 1), "{}", daemon.log_text());
     assert_eq!(runs(&home)[0]["status"], "queued");
     assert!(Command::new("docker").args(["tag", IMAGE, &image]).output().unwrap().status.success());
     assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
@@ -300,4 +302,78 @@ fn a_load_under_way_when_the_daemon_died_is_kept() {
     assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
     assert!(daemon.log_text().contains("state=loading"), "{}", daemon.log_text());
     assert_eq!(status(&home)["workers"][0]["loads"], 0, "the load the first daemon asked for was kept: {}", status(&home));
+}
+
+#[test]
+fn nvidias_checkout_cache_env_and_mounts_reach_the_container_and_a_transfer1_run_completes() {
+    if !docker_ready() {
+        return;
+    }
+    let inst = instance("t1");
+    let _cleanup = Cleanup(inst.clone());
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let (hf, ckpt, calls) = (home.path().join("hf"), home.path().join("ckpt"), home.path().join("calls"));
+    for d in [&hf, &ckpt, &calls] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let fakes = common::nvidia_fakes();
+    // NVIDIA's checkout is not in the image: it comes in by runtime.mounts, and
+    // runtime.model_code names it where the container sees it.
+    let extra = format!(
+        "backend = \"transfer1\"\nmodel_code = \"/opt/nvidia\"\nhf_home = \"{}\"\ncheckpoints = \"{}\"\nguardrails = \"off\"\n\
+         env = {{ FAKE_NVIDIA_CALLS = \"/calls/calls.jsonl\", NCCL_DEBUG = \"WARN\" }}\n\
+         mounts = [\"{}:/opt/nvidia:ro\", \"{}:/calls\"]\n",
+        hf.display(),
+        ckpt.display(),
+        fakes.display(),
+        calls.display()
+    );
+    let daemon = Daemon::start(&home, &config(&inst, IMAGE, &extra), &[]);
+    drop_file(&home, "t1.jsonl", &line("t", ""));
+    assert!(wait_until(LONG, || completed(&home) == 1), "{}", daemon.log_text());
+    let inspect = Command::new("docker").args(["inspect", &format!("cosmos-{inst}")]).output().unwrap();
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let c = &info[0];
+    assert_eq!(c["Config"]["WorkingDir"], "/opt/nvidia", "NVIDIA's code finds its config relative to the working directory");
+    let env: Vec<&str> = c["Config"]["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for want in ["HF_HOME=/cosmos/hf", "HF_HUB_OFFLINE=1", "NCCL_DEBUG=WARN"] {
+        assert!(env.contains(&want), "{want} not in {env:?}");
+    }
+    assert!(env.iter().any(|e| e.starts_with("PYTHONPATH=/opt/nvidia:/opt/cosmos/worker")), "{env:?}");
+    let cmd: Vec<&str> = c["Config"]["Cmd"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(cmd.windows(2).any(|w| w == ["--checkpoint-dir", "/cosmos/checkpoints"]), "{cmd:?}");
+    assert!(cmd.windows(2).any(|w| w == ["--guardrails", "off"]), "{cmd:?}");
+    let binds: Vec<&str> = c["HostConfig"]["Binds"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    assert!(binds.contains(&format!("{}:/cosmos/hf:ro", canon(&hf)).as_str()), "{binds:?}");
+    assert!(binds.contains(&format!("{}:/opt/nvidia:ro", canon(&fakes)).as_str()), "{binds:?}");
+    // Inside, NVIDIA's (fake) pipeline ran in the checkout with the mounted checkpoints.
+    let init = &common::fake_calls(&calls.join("calls.jsonl"), "TransferPipeline.__init__")[0];
+    assert_eq!((init["cwd"].as_str(), init["checkpoint_dir"].as_str()), (Some("/opt/nvidia"), Some("/cosmos/checkpoints")));
+    drop(daemon);
+}
+
+#[test]
+fn check_host_looks_inside_a_throwaway_container_as_the_worker_will() {
+    if !docker_ready() {
+        return;
+    }
+    let home = Home::new();
+    let config = home.path().join("check.toml");
+    let run = |image: &str| {
+        std::fs::write(&config, format!("[runtime]\nkind = \"docker\"\nbackend = \"sim\"\ngpus = []\nimage = \"{image}\"\n[outbox]\nmin_free = \"1MiB\"\n")).unwrap();
+        let out = home.cosmosd().arg("--config").arg(&config).arg("--root").arg(home.root()).arg("check-host").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = run(IMAGE);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("[ok  ] Docker engine:") && text.contains("[ok  ] NVIDIA's code in the image: OK python"), "{text}");
+    let (code, text) = run("cosmos-no-such-image:latest");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("[MISS] image: cosmos-no-such-image:latest is not on this host"), "{text}");
+    // No throwaway container is left behind.
+    let left = Command::new("docker").args(["ps", "-aq", "--filter", "label=cosmos.check-host=1"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
 }

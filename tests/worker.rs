@@ -317,7 +317,14 @@ fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();
     home.videos_in_inbox();
-    let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.3\"]\ngpus = [[0, 1]]", &[("COSMOS_FAKE_GPUS", "2:81920:1024")]);
+    // A worker with a group of two GPUs runs two processes under torchrun (the fake
+    // torch.distributed and torchrun of worker/tests/fakes, given as NVIDIA's checkout).
+    let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker/tests/fakes");
+    let daemon = Daemon::start(
+        &home,
+        &format!("backend_args = [\"--job-seconds\", \"0.3\"]\ngpus = [[0, 1]]\nmodel_code = \"{}\"", fakes.display()),
+        &[("COSMOS_FAKE_GPUS", "2:81920:1024")],
+    );
     drop_file(&home, "gpu.jsonl", &line("g", EDGE, ""));
     assert!(wait_until(LONG, || all_final(&home, 1)), "{}", daemon.log_text());
     let st = status(&home);
@@ -329,6 +336,8 @@ fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{id}/manifest.json"))).unwrap()).unwrap();
     assert!(manifest["gpu"]["samples"].as_u64().unwrap() >= 1, "{manifest}");
     assert_eq!(manifest["gpu"]["gpus"][0]["peak_memory_mib"], 1024);
+    assert_eq!(manifest["settings"]["world_size"], 2, "two ranks under torchrun: {manifest}");
+    assert!(daemon.log_text().contains("-m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m cosmos_worker"), "{}", daemon.log_text());
     assert!(home.ok(&["status"]).contains("gpu 1 Fake GPU: 1024/81920 MiB"));
     drop(daemon);
 

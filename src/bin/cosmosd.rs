@@ -19,6 +19,9 @@ struct Args {
 enum Cmd {
     /// Validate the configuration and print the effective values
     CheckConfig,
+    /// Check the host as the daemon will use it (GPUs, Docker, image, NVIDIA's code,
+    /// checkpoints, Hugging Face cache, disk), with the fix for each miss; exit 1 on a miss
+    CheckHost,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,15 @@ fn main() -> ExitCode {
             println!("# the configuration is valid; effective values:");
             print!("{}", loaded.config.to_toml());
             ExitCode::SUCCESS
+        }
+        Some(Cmd::CheckHost) => {
+            let (text, missing) = cosmos_workflow::checkhost::render(&cosmos_workflow::checkhost::check_host(&loaded.config));
+            print!("{text}");
+            if missing {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         None => {
             let _guard = cosmos_workflow::daemon::init_logging(&loaded.config);

@@ -8,6 +8,7 @@
 //! no daemon is attached. Host paths in specs are rewritten to the container's mounts and
 //! the worker's output paths back.
 
+use super::launch::{Launch, Side, CONTAINER_CHECKPOINTS, CONTAINER_HF_HOME};
 use super::process::{log_worker_line, recv_msg, LogSink, WorkerMsg};
 use super::protocol::{parse_event, Event, Op};
 use crate::config::Config;
@@ -76,7 +77,14 @@ impl PathMap {
             Mount { host: worker_path.to_path_buf(), container: WORKER_MOUNT.into(), read_only: true },
         ];
         if config.runtime.checkpoints.is_dir() {
-            mounts.push(Mount { host: config.runtime.checkpoints.clone(), container: "/cosmos/checkpoints".into(), read_only: true });
+            mounts.push(Mount { host: config.runtime.checkpoints.clone(), container: CONTAINER_CHECKPOINTS.into(), read_only: true });
+        }
+        if !config.runtime.hf_home.as_os_str().is_empty() {
+            // Read-only: with HF_HUB_OFFLINE=1 the cache is read, never filled.
+            mounts.push(Mount { host: config.runtime.hf_home.clone(), container: CONTAINER_HF_HOME.into(), read_only: true });
+        }
+        for m in config.runtime.extra_mounts() {
+            mounts.push(Mount { host: m.host, container: m.container, read_only: m.read_only });
         }
         for (i, root) in config.paths.input_roots.iter().enumerate() {
             mounts.push(Mount { host: root.clone(), container: PathBuf::from(format!("/cosmos/inputs/{i}")), read_only: true });
@@ -143,15 +151,15 @@ fn rewrite(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>) {
 }
 
 /// What shapes the container: a change to any of it means a new container.
-fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String], gpus: Option<&[u32]>) -> String {
+fn config_hash(config: &Config, map: &PathMap, user: &str, launch: &Launch, gpus: Option<&[u32]>) -> String {
     use sha2::{Digest, Sha256};
     let rt = &config.runtime;
     let text = format!(
-        "{}|{}|{:?}|{}|{:?}|{}|{}|{}|{:?}|{}",
+        "{}|{:?}|{:?}|{}|{:?}|{}|{}|{}|{:?}|{}",
         rt.image,
-        rt.backend.as_str(),
-        args,
-        rt.python,
+        launch.argv,
+        launch.env,
+        launch.cwd.display(),
         map.binds(),
         user,
         rt.network,
@@ -160,6 +168,12 @@ fn config_hash(config: &Config, map: &PathMap, user: &str, args: &[String], gpus
         rt.ipc_host
     );
     crate::fsutil::hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+/// The `PYTHONPATH` the image sets, kept behind NVIDIA's checkout and the worker.
+fn image_pythonpath(rt: &tokio::runtime::Runtime, docker: &Docker, image: &str) -> Option<String> {
+    let inspected = rt.block_on(docker.inspect_image(image)).ok()?;
+    inspected.config?.env?.into_iter().find_map(|e| e.strip_prefix("PYTHONPATH=").map(str::to_string))
 }
 
 pub struct DockerWorker {
@@ -180,7 +194,8 @@ impl DockerWorker {
     /// Re-attaches to this instance's container when its configuration still matches,
     /// else creates and starts a new one; then speaks to the worker in it.
     /// `slot` of `slots`: one container per GPU or GPU group; `gpus` are this one's
-    /// (`None`: all).
+    /// (`None`: all); `ranks`: its worker processes (more than one: under torchrun).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &Config,
         worker_path: &Path,
@@ -189,6 +204,7 @@ impl DockerWorker {
         slot: usize,
         slots: usize,
         gpus: Option<&[u32]>,
+        ranks: usize,
     ) -> Result<DockerWorker, DockerError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -203,11 +219,10 @@ impl DockerWorker {
         let map = PathMap::for_config(config, worker_path);
         // SAFETY: getuid/getgid cannot fail.
         let user = format!("{}:{}", unsafe { libc::getuid() }, unsafe { libc::getgid() });
-        let mut args: Vec<String> = config.runtime.backend_args.clone();
-        if !args.iter().any(|a| a == "--checkpoint-dir") && map.mounts.iter().any(|m| m.container == Path::new("/cosmos/checkpoints")) {
-            args.extend(["--checkpoint-dir".to_string(), "/cosmos/checkpoints".to_string()]);
-        }
-        let hash = config_hash(config, &map, &user, &args, gpus);
+        // The hash leaves the image's own PYTHONPATH out: the image is in it by name, and
+        // an image that is gone must not make a running container look stale.
+        let side = |image_pythonpath| Side::Container { worker_mount: WORKER_MOUNT.into(), image_pythonpath };
+        let hash = config_hash(config, &map, &user, &Launch::new(config, &side(None), ranks), gpus);
         let instance = config.runtime.instance.clone();
         let name = if slots > 1 { format!("cosmos-{instance}-{slot}") } else { format!("cosmos-{instance}") };
 
@@ -240,8 +255,8 @@ impl DockerWorker {
                     return Err(DockerError::MissingImage { image });
                 }
                 labels.insert("cosmos.config-hash".to_string(), hash.clone());
-                let mut cmd = vec![config.runtime.python.clone(), "-u".into(), "-m".into(), "cosmos_worker".into(), "--backend".into(), config.runtime.backend.as_str().into()];
-                cmd.extend(args.iter().cloned());
+                let launch = Launch::new(config, &side(image_pythonpath(&rt, &docker, &image)), ranks);
+                tracing::info!(command = %launch.command_line(), cwd = %launch.cwd.display(), %image, "creating the worker container");
                 // Fake GPUs (COSMOS_FAKE_GPUS, tests) have no driver to request them from.
                 let fake = std::env::var_os("COSMOS_FAKE_GPUS").is_some_and(|v| !v.is_empty());
                 let device_requests = match gpus {
@@ -265,10 +280,10 @@ impl DockerWorker {
                 };
                 let body = ContainerConfig {
                     image: Some(image),
-                    cmd: Some(cmd),
-                    env: Some(vec![format!("PYTHONPATH={WORKER_MOUNT}"), "PYTHONUNBUFFERED=1".into(), "HOME=/tmp".into()]),
+                    cmd: Some(launch.argv.clone()),
+                    env: Some(launch.env_entries()),
                     user: Some(user.clone()),
-                    working_dir: Some("/cosmos/work".into()),
+                    working_dir: Some(launch.cwd.display().to_string()),
                     labels: Some(labels),
                     open_stdin: Some(true),
                     stdin_once: Some(false),
@@ -434,4 +449,94 @@ impl DockerWorker {
     pub fn kill(&mut self) {
         let _ = self.rt.block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
     }
+}
+
+/// What `cosmosd check-host` asks of the engine.
+pub struct EngineInfo {
+    pub socket: String,
+    pub version: String,
+    /// Container runtimes the engine knows (`nvidia` is what GPU device requests need).
+    pub runtimes: Vec<String>,
+    /// The image: its id and size, or `None` when it is not on this host.
+    pub image: Option<(String, u64)>,
+}
+
+fn connect() -> Result<(tokio::runtime::Runtime, Docker, String), DockerError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| DockerError::Api(e.to_string()))?;
+    let socket = std::env::var("DOCKER_HOST").ok().filter(|h| h.starts_with("unix://")).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let docker = Docker::connect_with_unix(&socket, 600, &API).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+    rt.block_on(docker.ping()).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+    Ok((rt, docker, socket))
+}
+
+/// The engine, its runtimes and the configured image, as they are now.
+pub fn engine_info(config: &Config) -> Result<EngineInfo, DockerError> {
+    let (rt, docker, socket) = connect()?;
+    let info = rt.block_on(docker.info()).map_err(api)?;
+    let mut runtimes: Vec<String> = info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default();
+    runtimes.sort();
+    let image = rt
+        .block_on(docker.inspect_image(&config.runtime.image))
+        .ok()
+        .map(|i| (i.id.unwrap_or_default(), i.size.unwrap_or(0).max(0) as u64));
+    Ok(EngineInfo { socket, version: info.server_version.unwrap_or_default(), runtimes, image })
+}
+
+/// Runs `argv` once in a throwaway container shaped like the worker's (image, mounts,
+/// environment, working directory, user, network) and returns its exit code and output:
+/// how `cosmosd check-host` sees NVIDIA's code as the worker will.
+pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout: Duration) -> Result<(i64, String), DockerError> {
+    use bollard::container::{LogsOptions, WaitContainerOptions};
+    let (rt, docker, _) = connect()?;
+    let image = config.runtime.image.clone();
+    if rt.block_on(docker.inspect_image(&image)).is_err() {
+        return Err(DockerError::MissingImage { image });
+    }
+    let map = PathMap::for_config(config, worker_path);
+    let side = Side::Container { worker_mount: WORKER_MOUNT.into(), image_pythonpath: image_pythonpath(&rt, &docker, &image) };
+    let launch = Launch::new(config, &side, 1);
+    // SAFETY: getuid/getgid cannot fail.
+    let user = format!("{}:{}", unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    let name = format!("cosmos-check-{}", crate::ids::token());
+    let body = ContainerConfig {
+        image: Some(image),
+        cmd: Some(argv),
+        env: Some(launch.env_entries()),
+        user: Some(user),
+        working_dir: Some(launch.cwd.display().to_string()),
+        labels: Some(HashMap::from([("cosmos.check-host".to_string(), "1".to_string())])),
+        host_config: Some(HostConfig {
+            binds: Some(map.binds()),
+            network_mode: Some(config.runtime.network.clone()),
+            shm_size: Some(config.runtime.shm_size.0 as i64),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = rt.block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body)).map_err(api)?;
+    let result = (|| {
+        rt.block_on(docker.start_container(&created.id, None::<StartContainerOptions<String>>)).map_err(api)?;
+        let waited = rt.block_on(async {
+            let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions<String>>);
+            tokio::time::timeout(timeout, wait.next()).await
+        });
+        let code = match waited {
+            Ok(Some(Ok(r))) => r.status_code,
+            // bollard reports a non-zero exit as an error carrying the code.
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+            Ok(Some(Err(e))) => return Err(api(e)),
+            Ok(None) => -1,
+            Err(_) => return Err(DockerError::Api(format!("the check did not finish within {timeout:?}"))),
+        };
+        let mut output = String::new();
+        let mut logs = docker.logs(&created.id, Some(LogsOptions::<String> { stdout: true, stderr: true, ..Default::default() }));
+        rt.block_on(async {
+            while let Some(Ok(chunk)) = logs.next().await {
+                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        });
+        Ok((code, output))
+    })();
+    let _ = rt.block_on(docker.remove_container(&created.id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+    result
 }

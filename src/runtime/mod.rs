@@ -1,7 +1,8 @@
-//! Runtimes: where the worker lives. `process` (a child process on the host) is here; the
-//! Docker runtime comes with its issue. Both speak [`protocol`].
+//! Runtimes: where the worker lives: `process` (a child process on the host) or `docker` (a
+//! persistent container). Both start it as [`launch`] says and speak [`protocol`].
 
 pub mod docker;
+pub mod launch;
 pub mod process;
 pub mod protocol;
 

@@ -5,9 +5,11 @@
 //! stderr into the daemon log and into the current run's execution.log. The worker dies
 //! with the daemon: its stdin closes and it exits.
 
+use super::launch::{Launch, Side};
 use super::protocol::{parse_event, Event, Op};
 use crate::config::Config;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -90,26 +92,22 @@ pub fn worker_path(config: &Config) -> PathBuf {
 
 impl ProcessWorker {
     /// Starts the worker and waits for its `hello`.
-    /// `gpus`: this worker's GPUs (`None`: all), given to it as CUDA_VISIBLE_DEVICES.
-    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration, gpus: Option<&[u32]>) -> Result<ProcessWorker, WorkerError> {
+    /// `gpus`: this worker's GPUs (`None`: all), given to it as CUDA_VISIBLE_DEVICES;
+    /// `ranks`: its processes (more than one: under torchrun).
+    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration, gpus: Option<&[u32]>, ranks: usize) -> Result<ProcessWorker, WorkerError> {
         let rt = &config.runtime;
-        let path = worker_path(config);
-        let mut cmd = Command::new(&rt.python);
-        cmd.arg("-u").arg("-m").arg("cosmos_worker").arg("--backend").arg(rt.backend.as_str()).args(&rt.backend_args);
-        let python_path = match std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            Some(existing) => {
-                let mut p = path.clone().into_os_string();
-                p.push(":");
-                p.push(existing);
-                p
-            }
-            None => path.clone().into_os_string(),
-        };
-        cmd.env("PYTHONPATH", python_path).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let side = Side::Host { worker_path: worker_path(config), work: config.paths.state.join("work") };
+        let launch = Launch::new(config, &side, ranks);
+        let command = format!("{} (in {})", launch.command_line(), launch.cwd.display());
+        tracing::info!(%command, "starting the worker");
+        let mut cmd = Command::new(&launch.argv[0]);
+        cmd.args(&launch.argv[1..]).envs(launch.env.iter().map(|(k, v)| (k, v))).current_dir(&launch.cwd);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group: torchrun's ranks are killed with it.
+        cmd.process_group(0);
         if let Some(gpus) = gpus {
             cmd.env("CUDA_VISIBLE_DEVICES", gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
         }
-        let command = format!("{} -m cosmos_worker --backend {} (PYTHONPATH={})", rt.python, rt.backend.as_str(), path.display());
         let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn { command: command.clone(), source })?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
@@ -175,8 +173,10 @@ impl ProcessWorker {
         recv_msg(&self.events, timeout)
     }
 
-    /// Kills the worker and reaps it.
+    /// Kills the worker (its whole process group: torchrun and every rank) and reaps it.
     pub fn kill(&mut self) {
+        // SAFETY: kill(2) on the process group we made for this child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -198,8 +198,7 @@ impl ProcessWorker {
 impl Drop for ProcessWorker {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
     }
 }

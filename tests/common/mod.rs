@@ -106,11 +106,13 @@ impl Daemon {
             Some(r) => r.split_once("\n[").map_or((r, String::new()), |(w, rest)| (w, format!("[{rest}"))),
             None => ("", extra.to_string()),
         };
+        // The sim backend unless the test picks one.
+        let backend = if rest.contains("backend = \"") { "" } else { "backend = \"sim\"\n" };
         std::fs::write(
             config,
             format!(
                 "[watch]\nsettle = \"300ms\"\nrescan = \"2s\"\nincomplete_grace = \"3s\"\npoll_interval = \"200ms\"\n{watch_extra}\n\
-                 [runtime]\n{kind}backend = \"sim\"\n{rest}\n"
+                 [runtime]\n{kind}{backend}{rest}\n"
             ),
         )
         .expect("write config");
@@ -222,7 +224,24 @@ impl Home {
     pub fn receipts_with(&self, status: &str) -> Vec<serde_json::Value> {
         self.receipts().into_iter().filter(|r| r["status"] == status).collect()
     }
+}
 
+/// worker/tests/fakes: fakes of NVIDIA's code laid out as its checkout (`runtime.model_code`).
+pub fn nvidia_fakes() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("worker/tests/fakes")
+}
+
+/// The calls the fake NVIDIA code recorded in `path` (`FAKE_NVIDIA_CALLS`), of one kind.
+pub fn fake_calls(path: &Path, call: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["call"] == call)
+        .collect()
+}
+
+impl Home {
     /// A JSONL job file body of `n` lines naming inbox-relative videos, made distinct by `tag`.
     pub fn jobs(&self, tag: &str, n: usize) -> String {
         (0..n)

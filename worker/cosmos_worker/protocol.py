@@ -21,6 +21,7 @@ import traceback
 
 from cosmos_worker import PROTOCOL, __version__
 from cosmos_worker.backends import RunCancelled, RunFailure, make_backend
+from cosmos_worker.ranks import Ranks
 
 
 class Channel:
@@ -55,9 +56,10 @@ def log(message):
 
 
 class Worker:
-    def __init__(self, backend, channel):
+    def __init__(self, backend, channel, ranks=None):
         self.backend = backend
         self.channel = channel
+        self.ranks = ranks
         self.ops = queue.Queue()
         self.state = "idle"
         self.run_id = None
@@ -111,9 +113,12 @@ class Worker:
     def do_load(self, op):
         self.state = "loading"
         controls = list(op.get("controls") or [])
+        options = op.get("options") or {}
         start = time.monotonic()
         try:
-            self.backend.load(controls, op.get("options") or {})
+            if self.ranks is not None:
+                self.ranks.share(("load", controls, options))
+            self.backend.load(controls, options)
         except Exception as e:  # a failed load is reported; the worker stays up
             log("load failed: %s\n%s" % (e, traceback.format_exc()))
             self.state = "idle"
@@ -137,6 +142,9 @@ class Worker:
 
         try:
             os.makedirs(output_dir, exist_ok=True)
+            if self.ranks is not None:
+                # Every rank makes the same call (context parallel); rank 0 reports.
+                self.ranks.share(("run", spec, output_dir, attempt))
             outputs = self.backend.run(
                 spec, output_dir, attempt=attempt, progress=progress, cancelled=self.cancel.is_set, channel=self.channel
             )
@@ -186,24 +194,33 @@ def parse_args(argv):
     p.add_argument("--backend", required=True, choices=["sim", "transfer1", "transfer2_5"])
     p.add_argument("--load-seconds", type=float, default=0.0, help="sim: simulated model load time")
     p.add_argument("--job-seconds", type=float, default=0.0, help="sim: simulated run time")
-    p.add_argument("--checkpoint-dir", default="checkpoints", help="transfer1/transfer2_5: checkpoints folder")
-    p.add_argument("--num-gpus", type=int, default=1, help="transfer1/transfer2_5: GPUs (context parallel)")
-    p.add_argument("--output-root", default=None, help="transfer2_5: setup output folder")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="transfer1: NVIDIA's checkpoints folder")
+    p.add_argument("--guardrails", default="on", choices=["on", "off", "offload"],
+                   help="NVIDIA's guardrail models, where the backend has them")
+    p.add_argument("--av-sample", action="store_true", help="transfer1: the Sample-AV base (hdmap, lidar)")
+    p.add_argument("--output-root", default=None, help="transfer2_5: the setup output folder (config.yaml)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
+    # What NVIDIA's entry points set before anything else (transfer.py top;
+    # cosmos_oss/init.py init_environment).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     events = protect_stdout()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     channel = Channel(events)
     backend = make_backend(args)
-    if not backend.is_leader():
-        # Under torchrun, ranks other than 0 follow rank 0's ops.
-        return backend.follow()
-    worker = Worker(backend, channel)
+    # Under torchrun every rank joins the process group first; then ranks other than 0
+    # follow rank 0's ops, and only rank 0 speaks to the daemon.
+    ranks = Ranks(backend.init_distributed)
+    if not ranks.is_leader():
+        return ranks.follow(backend)
+    worker = Worker(backend, channel, ranks)
     reader = threading.Thread(target=worker.read_ops, args=(sys.stdin,), daemon=True)
     reader.start()
-    channel.send({"event": "hello", "protocol": PROTOCOL, "backend": args.backend, "version": __version__, "pid": os.getpid()})
+    channel.send({"event": "hello", "protocol": PROTOCOL, "backend": args.backend, "version": __version__, "pid": os.getpid(),
+                  "ranks": ranks.world})
     code = worker.serve()
+    ranks.share(("stop",))
     backend.close()
     return code

@@ -26,14 +26,26 @@ def fakes_on_path():
             sys.path.remove(p)
 
 
+FAKES = os.path.join(HERE, "fakes")
+
+
 class Proc:
-    def __init__(self, *args, fakes=False):
-        env = dict(os.environ)
-        path = [WORKER] + ([os.path.join(HERE, "fakes")] if fakes else [])
-        env["PYTHONPATH"] = os.pathsep.join(path)
+    """`python -m cosmos_worker ARGS` as the daemon starts it. `fakes`: the fake NVIDIA
+    checkout is the working directory and first on PYTHONPATH (runtime.model_code);
+    `torchrun`: under (fake) torchrun with that many processes."""
+
+    def __init__(self, *args, fakes=False, cwd=None, torchrun=0, env=None):
+        e = dict(os.environ)
+        path = ([FAKES] if fakes else []) + [WORKER]
+        e["PYTHONPATH"] = os.pathsep.join(path)
+        e.update(env or {})
+        launcher = [sys.executable, "-u"]
+        if torchrun:
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=%d" % torchrun]
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "cosmos_worker"] + list(args),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1,
+            launcher + ["-m", "cosmos_worker"] + list(args),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, text=True, bufsize=1,
+            cwd=cwd or (FAKES if fakes else None),
         )
 
     def send(self, op):
@@ -139,95 +151,265 @@ class Stdin(unittest.TestCase):
         w.p.stderr.close()
 
 
+class Calls:
+    """The fake NVIDIA code's record of what every process called (FAKE_NVIDIA_CALLS)."""
+
+    def __init__(self):
+        fd, self.path = tempfile.mkstemp(suffix=".jsonl")
+        os.close(fd)
+
+    def env(self):
+        return {"FAKE_NVIDIA_CALLS": self.path}
+
+    def all(self, call=None):
+        with open(self.path, encoding="utf-8") as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        return [e for e in entries if call is None or e["call"] == call]
+
+
+def t1_spec(tmp, prompt="p", **controls):
+    """What the daemon sends the transfer1 worker: NVIDIA's --controlnet_specs for one run."""
+    video = os.path.join(tmp, "in.mp4")
+    with open(video, "wb") as f:
+        f.write(b"a video")
+    s = {"prompt": prompt, "input_video_path": video, "negative_prompt": "n", "seed": 7, "num_steps": 10, "guidance": 5.0,
+         "sigma_max": 70.0, "fps": 24, "blur_strength": "low", "canny_threshold": "high"}
+    s.update(controls or {"edge": {"control_weight": 0.5}})
+    return s
+
+
 class Transfer1(unittest.TestCase):
-    def test_pipeline_built_once_prints_kept_off_the_protocol_and_blocks_reported(self):
-        tmp = tempfile.mkdtemp()
-        w = Proc("--backend", "transfer1", "--checkpoint-dir", "/ckpt", fakes=True)
-        self.assertEqual(w.read()["event"], "hello")
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.calls = Calls()
+
+    def start(self, *extra, cwd=None, torchrun=0):
+        w = Proc("--backend", "transfer1", "--checkpoint-dir", "/ckpt", *extra, fakes=True, cwd=cwd, torchrun=torchrun,
+                 env=self.calls.env())
+        hello = w.read()
+        self.assertEqual(hello["event"], "hello")
+        return w, hello
+
+    def run_spec(self, w, run_id, s):
+        w.send({"op": "run", "run_id": run_id, "attempt": 1, "spec": s, "output_dir": os.path.join(self.tmp, run_id)})
+        return w.until("done") if "FAIL" not in run_id else w.until("failed")
+
+    def test_success_is_a_written_output_mp4_though_generate_returns_none(self):
+        w, _ = self.start()
         w.send({"op": "load", "controls": ["edge"], "options": {}})
-        self.assertEqual(w.read()["event"], "loaded")
-        for i in range(3):
-            w.send({"op": "run", "run_id": "rs_%d" % i, "attempt": 1, "spec": spec(tmp, seed=i), "output_dir": os.path.join(tmp, str(i))})
-            done = w.read()  # a print() in the model would break this parse
-            self.assertEqual(done["event"], "done", done)
-        w.send({"op": "run", "run_id": "rs_b", "attempt": 1, "spec": spec(tmp, prompt="BLOCK"), "output_dir": os.path.join(tmp, "b")})
-        blocked = w.read()
-        self.assertEqual((blocked["event"], blocked["kind"]), ("failed", "blocked"))
-        w.send({"op": "run", "run_id": "rs_m", "attempt": 1, "spec": spec(tmp, prompt="EXPLODE"), "output_dir": os.path.join(tmp, "m")})
-        oom = w.read()
+        self.assertEqual(w.read()["event"], "loaded")  # the fake's print() stayed off the stream
+        done = self.run_spec(w, "rs_a", t1_spec(self.tmp))
+        self.assertTrue(done["outputs"]["video"].endswith("rs_a/output.mp4"))
+        self.assertTrue(done["outputs"]["controls"]["edge"].endswith("edge_input_control_0.mp4"), done)
+        self.assertEqual(done["outputs"]["settings"]["negative_prompt"], "n")
+        # generate() wrote nothing this time (it returns None either way): a failure, not a
+        # success, and not a guardrail block.
+        failed = self.run_spec(w, "rs_FAIL", t1_spec(self.tmp, prompt="WRITES_NOTHING"))
+        self.assertEqual((failed["kind"], failed["retryable"]), ("internal", False))
+        self.assertIn("wrote no output.mp4", failed["message"])
+        oom = self.run_spec(w, "rs_FAIL2", t1_spec(self.tmp, prompt="RAISE_OOM"))
         self.assertEqual((oom["kind"], oom["retryable"]), ("oom", True))
         w.close()
 
-    def test_backend_calls_match_nvidia_signatures(self):
+    def test_outside_nvidias_checkout_the_load_fails_and_says_how_to_fix_it(self):
+        w, _ = self.start(cwd=self.tmp)
+        w.send({"op": "load", "controls": ["edge"], "options": {}})
+        failed = w.read()
+        self.assertEqual(failed["event"], "load_failed")
+        self.assertIn("runtime.model_code", failed["message"])
+        self.assertIn("cosmos_transfer1/diffusion/config/transfer/config.py", failed["message"])
+        w.close()
+
+    def test_one_pipeline_allows_every_hint_and_a_set_change_reloads_it(self):
+        w, _ = self.start()
+        for controls in (["edge"], ["vis", "depth"], ["vis", "depth"], ["edge"]):
+            w.send({"op": "load", "controls": controls, "options": {}})
+            self.assertEqual(w.read()["event"], "loaded")
+        spec = t1_spec(self.tmp, edge={"control_weight": 0.5}, seg={"control_weight": 0.0})
+        self.run_spec(w, "rs_e", spec)
+        w.close()
+        inits = self.calls.all("TransferPipeline.__init__")
+        self.assertEqual(len(inits), 1, "built once")
+        self.assertEqual(sorted(inits[0]["hint_keys"]), ["depth", "edge", "seg", "upscale", "vis"], "every hint it allows")
+        self.assertEqual((inits[0]["first_key"], inits[0]["checkpoint_name"]), ("edge", "nvidia/Cosmos-Transfer1-7B/base_model.pt"))
+        self.assertEqual(inits[0]["cwd"], FAKES, "run in NVIDIA's checkout")
+        reloads = [c["controls"] for c in self.calls.all("reload_model")]
+        self.assertEqual(reloads, [["depth", "vis"], ["edge"]], "one reload per change of set, none for the same set")
+        gen = self.calls.all("generate")[0]
+        self.assertEqual(gen["controls"], ["edge"], "weight 0 left out: NVIDIA runs a controlnet even at weight 0")
+        self.assertEqual((gen["seed"], gen["num_steps"], gen["blur_strength"], gen["canny_threshold"]), (7, 10, "low", "high"))
+
+    def test_nvidias_default_negative_prompt_unless_the_run_gives_one(self):
+        w, _ = self.start()
+        spec = t1_spec(self.tmp)
+        del spec["negative_prompt"]
+        self.run_spec(w, "rs_d", spec)
+        self.run_spec(w, "rs_e", dict(t1_spec(self.tmp), negative_prompt=""))
+        w.close()
+        negs = [c["negative_prompt"] for c in self.calls.all("generate")]
+        self.assertTrue(negs[0].startswith("The video captures a game playing"), negs[0])
+        self.assertEqual(negs[1], "", "an explicit empty negative prompt stays empty")
+
+    def test_the_sample_av_base_serves_hdmap_and_lidar_only(self):
+        w, _ = self.start("--av-sample")
+        w.send({"op": "load", "controls": ["hdmap"], "options": {}})
+        self.assertEqual(w.read()["event"], "loaded")
+        w.send({"op": "load", "controls": ["edge"], "options": {}})
+        refused = w.read()
+        self.assertEqual(refused["event"], "load_failed")
+        self.assertIn("hdmap, lidar", refused["message"])
+        w.close()
+        init = self.calls.all("TransferPipeline.__init__")[0]
+        self.assertEqual(init["hint_keys"], ["hdmap", "lidar"])
+        self.assertEqual(init["checkpoint_name"], "nvidia/Cosmos-Transfer1-7B-Sample-AV/base_model.pt")
+
+    def test_under_torchrun_every_rank_builds_and_generates_and_rank_0_reports(self):
+        w, hello = self.start(torchrun=2)
+        self.assertEqual(hello["ranks"], 2)
+        w.send({"op": "load", "controls": ["edge", "vis"], "options": {}})
+        self.assertEqual(w.read()["event"], "loaded")
+        done = self.run_spec(w, "rs_t", t1_spec(self.tmp, edge={"control_weight": 0.5}, vis={"control_weight": 0.2}))
+        self.assertTrue(os.path.getsize(done["outputs"]["video"]) > 0)
+        w.close()  # stdin closed: rank 0 stops the others, torchrun exits 0
+        self.assertEqual(w.p.returncode, 0)
+        self.assertEqual(sorted(c["rank"] for c in self.calls.all("distributed.init")), [0, 1], "the group exists first")
+        inits = self.calls.all("TransferPipeline.__init__")
+        self.assertEqual(sorted(c["rank"] for c in inits), [0, 1], "every rank builds the pipeline")
+        self.assertEqual({c["num_gpus"] for c in inits}, {2})
+        self.assertEqual(len({c["first_key"] for c in inits}), 1, "the same first control on every rank")
+        gens = self.calls.all("generate")
+        self.assertEqual(sorted(g["rank"] for g in gens), [0, 1], "every rank calls generate")
+        self.assertEqual(gens[0]["controls"], gens[1]["controls"])
+        out = os.path.join(self.tmp, "rs_t")
+        self.assertTrue(os.path.isfile(os.path.join(out, "edge_input_control_1.mp4")), "rank 1 made its own control files")
+
+
+class FakeTorch(unittest.TestCase):
+    def test_a_broadcast_before_the_process_group_exists_raises_as_in_torch(self):
+        code = (
+            "import torch.distributed as dist\n"
+            "try:\n    dist.broadcast_object_list([1], src=0)\nexcept RuntimeError as e:\n    print(e)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=FAKES), capture_output=True, text=True)
+        self.assertIn("Default process group has not been initialized", out.stdout)
+
+    def test_ranks_refuse_a_backend_that_leaves_no_group(self):
         with fakes_on_path():
-            from cosmos_transfer1.diffusion.inference import transfer_pipeline as fake
-            from cosmos_worker.backends.transfer1 import Transfer1Backend
+            from cosmos_worker.ranks import Ranks
 
-            fake.CALLS.clear()
-            tmp = tempfile.mkdtemp()
-            b = Transfer1Backend(checkpoint_dir="/ckpt", num_gpus=1)
-            b.load(["edge"], {})
-            b.load(["edge"], {})
-            out = b.run(spec(tmp, seed=7), os.path.join(tmp, "o"), 1, lambda *a: None, lambda: False, None)
-            self.assertTrue(out["video"].endswith("output.mp4"))
-            self.assertEqual(fake.CALLS[0], ("init", 1, "/ckpt", ["edge"]))
-            self.assertEqual(sum(1 for c in fake.CALLS if c[0] == "init"), 1, "built once")
-            gen = [c for c in fake.CALLS if c[0] == "generate"][0]
-            self.assertEqual((gen[1], gen[4], gen[5]), (["edge"], 7, 10))
-
-
-class Torchrun(unittest.TestCase):
-    def test_rank_0_broadcasts_every_op_and_followers_make_the_same_calls(self):
-        import threading
-
-        with fakes_on_path():
-            import torch.distributed as dist
-            from cosmos_transfer1.diffusion.inference import transfer_pipeline as fake
-            from cosmos_worker.backends.transfer1 import Transfer1Backend
-
-            fake.CALLS.clear()
-            tmp = tempfile.mkdtemp()
-            leader, follower = Transfer1Backend("/ckpt", num_gpus=2), Transfer1Backend("/ckpt", num_gpus=2)
-            leader.world_size = follower.world_size = 2
-            follower.rank = 1
-            self.assertTrue(leader.is_leader())
-            self.assertFalse(follower.is_leader())
-            exit_code = []
-
-            def follow():
-                dist.set_rank(1, 2)
-                exit_code.append(follower.follow())
-
-            dist.set_rank(0, 2)
-            t = threading.Thread(target=follow)
-            t.start()
-            leader.load(["edge"], {})
-            leader.run(spec(tmp, seed=3), os.path.join(tmp, "o"), 1, lambda *a: None, lambda: False, None)
-            leader.close()
-            t.join(timeout=10)
-            self.assertEqual(exit_code, [0], "the follower stops when rank 0 closes")
-            self.assertEqual(sum(1 for c in fake.CALLS if c[0] == "init"), 2, "one pipeline per rank")
-            gens = [c for c in fake.CALLS if c[0] == "generate"]
-            self.assertEqual(len(gens), 2)
-            self.assertEqual(gens[0], gens[1], "every rank makes the same call")
+            saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+            os.environ.update(WORLD_SIZE="2", RANK="1")
+            try:
+                with self.assertRaises(RuntimeError):
+                    Ranks(lambda: None)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
 
+def have_pydantic():
+    try:
+        import pydantic  # noqa: F401
+
+        return True
+    except ImportError:
+        if os.environ.get("COSMOS_REQUIRE_PYDANTIC") == "1":
+            raise
+        return False
+
+
+def t25_spec(tmp, prompt="p", **extra):
+    """What the daemon sends the transfer2_5 worker: NVIDIA's InferenceArguments."""
+    video = os.path.join(tmp, "in.mp4")
+    with open(video, "wb") as f:
+        f.write(b"a video")
+    s = {"name": "output", "prompt": prompt, "video_path": video, "negative_prompt": "n", "seed": 2025, "num_steps": 35,
+         "guidance": 3, "resolution": "720", "num_conditional_frames": 1, "num_video_frames_per_chunk": 93}
+    s.update(extra)
+    return s
+
+
+@unittest.skipUnless(have_pydantic(), "pydantic is not installed (pip install pydantic; CI sets COSMOS_REQUIRE_PYDANTIC=1)")
 class Transfer25(unittest.TestCase):
-    def test_one_inference_per_control_set(self):
-        with fakes_on_path():
-            from cosmos_transfer2 import config as fake
-            from cosmos_worker.backends.transfer2_5 import Transfer25Backend
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.calls = Calls()
 
-            fake.CALLS.clear()
-            tmp = tempfile.mkdtemp()
-            b = Transfer25Backend(checkpoint_dir="/ckpt")
-            for i in range(2):
-                out = b.run(spec(tmp, guidance=3.0), os.path.join(tmp, "e%d" % i), 1, None, lambda: False, None)
-                self.assertTrue(os.path.isfile(out["video"]))
-            b.run(dict(spec(tmp, guidance=3), depth={"control_weight": 0.4}), os.path.join(tmp, "d"), 1, None, lambda: False, None)
-            inits = [c for c in fake.CALLS if c[0] == "init"]
-            self.assertEqual(inits, [("init", "edge", ["edge"]), ("init", "edge", ["depth", "edge"])])
-            self.assertEqual([c[3] for c in fake.CALLS if c[0] == "generate"], [3, 3, 3], "guidance as an integer")
+    def start(self, *extra, torchrun=0):
+        w = Proc("--backend", "transfer2_5", "--output-root", os.path.join(self.tmp, "setup"), *extra, fakes=True,
+                 torchrun=torchrun, env=self.calls.env())
+        self.assertEqual(w.read()["event"], "hello")
+        return w
+
+    def run_spec(self, w, run_id, s, expect="done"):
+        w.send({"op": "run", "run_id": run_id, "attempt": 1, "spec": s, "output_dir": os.path.join(self.tmp, run_id)})
+        return w.until(expect)
+
+    def test_multicontrol_is_one_model_for_every_control_and_weights_go_by_position(self):
+        w = self.start()
+        # One control: that control's model.
+        done = self.run_spec(w, "rs_e", t25_spec(self.tmp, edge={"control_weight": 0.7, "preset_edge_threshold": "high"}))
+        self.assertTrue(done["outputs"]["video"].endswith("rs_e/output.mp4"))
+        self.assertIn("edge", done["outputs"]["controls"])
+        # Two different multi-control sets: one model, all four controls, built once.
+        self.run_spec(w, "rs_m1", t25_spec(self.tmp, vis={"control_weight": 0.3}, depth={"control_weight": 0.6}))
+        self.run_spec(w, "rs_m2", t25_spec(self.tmp, seg={"control_weight": 0.2}, edge={"control_weight": 0.9}))
+        w.close()
+        inits = self.calls.all("Control2WorldInference.__init__")
+        self.assertEqual([(i["model"], i["batch_hint_keys"]) for i in inits],
+                         [("edge", ["edge"]), ("edge", ["edge", "vis", "depth", "seg"])])
+        self.assertTrue(all(i["guardrails"] for i in inits), "guardrails on by default, as NVIDIA's")
+        gens = self.calls.all("generate")
+        self.assertEqual(gens[0]["preset_edge_threshold"], "high")
+        self.assertEqual(gens[1]["control_weight"], "0.0,0.3,0.6,0.0", "edge, vis, depth, seg by position")
+        self.assertEqual(gens[1]["hint_key"], ["vis", "depth"])
+        self.assertEqual(gens[2]["control_weight"], "0.9,0.0,0.0,0.2")
+
+    def test_nvidias_models_refuse_what_they_refuse_and_the_run_says_why(self):
+        w = self.start()
+        bad = self.run_spec(w, "rs_g", t25_spec(self.tmp, guidance=5.5, edge={"control_weight": 0.5}), expect="failed")
+        self.assertEqual((bad["kind"], bad["retryable"]), ("input", False))
+        self.assertIn("guidance", bad["message"])
+        # A float sigma_max (what Transfer1 takes) is turned into the string Transfer2.5 takes.
+        done = self.run_spec(w, "rs_s", t25_spec(self.tmp, sigma_max=80.0, edge={"control_weight": 0.5}))
+        self.assertEqual(done["outputs"]["settings"]["sigma_max"], "80.0")
+        w.close()
+        self.assertEqual(self.calls.all("generate")[0]["sigma_max"], 80.0)
+        with fakes_on_path():
+            from cosmos_transfer2.config import InferenceArguments, SetupArguments
+
+            with self.assertRaises(Exception) as e:
+                SetupArguments(output_dir="/tmp/x")
+            self.assertIn("model is required", str(e.exception))
+            with self.assertRaises(Exception):
+                InferenceArguments(**t25_spec(self.tmp, sigma_max=70.0, edge={"control_weight": 0.5}))
+
+    def test_guardrails_follow_the_configuration_and_a_block_is_reported_as_one(self):
+        w = self.start()
+        blocked = self.run_spec(w, "rs_b", t25_spec(self.tmp, prompt="GUARDRAIL_BLOCK me", edge={"control_weight": 0.5}), expect="failed")
+        self.assertEqual(blocked["kind"], "blocked")
+        w.close()
+        for mode, off, offload in (("off", False, False), ("offload", True, True)):
+            self.calls = Calls()
+            w = self.start("--guardrails", mode)
+            self.run_spec(w, "rs_" + mode, t25_spec(self.tmp, edge={"control_weight": 0.5}))
+            w.close()
+            init = self.calls.all("Control2WorldInference.__init__")[0]
+            self.assertEqual((init["guardrails"], init["offload_guardrail_models"]), (off, offload), mode)
+
+    def test_under_torchrun_every_rank_runs_context_parallel(self):
+        w = self.start(torchrun=2)
+        done = self.run_spec(w, "rs_t", t25_spec(self.tmp, edge={"control_weight": 0.5}, depth={"control_weight": 0.5}))
+        self.assertTrue(os.path.isfile(done["outputs"]["video"]))
+        w.close()
+        self.assertEqual(w.p.returncode, 0)
+        inits = self.calls.all("Control2WorldInference.__init__")
+        self.assertEqual(sorted(i["rank"] for i in inits), [0, 1])
+        self.assertEqual({i["context_parallel_size"] for i in inits}, {2})
+        self.assertEqual(sorted(g["rank"] for g in self.calls.all("generate")), [0, 1])
 
 
 if __name__ == "__main__":

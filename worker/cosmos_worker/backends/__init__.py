@@ -17,11 +17,17 @@ class RunCancelled(Exception):
 
 
 class Backend:
-    def is_leader(self):
-        return True
+    """A model kept loaded across runs. Under torchrun every rank has one; `is_leader` (rank
+    0) alone has output files to report."""
 
-    def follow(self):
-        return 0
+    def init_distributed(self):
+        """Joins the process group the way the backend's own NVIDIA entry point does. The
+        default, for backends without NVIDIA code (sim): plain torch.distributed from the
+        environment torchrun sets."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo", init_method="env://")
 
     def load(self, controls, options):
         raise NotImplementedError
@@ -41,9 +47,9 @@ def make_backend(args):
     if args.backend == "transfer1":
         from cosmos_worker.backends.transfer1 import Transfer1Backend
 
-        return Transfer1Backend(checkpoint_dir=args.checkpoint_dir, num_gpus=args.num_gpus)
+        return Transfer1Backend(checkpoint_dir=args.checkpoint_dir, av_sample=args.av_sample, guardrails=args.guardrails)
     if args.backend == "transfer2_5":
         from cosmos_worker.backends.transfer2_5 import Transfer25Backend
 
-        return Transfer25Backend(checkpoint_dir=args.checkpoint_dir, num_gpus=args.num_gpus, output_root=args.output_root)
+        return Transfer25Backend(guardrails=args.guardrails, output_root=args.output_root)
     raise ValueError("unknown backend %r" % args.backend)

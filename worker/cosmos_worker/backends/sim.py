@@ -8,9 +8,11 @@ import shutil
 import subprocess
 import time
 
+from cosmos_worker import ranks
 from cosmos_worker.backends import Backend, RunCancelled, RunFailure
 
 GENERATED = ("vis", "edge", "depth", "seg", "keypoint")
+SETTINGS = ("negative_prompt", "seed", "num_steps", "guidance", "sigma_max", "fps", "blur_strength", "canny_threshold")
 
 
 class SimBackend(Backend):
@@ -19,6 +21,8 @@ class SimBackend(Backend):
         self.job_seconds = job_seconds
         self.loaded = None
         self.ffmpeg = shutil.which("ffmpeg")
+        # Under torchrun, as with NVIDIA's models, only rank 0 writes the outputs.
+        self.leader = ranks.rank() == 0
 
     def load(self, controls, options):
         time.sleep(self.load_seconds)
@@ -54,6 +58,8 @@ class SimBackend(Backend):
         source = spec.get("input_video_path")
         if not source or not os.path.isfile(source):
             raise RunFailure("input", "input video not found: %s" % source)
+        if not self.leader:
+            return {}
         video = os.path.join(output_dir, "output.mp4")
         self._make_video(source, video)
         controls = {}
@@ -65,7 +71,9 @@ class SimBackend(Backend):
             controls[hint] = path
         with open(os.path.join(output_dir, "output.txt"), "w", encoding="utf-8") as f:
             f.write(spec.get("prompt", ""))
-        return {"video": video, "controls": controls}
+        settings = {k: spec[k] for k in SETTINGS if k in spec}
+        settings["world_size"] = ranks.world_size()
+        return {"video": video, "controls": controls, "settings": settings}
 
     def _make_video(self, source, target):
         if self.ffmpeg:

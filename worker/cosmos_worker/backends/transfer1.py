@@ -1,100 +1,177 @@
-"""NVIDIA Cosmos Transfer1: one TransferPipeline built once and kept warm.
+"""NVIDIA Cosmos Transfer1 through its own serving wrapper, `TransferPipeline`
+(cosmos_transfer1/diffusion/inference/transfer_pipeline.py), built once and kept warm.
 
-`generate(...)` is called per run with the run's own controlnet spec; the pipeline reloads
-its weights only when the set of hint keys changes (NVIDIA's `reload_model`), which the
-daemon avoids by grouping runs by control set. A `None` result is a guardrail block.
-
-Under torchrun (`--num-gpus N`, WORLD_SIZE > 1) every rank must make the same calls in the
-same order: rank 0 speaks the protocol and broadcasts each op; the other ranks follow.
+What NVIDIA's code does, and so what this backend does:
+- `TransferPipeline(num_gpus, checkpoint_dir, checkpoint_name, hint_keys)`: `hint_keys` is the
+  set of hints the pipeline ALLOWS (the module's `hint_keys` = vis, seg, edge, depth, upscale;
+  `hint_keys_av` = hdmap, lidar with the Sample-AV base). It is built with every hint this
+  backend serves; the constructor loads one control, `next(iter(hint_keys))`, at weight 0.5.
+  We pass the hints as a list whose first entry is the first control set's first hint: the
+  same first control on every rank (a set's order differs between processes), and no
+  reload when the first run uses just that control.
+- A changed control set: `update_controlnet_spec` keeps the hints a spec names, removes the
+  others, and reports a change; NVIDIA's `generate` then calls
+  `self.pipeline.reload_model(self.control_inputs)`. The daemon's `load` op does exactly that
+  ahead of the runs, so a load is timed as a load and a run as a run.
+- "Controlnets are active even if the weights are set to 0": weight-0 hints are left out.
+- `generate(...)` has no return statement: it always returns None. On rank 0 it writes
+  `output_dir/output.mp4` and `output.txt` itself. Success is a non-empty `output.mp4`.
+  Generated controls are `{hint}_input_control_{LOCAL_RANK}.mp4` (preprocessors.py).
+- It builds its pipeline with `disable_guardrail=True`: no guardrails, whatever
+  `runtime.guardrails` says (said once in the log).
+- The model config is found by the relative path
+  `cosmos_transfer1/diffusion/config/transfer/config.py` (world_generation_pipeline.py): the
+  working directory must be NVIDIA's checkout (`runtime.model_code`).
+- transfer.py sets `TOKENIZERS_PARALLELISM=false` (done at worker start) and turns gradients
+  off (NVIDIA writes `torch.enable_grad(False)`; `torch.set_grad_enabled(False)` does it, before the
+  pipeline is built).
+- Multi-GPU: every rank builds the pipeline and calls `generate`; NVIDIA's
+  `distributed.init()` (cosmos_transfer1/utils/distributed.py) joins the NCCL group.
 """
 
 import glob
 import os
+import sys
 
+from cosmos_worker import ranks
 from cosmos_worker.backends import Backend, RunFailure
 
-SETTINGS = ("negative_prompt", "guidance", "num_steps", "seed", "sigma_max", "blur_strength", "canny_threshold")
+CONFIG = "cosmos_transfer1/diffusion/config/transfer/config.py"
+# transfer.py's --negative_prompt default (= transfer_pipeline.py default_negative_prompt).
+# TransferPipeline.generate's own default is "", which would turn negative conditioning off.
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a game playing, with bad crappy graphics and cartoonish frames. It represents a recording of "
+    "old outdated games. The lighting looks very fake. The textures are very raw and basic. The geometries are very "
+    "primitive. The images are very pixelated and of poor CG quality. There are many subtitles in the footage. "
+    "Overall, the video is unrealistic at all."
+)
+# TransferPipeline.generate's keywords besides controlnet_specs / input_video / prompt /
+# output_dir, with transfer.py's defaults.
+SETTINGS = {
+    "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+    "guidance": 5,
+    "num_steps": 35,
+    "seed": 1,
+    "sigma_max": 70.0,
+    "blur_strength": "medium",
+    "canny_threshold": "medium",
+}
+HINT_NAMES = ("vis", "edge", "depth", "seg", "keypoint", "hdmap", "lidar", "upscale")
 
 
 class Transfer1Backend(Backend):
-    def __init__(self, checkpoint_dir, num_gpus=1):
+    def __init__(self, checkpoint_dir, av_sample=False, guardrails="on"):
         self.checkpoint_dir = checkpoint_dir
-        self.num_gpus = num_gpus
+        self.av_sample = av_sample
+        self.guardrails = guardrails
         self.pipeline = None
-        self.hint_keys = None
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.loaded = None  # the hints the pipeline holds, as a set
 
-    # -- torchrun ---------------------------------------------------------------------
-    def is_leader(self):
-        return self.rank == 0
+    def init_distributed(self):
+        self._check_code()
+        from cosmos_transfer1.utils import distributed
 
-    def _sync(self, op):
-        """Rank 0 sends `op` to every rank; the others receive it."""
-        if self.world_size <= 1:
-            return op
-        import torch.distributed as dist
+        distributed.init()
 
-        box = [op]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    def _check_code(self):
+        if not os.path.isfile(CONFIG):
+            raise RuntimeError(
+                "NVIDIA's Transfer1 model config %s is not under the working directory %s: set runtime.model_code to "
+                "the cosmos-transfer1 checkout (the worker runs there)" % (CONFIG, os.getcwd())
+            )
 
-    def follow(self):
-        while True:
-            op = self._sync(None)
-            if op is None or op[0] == "stop":
-                return 0
-            try:
-                if op[0] == "load":
-                    self._load(op[1])
-                elif op[0] == "run":
-                    self._generate(op[1], op[2])
-            except Exception as e:  # rank 0 reports; followers must keep following
-                import sys
+    def _allowed(self):
+        from cosmos_transfer1.diffusion.inference import transfer_pipeline
 
-                sys.stderr.write("rank %d: %s\n" % (self.rank, e))
+        return transfer_pipeline.hint_keys_av if self.av_sample else transfer_pipeline.hint_keys
 
-    # -- the model --------------------------------------------------------------------
     def load(self, controls, options):
-        self._sync(("load", list(controls)))
-        self._load(list(controls))
-
-    def _load(self, controls):
-        keys = set(controls) or {"vis", "edge", "depth", "seg"}
+        self._check_code()
+        allowed = self._allowed()
+        wanted = [c for c in controls if c in HINT_NAMES]
+        refused = [c for c in wanted if c not in allowed]
+        if refused or not wanted:
+            raise RuntimeError(
+                "TransferPipeline%s serves %s; asked for %s"
+                % (" (Sample-AV)" if self.av_sample else "", ", ".join(sorted(allowed)), ", ".join(controls) or "nothing")
+            )
         if self.pipeline is None:
+            import torch
+
+            torch.set_grad_enabled(False)
+            from cosmos_transfer1 import checkpoints
             from cosmos_transfer1.diffusion.inference.transfer_pipeline import TransferPipeline
 
-            self.pipeline = TransferPipeline(num_gpus=self.num_gpus, checkpoint_dir=self.checkpoint_dir, hint_keys=keys)
-        self.hint_keys = keys
+            if self.guardrails != "off":
+                sys.stderr.write(
+                    "cosmos_worker: transfer1: NVIDIA's TransferPipeline runs without guardrails "
+                    "(disable_guardrail=True in transfer_pipeline.py); runtime.guardrails = %r has no effect\n" % self.guardrails
+                )
+            order = wanted + sorted(set(allowed) - set(wanted))
+            self.pipeline = TransferPipeline(
+                num_gpus=ranks.world_size(),
+                checkpoint_dir=self.checkpoint_dir,
+                checkpoint_name=checkpoints.BASE_7B_CHECKPOINT_AV_SAMPLE_PATH if self.av_sample else checkpoints.BASE_7B_CHECKPOINT_PATH,
+                hint_keys=order,
+            )
+        # What generate() does when the set changes, done now (transfer_pipeline.py generate).
+        specs = {c: {"control_weight": 0.5} for c in wanted}
+        if self.pipeline.update_controlnet_spec(checkpoint_dir=self.pipeline.checkpoint_dir, controlnet_specs=specs):
+            self.pipeline.pipeline.reload_model(self.pipeline.control_inputs)
+        self.loaded = set(wanted)
 
     def run(self, spec, output_dir, attempt, progress, cancelled, channel):
-        if self.pipeline is None:
-            self.load([k for k, v in spec.items() if isinstance(v, dict)], {})
-        self._sync(("run", spec, output_dir))
-        result = self._generate(spec, output_dir)
-        if result is None:
-            raise RunFailure("blocked", "Guardrail blocked generation")
-        video = os.path.join(output_dir, "output.mp4")
-        if not os.path.isfile(video) or os.path.getsize(video) == 0:
-            raise RunFailure("internal", "the pipeline wrote no output video")
-        controls = {}
-        for path in sorted(glob.glob(os.path.join(output_dir, "*_input_control*.mp4"))):
-            controls.setdefault(os.path.basename(path).split("_input_control")[0], path)
-        return {"video": video, "controls": controls}
-
-    def _generate(self, spec, output_dir):
-        controlnet_specs = {k: dict(v) for k, v in spec.items() if isinstance(v, dict)}
-        kwargs = {k: spec[k] for k in SETTINGS if k in spec}
+        controlnet_specs = {}
+        for hint in HINT_NAMES:
+            block = spec.get(hint)
+            if not isinstance(block, dict):
+                continue
+            weight = float(block.get("control_weight", 0.5))
+            if weight <= 0:
+                continue  # active even at weight 0 in NVIDIA's pipeline: leave it out
+            entry = {"control_weight": weight}
+            if block.get("input_control"):
+                entry["input_control"] = block["input_control"]
+            if block.get("input_control_prompt"):
+                entry["input_control_prompt"] = block["input_control_prompt"]
+            controlnet_specs[hint] = entry
+        if not controlnet_specs:
+            raise RunFailure("input", "no control with control_weight > 0")
+        refused = sorted(set(controlnet_specs) - set(self._allowed()))
+        if refused:
+            # NVIDIA's update_controlnet_spec would drop them silently.
+            raise RunFailure("input", "TransferPipeline does not serve %s" % ", ".join(refused))
         input_video = spec.get("input_video_path")
         if not input_video or not os.path.isfile(input_video):
             raise RunFailure("input", "input video not found: %s" % input_video)
-        return self.pipeline.generate(
+        if self.pipeline is None or set(controlnet_specs) != self.loaded:
+            self.load(list(controlnet_specs), {})
+        kwargs = {key: spec.get(key, default) for key, default in SETTINGS.items()}
+        result = self.pipeline.generate(
             controlnet_specs=controlnet_specs,
             input_video=input_video,
             prompt=spec.get("prompt", ""),
             output_dir=output_dir,
             **kwargs
         )
-
-    def close(self):
-        self._sync(("stop",))
+        if result is not None:
+            sys.stderr.write("cosmos_worker: transfer1: generate returned %r (NVIDIA's returns nothing)\n" % (result,))
+        if not ranks.rank() == 0:
+            return {}
+        video = os.path.join(output_dir, "output.mp4")
+        if not os.path.isfile(video) or os.path.getsize(video) == 0:
+            raise RunFailure(
+                "internal",
+                "TransferPipeline.generate wrote no output.mp4 in %s (it returns nothing; its log above says why)" % output_dir,
+            )
+        controls = {}
+        for hint, entry in controlnet_specs.items():
+            if entry.get("input_control"):
+                controls[hint] = entry["input_control"]
+                continue
+            made = sorted(glob.glob(os.path.join(output_dir, "%s_input_control_%d.mp4" % (hint, ranks.local_rank()))))
+            if made:
+                controls[hint] = made[0]
+        settings = dict(kwargs, controlnet_specs=controlnet_specs, fps=24, num_gpus=ranks.world_size(),
+                        checkpoint="Sample-AV" if self.av_sample else "7B")
+        return {"video": video, "controls": controls, "settings": settings}

@@ -1,77 +1,122 @@
-"""NVIDIA Cosmos Transfer2.5: one Control2WorldInference per control set, kept while runs of
-that set come; `generate([InferenceArguments(...)], output_dir)` per run. An empty result is
-a guardrail block (`keep_going` only covers those)."""
+"""NVIDIA Cosmos Transfer2.5: `Control2WorldInference` (cosmos_transfer2/inference.py), set
+up the way NVIDIA's own worker does it (cosmos_transfer2/gradio/control2world_worker.py):
 
+- one control: `Control2WorldInference(SetupArguments(model=<that control>, ...),
+  batch_hint_keys=[<that control>])`, its single-control checkpoint;
+- several controls: ONE inference object with `batch_hint_keys = ["edge", "vis", "depth",
+  "seg"]` (config.py `CONTROL_KEYS`, in that order), which loads every control's
+  checkpoint. The weights reach the model as a string in `batch_hint_keys` order, read by
+  position; a control a run does not use gets "0.0" there (inference.py
+  `sample.control_weight_dict.get(key, "0.0")`). So every multi-control set shares the one
+  model: switching between them loads nothing.
+- `SetupArguments` refuses a missing `model` ("model is required"); `disable_guardrails`
+  (default False: guardrails on) and `offload_guardrail_models` follow
+  `runtime.guardrails`; `keep_going=True`, so a blocked sample is left out of the result.
+- The daemon sends each run as an `InferenceArguments` object (pydantic, `extra="forbid"`:
+  `sigma_max` a string, `guidance` an int in 0..7, presets per control); NVIDIA's own model
+  validates it here, and a refusal is the run's input error, not a crash.
+- `generate(samples, output_dir) -> list[str]` writes `{name}.mp4`, `{name}_control_{key}.mp4`
+  on rank 0. The sample is named `output`.
+- Multi-GPU: `context_parallel_size` = WORLD_SIZE; NVIDIA's `init_environment()`
+  (cosmos_oss/init.py) joins the process group when RANK is set, and sets
+  TOKENIZERS_PARALLELISM=false.
+"""
+
+import gc
 import os
+import tempfile
+from pathlib import Path
 
+from cosmos_worker import ranks
 from cosmos_worker.backends import Backend, RunFailure
 
-HINTS = ("edge", "vis", "depth", "seg")
+CONTROL_KEYS = ["edge", "vis", "depth", "seg"]
+# The daemon's keys that are not InferenceArguments fields.
+PRIVATE_KEYS = ("sim",)
 
 
 class Transfer25Backend(Backend):
-    def __init__(self, checkpoint_dir, num_gpus=1, output_root=None):
-        self.checkpoint_dir = checkpoint_dir
-        self.num_gpus = num_gpus
-        self.output_root = output_root or os.getcwd()
+    def __init__(self, guardrails="on", output_root=None):
+        self.guardrails = guardrails
+        self.output_root = output_root or os.path.join(tempfile.gettempdir(), "cosmos-transfer2-setup")
         self.inference = None
-        self.controls = None
+        self.model_key = None  # "edge" ... or "multicontrol"
+
+    def init_distributed(self):
+        from cosmos_oss.init import init_environment
+
+        init_environment()
+
+    @staticmethod
+    def key_of(controls):
+        hints = [k for k in CONTROL_KEYS if k in controls]
+        return hints[0] if len(hints) == 1 else "multicontrol"
 
     def load(self, controls, options):
-        controls = sorted(c for c in controls if c in HINTS)
-        if self.inference is not None and controls == self.controls:
+        refused = [c for c in controls if c not in CONTROL_KEYS]
+        if refused or not controls:
+            raise RuntimeError("Transfer2.5 serves %s; asked for %s" % (", ".join(CONTROL_KEYS), ", ".join(controls) or "nothing"))
+        key = self.key_of(controls)
+        if self.inference is not None and key == self.model_key:
             return
-        from pathlib import Path
-
         from cosmos_transfer2.config import SetupArguments
         from cosmos_transfer2.inference import Control2WorldInference
 
-        setup = dict(context_parallel_size=self.num_gpus, output_dir=Path(self.output_root), keep_going=True)
-        if len(controls) == 1:
-            setup["model"] = controls[0]
-        # Drop the old model first: two 2B models need not fit at once.
+        setup = SetupArguments(
+            output_dir=Path(self.output_root),
+            # NVIDIA's worker: the control's own model, or the default ("edge") for multicontrol.
+            model=key if key != "multicontrol" else "edge",
+            context_parallel_size=ranks.world_size(),
+            keep_going=True,
+            disable_guardrails=self.guardrails == "off",
+            offload_guardrail_models=self.guardrails == "offload",
+        )
+        batch_hint_keys = list(CONTROL_KEYS) if key == "multicontrol" else [key]
+        # Let go of the old model first: two need not fit at once.
         self.inference = None
-        self.inference = Control2WorldInference(SetupArguments(**setup), batch_hint_keys=controls)
-        self.controls = controls
+        self.model_key = None
+        gc.collect()
+        self.inference = Control2WorldInference(setup, batch_hint_keys=batch_hint_keys)
+        self.model_key = key
 
     def run(self, spec, output_dir, attempt, progress, cancelled, channel):
-        from pathlib import Path
-
+        sample = {k: v for k, v in spec.items() if k not in PRIVATE_KEYS}
+        sample["name"] = "output"
+        if isinstance(sample.get("sigma_max"), (int, float)):
+            sample["sigma_max"] = str(sample["sigma_max"])  # `str | None` in InferenceArguments
+        hints = [k for k in CONTROL_KEYS if isinstance(sample.get(k), dict)]
+        others = sorted(k for k, v in sample.items() if isinstance(v, dict) and k not in CONTROL_KEYS)
+        if others:
+            raise RunFailure("input", "Transfer2.5 serves %s; this run asks for %s" % (", ".join(CONTROL_KEYS), ", ".join(others)))
+        if not hints:
+            raise RunFailure("input", "no control (edge, vis, depth, seg) in the run")
+        video = sample.get("video_path")
+        if not video or not os.path.isfile(video):
+            raise RunFailure("input", "input video not found: %s" % video)
         from cosmos_transfer2.config import InferenceArguments
 
-        hints = sorted(k for k in HINTS if isinstance(spec.get(k), dict))
-        if self.inference is None or hints != self.controls:
-            self.load(hints, {})
-        sample = {"name": "output", "prompt": spec.get("prompt", ""), "video_path": spec.get("input_video_path")}
-        for key in ("negative_prompt", "seed", "num_steps", "sigma_max", "resolution", "max_frames",
-                    "num_conditional_frames", "num_video_frames_per_chunk"):
-            if key in spec:
-                sample[key] = spec[key]
-        if "guidance" in spec:
-            sample["guidance"] = int(round(spec["guidance"]))
-        for hint in hints:
-            block = spec[hint]
-            out = {"control_weight": block.get("control_weight", 1.0)}
-            if block.get("input_control"):
-                out["control_path"] = block["input_control"]
-            for key in ("mask_path", "mask_prompt"):
-                if block.get(key):
-                    out[key] = block[key]
-            if hint == "seg" and block.get("input_control_prompt"):
-                out["control_prompt"] = block["input_control_prompt"]
-            sample[hint] = out
-        if not sample["video_path"] or not os.path.isfile(sample["video_path"]):
-            raise RunFailure("input", "input video not found: %s" % sample["video_path"])
-        paths = self.inference.generate([InferenceArguments(**sample)], Path(output_dir))
+        try:
+            args = InferenceArguments(**sample)
+        except Exception as e:  # pydantic's ValidationError: NVIDIA's model refused the run
+            raise RunFailure("input", "NVIDIA's InferenceArguments refused the run: %s" % " ".join(str(e).split()))
+        self.load(hints, {})
+        paths = self.inference.generate([args], Path(output_dir))
+        if ranks.rank() != 0:
+            return {}
         if not paths:
-            raise RunFailure("blocked", "Guardrail blocked generation")
+            raise RunFailure("blocked", "Guardrail blocked generation (NVIDIA's Transfer2.5 guardrails; runtime.guardrails)")
         produced = str(paths[0])
-        video = os.path.join(output_dir, "output.mp4")
-        if os.path.abspath(produced) != os.path.abspath(video):
-            os.replace(produced, video)
+        if not produced.endswith(".mp4"):
+            raise RunFailure("input", "the model made a single image (%s), not a video: give max_frames > 1" % os.path.basename(produced))
+        if not os.path.isfile(produced) or os.path.getsize(produced) == 0:
+            raise RunFailure("internal", "Control2WorldInference reported %s but wrote no video there" % produced)
         controls = {}
         for hint in hints:
             path = os.path.join(output_dir, "output_control_%s.mp4" % hint)
             if os.path.isfile(path):
                 controls[hint] = path
-        return {"video": video, "controls": controls}
+        settings = args.model_dump(mode="json") if hasattr(args, "model_dump") else dict(sample)
+        settings["model"] = self.model_key
+        settings["num_gpus"] = ranks.world_size()
+        settings["guardrails"] = self.guardrails
+        return {"video": produced, "controls": controls, "settings": settings}

@@ -1,43 +1,135 @@
-"""A fake of NVIDIA's cosmos_transfer1 TransferPipeline: same names and call signatures,
-no model. Records every construction and call in CALLS; prints to stdout as real model
-code does (the worker must keep that out of its event stream)."""
+"""A fake of cosmos-transfer1 diffusion/inference/transfer_pipeline.py: `TransferPipeline`
+with NVIDIA's names, signatures and behaviour at its interface, and no model.
 
+What it keeps of the real one (each from transfer_pipeline.py unless named):
+- module-level `hint_keys` (vis, seg, edge, depth, upscale; keypoint left out) and
+  `hint_keys_av` (hdmap, lidar);
+- the constructor loads the model config by a path relative to the working directory and
+  fails with NVIDIA's assertion when it is not there (world_generation_pipeline.py
+  `_load_model` -> utils/config_helper.py `get_config_module`);
+- `num_gpus > 1`: `distributed.init()` and the rank from the process group;
+- `hint_keys` is what the pipeline ALLOWS: the constructor loads only
+  `next(iter(hint_keys))` at weight 0.5;
+- `update_controlnet_spec`: allowed hints named in the spec are kept (ckpt_path always set from
+  checkpoint_dir + default_model_names), allowed hints not named are removed, hints not
+  allowed are ignored; returns whether the set changed;
+- `generate(...)` reloads the model when the set changed, runs the preprocessors (which write
+  `{hint}_input_control_{LOCAL_RANK}.mp4` for hints without an input_control,
+  preprocessors.py), and on rank 0 writes `output.mp4` and `output.txt`. It has NO return
+  statement: it always returns None. Its `negative_prompt` default is "".
+- The pipeline is built with `disable_guardrail=True`: nothing is ever blocked.
+It prints to stdout, as model code does; the worker must keep that out of its event stream.
+"""
+
+import copy
 import os
+import shutil
 
-BASE_7B_CHECKPOINT_PATH = "nvidia/Cosmos-Transfer1-7B"
-CALLS = []
+from calls import record
+from cosmos_transfer1 import checkpoints
+from cosmos_transfer1.utils import distributed
+
+hint_keys = {"vis", "seg", "edge", "depth", "upscale"}
+hint_keys_av = {"hdmap", "lidar"}
+
+# inference_utils.py default_model_names
+default_model_names = {
+    "vis": checkpoints.VIS2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "seg": checkpoints.SEG2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "edge": checkpoints.EDGE2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "depth": checkpoints.DEPTH2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "keypoint": checkpoints.KEYPOINT2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "upscale": checkpoints.UPSCALER_CONTROLNET_7B_CHECKPOINT_PATH,
+    "hdmap": checkpoints.HDMAP2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+    "lidar": checkpoints.LIDAR2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
+}
+
+CONFIG_FILE = "cosmos_transfer1/diffusion/config/transfer/config.py"
+# preprocessors.py: the hints it can make from the input video.
+GENERATED = ("depth", "seg", "keypoint", "vis", "edge")
+
+
+class _InnerPipeline:
+    """DiffusionControl2WorldGenerationPipeline, as far as TransferPipeline uses it."""
+
+    def __init__(self, checkpoint_dir, checkpoint_name, control_inputs, disable_guardrail):
+        # world_generation_pipeline.py _load_model -> config_helper.get_config_module
+        assert os.path.isfile(CONFIG_FILE), f"Cosmos config file ({CONFIG_FILE}) not found."
+        self.fps = 24
+        self.disable_guardrail = disable_guardrail
+        record("pipeline.load", checkpoint_dir=checkpoint_dir, checkpoint_name=checkpoint_name,
+               controls=sorted(control_inputs), disable_guardrail=disable_guardrail)
+
+    def reload_model(self, control_inputs):
+        record("reload_model", controls=sorted(control_inputs))
+
+    def generate(self, prompt, video_path, negative_prompt, control_inputs, save_folder, batch_size):
+        # With disable_guardrail=True nothing is blocked: (videos, final prompts).
+        return [video_path[0]], list(prompt)
 
 
 class TransferPipeline:
-    def __init__(self, num_gpus=1, checkpoint_dir=None, checkpoint_name=BASE_7B_CHECKPOINT_PATH, hint_keys=None):
-        print("loading the 7B model (fake)")
-        CALLS.append(("init", num_gpus, checkpoint_dir, sorted(hint_keys or [])))
-        self.hint_keys = set(hint_keys or [])
+    def __init__(self, num_gpus=1, checkpoint_dir="/mnt/pvc/cosmos-transfer1", checkpoint_name=checkpoints.BASE_7B_CHECKPOINT_PATH,
+                 hint_keys=hint_keys):
+        print("TransferPipeline: loading the 7B model (fake)")
+        self.device_rank = 0
+        if num_gpus > 1:
+            import torch.distributed as dist
 
-    def reload_model(self, hint_keys):
-        CALLS.append(("reload_model", sorted(hint_keys)))
-        self.hint_keys = set(hint_keys)
+            distributed.init()
+            self.device_rank = dist.get_rank()
+        self.valid_hint_keys = hint_keys
+        first_key = next(iter(self.valid_hint_keys))
+        self.control_inputs = {
+            first_key: {"ckpt_path": os.path.join(checkpoint_dir, default_model_names[first_key]), "control_weight": 0.5},
+        }
+        self.checkpoint_dir = checkpoint_dir
+        self.video_save_name = "output"
+        record("TransferPipeline.__init__", num_gpus=num_gpus, checkpoint_dir=checkpoint_dir, checkpoint_name=checkpoint_name,
+               hint_keys=list(hint_keys), first_key=first_key, cwd=os.getcwd())
+        self.pipeline = _InnerPipeline(checkpoint_dir, checkpoint_name, self.control_inputs, disable_guardrail=True)
 
-    def generate(self, controlnet_specs, input_video=None, prompt="", negative_prompt="", guidance=5, num_steps=35,
-                 seed=1, sigma_max=70.0, blur_strength="medium", canny_threshold="medium", num_input_frames=1,
-                 output_dir="outputs/"):
-        if set(controlnet_specs) != self.hint_keys:
-            self.reload_model(set(controlnet_specs))
-        CALLS.append(("generate", sorted(controlnet_specs), input_video, prompt, seed, num_steps, output_dir))
-        print("generating (fake)")
-        if "BLOCK" in prompt:
-            return None
-        if "EXPLODE" in prompt:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    def update_controlnet_spec(self, checkpoint_dir, controlnet_specs):
+        config_changed = False
+        for hint_key in self.valid_hint_keys:
+            if hint_key in controlnet_specs:
+                if hint_key not in self.control_inputs:
+                    config_changed = True
+                self.control_inputs[hint_key] = copy.deepcopy(controlnet_specs[hint_key])
+                self.control_inputs[hint_key]["ckpt_path"] = os.path.join(checkpoint_dir, default_model_names[hint_key])
+            elif hint_key in self.control_inputs:
+                del self.control_inputs[hint_key]
+                config_changed = True
+        return config_changed
+
+    def generate(self, controlnet_specs, input_video=None, prompt="", negative_prompt="", guidance=5, num_steps=35, seed=1,
+                 sigma_max=70.0, blur_strength="medium", canny_threshold="medium", num_input_frames=1, output_dir="outputs/"):
+        config_changed = self.update_controlnet_spec(checkpoint_dir=self.checkpoint_dir, controlnet_specs=controlnet_specs)
+        if config_changed:
+            self.pipeline.reload_model(self.control_inputs)
+        current = copy.deepcopy(self.control_inputs)
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         os.makedirs(output_dir, exist_ok=True)
-        with open(input_video, "rb") as src, open(os.path.join(output_dir, "output.mp4"), "wb") as dst:
-            dst.write(src.read())
-        for hint in controlnet_specs:
-            with open(os.path.join(output_dir, "%s_input_control.mp4" % hint), "wb") as f:
-                f.write(b"control")
-        with open(os.path.join(output_dir, "output.txt"), "w") as f:
-            f.write(prompt)
-        return "video"
-
-    def infer(self, args):
-        return self.generate(**args)
+        for hint, spec in current.items():
+            if hint in GENERATED and spec.get("input_control") is None:
+                path = os.path.join(output_dir, f"{hint}_input_control_{local_rank}.mp4")
+                shutil.copyfile(input_video, path)
+                spec["input_control"] = path
+        print("TransferPipeline: generating (fake)")
+        record("generate", controls=sorted(current), weights={k: v.get("control_weight") for k, v in current.items()},
+               input_video=input_video, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, num_steps=num_steps,
+               seed=seed, sigma_max=sigma_max, blur_strength=blur_strength, canny_threshold=canny_threshold,
+               output_dir=output_dir, device_rank=self.device_rank)
+        if "RAISE_OOM" in prompt:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        batch_outputs = self.pipeline.generate(prompt=[prompt], video_path=[input_video], negative_prompt=negative_prompt,
+                                               control_inputs=[current], save_folder=output_dir, batch_size=1)
+        if batch_outputs is None:
+            print("Guardrail blocked generation for entire batch.")
+        elif self.device_rank == 0 and "WRITES_NOTHING" not in prompt:
+            videos, final_prompts = batch_outputs
+            for video, final_prompt in zip(videos, final_prompts):
+                shutil.copyfile(video, os.path.join(output_dir, f"{self.video_save_name}.mp4"))
+                with open(os.path.join(output_dir, f"{self.video_save_name}.txt"), "wb") as f:
+                    f.write(final_prompt.encode("utf-8"))
+        # No return statement, as in NVIDIA's generate().
