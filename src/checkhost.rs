@@ -203,7 +203,11 @@ fn gpus_text(g: &crate::config::Gpus) -> String {
 fn run_on_host(config: &Config, worker_path: &Path) -> Result<(i64, String), String> {
     let side = crate::runtime::launch::Side::Host { worker_path: worker_path.to_path_buf(), work: config.paths.state.join("work") };
     let launch = crate::runtime::launch::Launch::new(config, &side, 1);
-    let cwd = if launch.cwd.is_dir() { launch.cwd.clone() } else { std::env::temp_dir() };
+    // The daemon makes the work folder at start; the check may come first.
+    if launch.cwd == config.paths.state.join("work") {
+        let _ = std::fs::create_dir_all(&launch.cwd);
+    }
+    let cwd = launch.cwd.clone();
     let out = std::process::Command::new(&config.runtime.python)
         .arg("-c")
         .arg(IMPORT_CHECK)
