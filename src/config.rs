@@ -237,6 +237,9 @@ impl Runtime {
     }
 }
 
+/// The controls of NVIDIA Cosmos Transfer, by name (the job formats' `spec::Hint`).
+pub const CONTROL_NAMES: [&str; 8] = ["vis", "edge", "depth", "seg", "keypoint", "hdmap", "lidar", "upscale"];
+
 /// `[jobs]`: what a job line that leaves something out gets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -468,6 +471,30 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
+/// Options both binaries take, before or after the subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalOpts {
+    /// Configuration file (default: $COSMOS_CONFIG, else /etc/cosmos/config.toml, else defaults)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Put inbox, outbox and state under DIR (DIR/inbox, DIR/outbox, DIR/state)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+impl GlobalOpts {
+    /// The configuration in force, with `--root` applied.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        // An empty $COSMOS_CONFIG counts as unset.
+        let from_env = std::env::var_os("COSMOS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let mut loaded = Config::load(self.config.clone().or(from_env).as_deref())?;
+        if let Some(root) = &self.root {
+            loaded.config.apply_root(root)?;
+        }
+        Ok(loaded)
+    }
+}
+
 /// The configuration in force and where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -532,7 +559,7 @@ impl Config {
             return Err(bad("runtime.av_sample", "the Sample-AV base is a Transfer1 model; set runtime.backend = \"transfer1\"".into()));
         }
         for (hint, c) in &self.jobs.default_controls {
-            if crate::spec::Hint::parse(hint).is_none() {
+            if !CONTROL_NAMES.contains(&hint.as_str()) {
                 return Err(bad("jobs.default_controls", format!("{hint:?} is not a control; expected vis, edge, depth, seg, keypoint, hdmap, lidar or upscale")));
             }
             if !(0.0..=1.0).contains(&c.control_weight) {
@@ -586,16 +613,7 @@ impl Config {
     }
 }
 
-/// `path` made absolute against the current directory, without touching the filesystem.
-pub fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_path_buf();
-    }
-    match std::env::current_dir() {
-        Ok(cwd) => crate::spec::paths::normalize(&cwd.join(path)),
-        Err(_) => path.to_path_buf(),
-    }
-}
+pub use crate::fsutil::absolute;
 
 fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")

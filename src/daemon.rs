@@ -4,7 +4,7 @@
 //! interrupted half-way: SIGTERM/SIGINT set a flag that is read between claims, and the
 //! claim in hand is finished before the loop exits.
 
-use crate::cli::GlobalOpts;
+use crate::config::GlobalOpts;
 use crate::config::{Config, ConfigError, Loaded};
 use crate::intake::tracker::Tracker;
 use crate::intake::watch::{self, Active, Hint, Msg};

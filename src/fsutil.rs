@@ -9,8 +9,9 @@
 
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
+use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// An I/O failure with its context: "cannot publish /outbox/run_rs_x: No space left".
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +30,7 @@ pub fn at<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> P
 /// sha256 of a regular file's bytes, as lowercase hex. Refuses fifos and devices (which
 /// could block or never end).
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = crate::spec::paths::open_regular_file(path).map_err(io::Error::other)?;
+    let mut f = open_regular_file(path).map_err(io::Error::other)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -59,6 +60,66 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
 pub fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
+    }
+}
+
+/// Why `meta` is not a regular file, if it is not: "x is a fifo; expected a regular file".
+pub fn require_regular(meta: &Metadata, path: &Path) -> Result<(), String> {
+    let ft = meta.file_type();
+    let what = if ft.is_file() {
+        return Ok(());
+    } else if ft.is_dir() {
+        "a folder"
+    } else if ft.is_fifo() {
+        "a fifo"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    };
+    Err(format!("{} is {what}; expected a regular file", path.display()))
+}
+
+/// Opens `path` for reading only if it is a regular file: opening a fifo would block and a
+/// device could be endless.
+pub fn open_regular_file(path: &Path) -> Result<File, String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => format!("cannot read: {e}"),
+    })?;
+    require_regular(&meta, path)?;
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    // Checked again on the handle: the name may have been swapped in between.
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    require_regular(&meta, path)?;
+    Ok(file)
+}
+
+/// Resolves `.` and `..` without touching the filesystem. `..` above `/` stays at `/`.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `path` made absolute against the current directory, without touching the filesystem.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => normalize(&cwd.join(path)),
+        Err(_) => path.to_path_buf(),
     }
 }
 
@@ -114,6 +175,12 @@ pub enum Moved {
 pub fn move_temp(dst: &Path) -> PathBuf {
     let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dst.with_file_name(format!(".{name}.copying"))
+}
+
+/// A hidden temp name beside `path` (`.name.tmp`), for building it before a rename.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Whether a name in a folder is a half-made copy of [`move_entry`].

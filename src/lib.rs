@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod gpu;
 pub mod ids;
+pub mod layout;
 pub mod spec;
 pub mod store;
 pub mod time;

@@ -2,8 +2,9 @@
 //! `outbox/.staging/` and renamed into place, so a folder under its final name is complete;
 //! receipts and status.json are replaced atomically.
 
-use crate::intake::stem_of;
+use crate::layout::{run_files, Layout};
 use crate::runtime::protocol::Outputs;
+pub use crate::runtime::worker::WorkerInfo;
 use crate::spec::nvidia;
 use crate::store::{Batch, Run, RunLink, Store, StoreError, Submission};
 use crate::time::Timestamp;
@@ -25,35 +26,17 @@ type Result<T> = std::result::Result<T, OutboxError>;
 
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    pub dir: PathBuf,
-    pub staging: PathBuf,
-    pub receipts: PathBuf,
-    pub rejected: PathBuf,
+    layout: Layout,
     pub mode: u32,
 }
 
-/// The worker that ran a run, for its manifest.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerInfo {
-    pub backend: String,
-    pub version: String,
-    pub pid: u32,
-    pub container_id: Option<String>,
-}
-
 impl Outbox {
-    pub fn new(dir: &Path, mode: u32) -> Outbox {
-        Outbox {
-            dir: dir.to_path_buf(),
-            staging: dir.join(".staging"),
-            receipts: dir.join("receipts"),
-            rejected: dir.join("rejected"),
-            mode,
-        }
+    pub fn new(layout: &Layout, mode: u32) -> Outbox {
+        Outbox { layout: layout.clone(), mode }
     }
 
     pub fn create_all(&self) -> io::Result<()> {
-        for d in [&self.dir, &self.staging, &self.receipts, &self.rejected] {
+        for d in [self.layout.outbox().to_path_buf(), self.layout.outbox_staging(), self.layout.receipts(), self.layout.rejected()] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())
@@ -61,7 +44,7 @@ impl Outbox {
 
     /// Removes half-built folders a crash left in staging: they were never visible.
     pub fn clear_staging(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.staging) {
+        if let Ok(entries) = std::fs::read_dir(self.layout.outbox_staging()) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -69,11 +52,11 @@ impl Outbox {
     }
 
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.dir.join(format!("run_{run_id}"))
+        self.layout.run_dir(run_id)
     }
 
     pub fn batch_dir(&self, batch: &Batch) -> PathBuf {
-        self.dir.join(batch.folder_name())
+        self.layout.batch_dir(&batch.folder_name())
     }
 
     fn set_mode(&self, path: &Path) {
@@ -86,7 +69,6 @@ impl Outbox {
     pub fn publish_run(
         &self,
         run: &Run,
-        work: &Path,
         outputs: &Outputs,
         batch: Option<&Batch>,
         worker: &WorkerInfo,
@@ -98,28 +80,28 @@ impl Outbox {
         if final_dir.is_dir() {
             return Ok(final_dir);
         }
-        let tmp = self.staging.join(format!("run_{}", run.id));
+        let tmp = self.layout.outbox_staging().join(final_dir.file_name().unwrap_or_default());
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("controls")).map_err(at("cannot create", &tmp))?;
-        let video = outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| work.join("output/output.mp4"));
-        link_or_copy(&video, &tmp.join("output.mp4")).map_err(at("cannot place the output video", &video))?;
+        std::fs::create_dir_all(tmp.join(run_files::CONTROLS)).map_err(at("cannot create", &tmp))?;
+        let video = outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| self.layout.run_output(&run.id).join(run_files::OUTPUT_VIDEO));
+        link_or_copy(&video, &tmp.join(run_files::OUTPUT_VIDEO)).map_err(at("cannot place the output video", &video))?;
         for (hint, path) in &outputs.controls {
             let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             if safe.is_empty() {
                 continue;
             }
             let src = Path::new(path);
-            link_or_copy(src, &tmp.join("controls").join(format!("{safe}.mp4"))).map_err(at("cannot place a control video", src))?;
+            link_or_copy(src, &tmp.join(run_files::CONTROLS).join(format!("{safe}.mp4"))).map_err(at("cannot place a control video", src))?;
         }
-        let log = work.join("execution.log");
+        let log = self.layout.run_log(&run.id);
         if log.is_file() {
-            std::fs::copy(&log, tmp.join("execution.log")).map_err(at("cannot copy", &log))?;
+            std::fs::copy(&log, tmp.join(run_files::EXECUTION_LOG)).map_err(at("cannot copy", &log))?;
         } else {
-            std::fs::write(tmp.join("execution.log"), b"").map_err(at("cannot write", &tmp))?;
+            std::fs::write(tmp.join(run_files::EXECUTION_LOG), b"").map_err(at("cannot write", &tmp))?;
         }
-        let spec = work.join("spec.json");
-        std::fs::copy(&spec, tmp.join("spec.json")).map_err(at("cannot copy", &spec))?;
-        std::fs::write(tmp.join("prompt.txt"), format!("{}\n", run.spec.prompt)).map_err(at("cannot write", &tmp))?;
+        let spec = self.layout.run_spec(&run.id);
+        std::fs::copy(&spec, tmp.join(run_files::SPEC)).map_err(at("cannot copy", &spec))?;
+        std::fs::write(tmp.join(run_files::PROMPT), format!("{}\n", run.spec.prompt)).map_err(at("cannot write", &tmp))?;
 
         // The manifest covers every other file.
         let mut files = Vec::new();
@@ -154,23 +136,23 @@ impl Outbox {
             "settings": outputs.settings,
             "files": entries,
         });
-        std::fs::write(tmp.join("manifest.txt"), text).map_err(at("cannot write", &tmp))?;
+        std::fs::write(tmp.join(run_files::MANIFEST_TXT), text).map_err(at("cannot write", &tmp))?;
         let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
         mj.push('\n');
-        std::fs::write(tmp.join("manifest.json"), mj).map_err(at("cannot write", &tmp))?;
-        for f in ["manifest.txt", "manifest.json"] {
+        std::fs::write(tmp.join(run_files::MANIFEST_JSON), mj).map_err(at("cannot write", &tmp))?;
+        for f in [run_files::MANIFEST_TXT, run_files::MANIFEST_JSON] {
             self.set_mode(&tmp.join(f));
         }
         sync_tree(&tmp);
         std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
-        sync_dir(&self.dir);
+        sync_dir(self.layout.outbox());
         Ok(final_dir)
     }
 
     /// The child id a published run's manifest names, if any (a restart re-publishing
     /// must create the same child).
     pub fn published_child(&self, run_id: &str) -> Option<String> {
-        let text = std::fs::read_to_string(self.run_dir(run_id).join("manifest.json")).ok()?;
+        let text = std::fs::read_to_string(self.run_dir(run_id).join(run_files::MANIFEST_JSON)).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
         v["children"].get(0)?.as_str().map(str::to_string)
     }
@@ -186,7 +168,7 @@ impl Outbox {
         let files = nvidia::nvidia_batch(&pairs);
         // Several workers may start runs of one batch at once: each builds its own copy,
         // the first rename wins.
-        let tmp = self.staging.join(format!("{}.{}", batch.folder_name(), crate::ids::new_id(crate::ids::IdKind::Batch)));
+        let tmp = self.layout.outbox_staging().join(format!("{}.{}", batch.folder_name(), crate::ids::new_id(crate::ids::IdKind::Batch)));
         std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
         files.write_to(&tmp, &batch.name).map_err(at("cannot write", &tmp))?;
         let mut log = format!("{} batch {} ({}) {}: {} runs\n", Timestamp::now().rfc3339(), batch.name, batch.id, batch.kind, runs.len());
@@ -196,8 +178,8 @@ impl Outbox {
         for note in &files.notes {
             log.push_str(&format!("  note: {note}\n"));
         }
-        std::fs::write(tmp.join("batch_run.log"), log).map_err(at("cannot write", &tmp))?;
-        for f in ["batch_run.log", "batch_spec.json"] {
+        std::fs::write(tmp.join(run_files::BATCH_LOG), log).map_err(at("cannot write", &tmp))?;
+        for f in [run_files::BATCH_LOG, run_files::BATCH_SPEC] {
             self.set_mode(&tmp.join(f));
         }
         self.set_mode(&tmp.join(format!("{}.jsonl", batch.name)));
@@ -212,7 +194,7 @@ impl Outbox {
 
     pub fn append_batch_log(&self, batch: &Batch, line: &str) {
         use std::io::Write;
-        let path = self.batch_dir(batch).join("batch_run.log");
+        let path = self.batch_dir(batch).join(run_files::BATCH_LOG);
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
             let _ = writeln!(f, "{} {line}", Timestamp::now().rfc3339());
         }
@@ -224,7 +206,6 @@ impl Outbox {
         // lock, or an older view could land last and stay.
         static RECEIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = RECEIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let stem = stem_of(&sub.file);
         let runs = store.runs_where(RunLink::Submission, &sub.id)?;
         let runs: Vec<_> = runs
             .iter()
@@ -261,16 +242,16 @@ impl Outbox {
                 Some(first) => {
                     let first_file = store.submission(first).map(|s| s.file).unwrap_or_else(|_| sub.file.clone());
                     receipt["note"] = json!(format!("rejected again for the same problems as {first}; no new rejected/ folder"));
-                    self.rejected.join(format!("{}.{first}", stem_of(&first_file))).join("errors.txt")
+                    self.layout.rejected_dir(&first_file, first).join(run_files::ERRORS)
                 }
-                None => self.rejected.join(format!("{stem}.{}", sub.id)).join("errors.txt"),
+                None => self.layout.rejected_dir(&sub.file, &sub.id).join(run_files::ERRORS),
             };
             receipt["errors"] = json!(errors);
         } else if sub.status == "accepted" && sub.rejected_before.is_some() {
             receipt["note"] = json!("accepted this time: what made the earlier rejection is gone");
         }
         receipt["runs"] = json!(runs);
-        let path = self.receipts.join(format!("{stem}.{}.json", sub.id));
+        let path = self.layout.receipt(&sub.file, &sub.id);
         let mut text = serde_json::to_string_pretty(&receipt).unwrap_or_default();
         text.push('\n');
         write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
@@ -288,7 +269,7 @@ impl Outbox {
     }
 
     pub fn write_status(&self, status: &Value) -> io::Result<()> {
-        let path = self.dir.join("status.json");
+        let path = self.layout.status_json();
         let mut text = serde_json::to_string_pretty(status).unwrap_or_default();
         text.push('\n');
         write_atomic(&path, text.as_bytes())?;

@@ -2,7 +2,7 @@
 //! the library (`cosmos_workflow::daemon`).
 
 use clap::{Parser, Subcommand};
-use cosmos_workflow::cli::GlobalOpts;
+use cosmos_workflow::config::GlobalOpts;
 use cosmos_workflow::config::ConfigSource;
 use std::process::ExitCode;
 

@@ -45,29 +45,7 @@ impl CliError {
 
 type Result<T> = std::result::Result<T, CliError>;
 
-/// Options both binaries take, before or after the subcommand.
-#[derive(Debug, Clone, Args)]
-pub struct GlobalOpts {
-    /// Configuration file (default: $COSMOS_CONFIG, else /etc/cosmos/config.toml, else defaults)
-    #[arg(long, global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Put inbox, outbox and state under DIR (DIR/inbox, DIR/outbox, DIR/state)
-    #[arg(long, global = true, value_name = "DIR")]
-    pub root: Option<PathBuf>,
-}
-
-impl GlobalOpts {
-    /// The configuration in force, with `--root` applied.
-    pub fn load(&self) -> std::result::Result<crate::config::Loaded, ConfigError> {
-        // An empty $COSMOS_CONFIG counts as unset.
-        let from_env = std::env::var_os("COSMOS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
-        let mut loaded = Config::load(self.config.clone().or(from_env).as_deref())?;
-        if let Some(root) = &self.root {
-            loaded.config.apply_root(root)?;
-        }
-        Ok(loaded)
-    }
-}
+pub use crate::config::GlobalOpts;
 
 #[derive(Debug, Parser)]
 #[command(name = "cosmos", version, about = "Cosmos Workflow: prompts, runs and batches for NVIDIA Cosmos Transfer")]

@@ -7,7 +7,8 @@
 use super::{usage, CliError, Result};
 use crate::config::Config;
 use crate::fsutil::link_or_copy;
-use crate::intake::{fate::submission_sha256, stem_of};
+use crate::intake::fate::submission_sha256;
+use crate::layout::{stem_of, Layout};
 use crate::spec;
 use crate::store::{RunLink, RunStatus, Store, Submission};
 use crate::time::Timestamp;
@@ -59,7 +60,7 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
     for (name, sha) in &delivered {
         match wait_for_submission(&store, name, sha, &since)? {
             Some(sub) => {
-                let receipt = config.paths.outbox.join("receipts").join(format!("{}.{}.json", stem_of(name), sub.id));
+                let receipt = Layout::of(&config.paths).receipt(name, &sub.id);
                 let before = sub.rejected_before.as_deref().map_or(String::new(), |b| format!("; rejected before as {b}"));
                 let fate = match (sub.status.as_str(), &sub.duplicate_of) {
                     ("accepted", _) => format!("accepted, {} run(s) queued{before}", sub.runs),
@@ -73,9 +74,10 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
             None => {
                 writeln!(
                     out,
-                    "{name} is in the inbox but no daemon took it within {}s (is cosmosd running?); its receipt will be {}",
+                    "{name} is in the inbox but no daemon took it within {}s (is cosmosd running?); its receipt will be {}/{}.sb_*.json",
                     RECEIPT_WAIT.as_secs(),
-                    config.paths.outbox.join("receipts").join(format!("{}.sb_*.json", stem_of(name))).display()
+                    Layout::of(&config.paths).receipts().display(),
+                    stem_of(name)
                 )?;
                 if wait {
                     return Err(CliError::Io(std::io::Error::other("cannot --wait: cosmosd did not take the submission in")));

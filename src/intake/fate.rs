@@ -1,7 +1,8 @@
 //! Claim and fate: one inbox entry becomes exactly one submission.
 
 use super::stuck::{Key, Retries, Stage};
-use super::{classify, stage, stem_of, EntryKind, Layout};
+use super::{classify, stage, EntryKind};
+use crate::layout::{parse_claim_name, stem_of, Layout};
 use crate::config::Config;
 use crate::fsutil::{at, move_entry, remove_any, sha256_file, sync_dir, write_atomic, PathIo};
 use crate::ids::{self, IdKind};
@@ -63,6 +64,8 @@ pub struct Taken {
 /// Turns inbox entries into submissions; owns the store connection it writes with.
 pub struct Intake {
     layout: Layout,
+    /// This daemon's id: it names the daemon's claim folder in the inbox.
+    daemon: String,
     store: Store,
     roots: Vec<PathBuf>,
     rules: Rules,
@@ -78,24 +81,13 @@ enum Claimed {
     Foreign(String),
 }
 
-/// `sb_xxx__name`: a claim's name in either claim folder.
-fn entry_name(sb: &str, name: &str) -> String {
-    format!("{sb}__{name}")
-}
-
-/// The submission id and inbox name of a claim folder entry.
-fn parse_entry_name(entry: &str) -> Option<(&str, &str)> {
-    let (sb, name) = entry.split_once("__")?;
-    (ids::parse_prefix(sb) == Ok(IdKind::Submission) && sb.len() == 3 + ids::ID_CHARS && !name.is_empty()).then_some((sb, name))
-}
-
 impl Intake {
     pub fn new(config: &Config, store: Store) -> std::result::Result<Intake, PathIo> {
-        std::fs::create_dir_all(&config.paths.state).map_err(at("cannot create", &config.paths.state))?;
-        let daemon = super::daemon_id(&config.paths.state)?;
-        let layout = Layout::new(config, &daemon);
-        layout.create_all()?;
-        let mut intake = Intake { layout, store, roots: Vec::new(), rules: Rules::from_config(config), file_mode: 0o644, retries: Retries::default() };
+        let layout = Layout::of(&config.paths);
+        std::fs::create_dir_all(layout.state()).map_err(at("cannot create", layout.state()))?;
+        let daemon = super::daemon_id(&layout)?;
+        layout.create_all(&daemon)?;
+        let mut intake = Intake { layout, daemon, store, roots: Vec::new(), rules: Rules::from_config(config), file_mode: 0o644, retries: Retries::default() };
         intake.set_config(config);
         Ok(intake)
     }
@@ -127,8 +119,8 @@ impl Intake {
             return Ok(None);
         }
         let sb = ids::new_id(IdKind::Submission);
-        let source = self.layout.inbox.join(name);
-        let in_inbox = self.layout.inbox_claims.join(entry_name(&sb, name));
+        let source = self.layout.inbox_entry(name);
+        let in_inbox = self.layout.inbox_claim(&self.daemon, &sb, name);
         // The claim: a rename within the inbox's own filesystem, so it is atomic on NFS too
         // and of two daemons sharing the inbox only one wins.
         match std::fs::rename(&source, &in_inbox) {
@@ -146,7 +138,7 @@ impl Intake {
             }
         }
         // The claim must survive a crash before anything depends on it.
-        sync_dir(&self.layout.inbox_claims);
+        sync_dir(&self.layout.inbox_claims(&self.daemon));
         fault_pause("claim");
         tracing::debug!(submission = %sb, file = name, "claimed");
         self.finish_claim(&sb, name).map(Some)
@@ -179,9 +171,8 @@ impl Intake {
     /// of the inbox's copy leaves both, and the state's copy (complete, since it appeared by
     /// rename) wins.
     fn into_state(&mut self, sb: &str, name: &str) -> Result<PathBuf> {
-        let entry = entry_name(sb, name);
-        let in_state = self.layout.claimed.join(&entry);
-        let in_inbox = self.layout.inbox_claims.join(&entry);
+        let in_state = self.layout.claimed_entry(sb, name);
+        let in_inbox = self.layout.inbox_claim(&self.daemon, sb, name);
         let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
         let copy_error = |source| IntakeError::Copy { from: in_inbox.clone(), to: in_state.clone(), source };
         if exists(&in_state) {
@@ -199,7 +190,7 @@ impl Intake {
     /// `claimed/`. An entry that fails is logged and retried later; the others go on.
     pub fn recover(&mut self) -> Result<Vec<Taken>> {
         let mut entries: Vec<(String, String)> = Vec::new();
-        for dir in [self.layout.inbox_claims.clone(), self.layout.claimed.clone()] {
+        for dir in [self.layout.inbox_claims(&self.daemon), self.layout.claimed()] {
             for entry in std::fs::read_dir(&dir).map_err(at("cannot list", &dir))? {
                 let entry = entry.map_err(at("cannot list", &dir))?;
                 let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -211,7 +202,7 @@ impl Intake {
                     }
                     continue;
                 }
-                match parse_entry_name(&file_name) {
+                match parse_claim_name(&file_name) {
                     Some((sb, name)) => entries.push((sb.to_string(), name.to_string())),
                     None => tracing::warn!(path = %entry.path().display(), "unexpected entry in a claim folder, left alone"),
                 }
@@ -237,10 +228,11 @@ impl Intake {
     /// entries is worth a word, in case it belongs to nobody any more (a state folder that
     /// was wiped).
     fn warn_of_other_claims(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.layout.inbox_claims_root) else { return };
+        let mine = self.layout.inbox_claims(&self.daemon);
+        let Ok(entries) = std::fs::read_dir(self.layout.inbox_claims_root()) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path == self.layout.inbox_claims {
+            if path == mine {
                 continue;
             }
             let held = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
@@ -261,7 +253,7 @@ impl Intake {
         for (key, stuck) in self.retries.due(Instant::now()) {
             let taken = match &key {
                 Key::Inbox(name) => {
-                    if std::fs::symlink_metadata(self.layout.inbox.join(name)).is_err() {
+                    if std::fs::symlink_metadata(self.layout.inbox_entry(name)).is_err() {
                         // Gone from the inbox: the sender took it back, or another daemon did.
                         self.retries.cleared(&key);
                         continue;
@@ -312,8 +304,8 @@ impl Intake {
             return self.reject(claimed, sb, name, &sha, &shape, &report, &display, rejected_before.as_deref());
         }
         // Second pass: stage each run's inputs and insert it, in one transaction.
-        let work = self.layout.work.clone();
-        let (inbox, roots, rules) = (self.layout.inbox.clone(), self.roots.clone(), self.rules.clone());
+        let work = self.layout.work();
+        let (inbox, roots, rules) = (self.layout.inbox().to_path_buf(), self.roots.clone(), self.rules.clone());
         let mut writer = self.store.begin_submission_with_id(sb, name, &sha, &stem_of(name))?;
         if let Some(earlier) = &rejected_before {
             writer.set_rejected_before(earlier)?;
@@ -360,7 +352,7 @@ impl Intake {
 
     /// Validates a claimed entry; returns the report and the name to show in errors.
     fn validate(&self, claimed: &Path, name: &str, shape: &Claimed, sink: &mut dyn FnMut(spec::Job)) -> (Report, PathBuf) {
-        parse_entry(claimed, name, shape, &self.layout.inbox, &self.roots, &self.rules, sink)
+        parse_entry(claimed, name, shape, self.layout.inbox(), &self.roots, &self.rules, sink)
     }
 
     /// Records a rejection. Rejected before for the very same problems, it gets no second
@@ -405,7 +397,6 @@ impl Intake {
     /// The steps after the decision, each safe to repeat: rejected/ folder, receipt, archive.
     fn finish(&mut self, claimed: &Path, sub: &Submission, shape: &Claimed, errors: Option<String>) -> Result<Taken> {
         let name = sub.file.clone();
-        let stem = stem_of(&name);
         let fate = match sub.status.as_str() {
             "accepted" => Fate::Accepted { runs: sub.runs },
             "duplicate" => Fate::Duplicate { of: sub.duplicate_of.clone().unwrap_or_default() },
@@ -419,22 +410,22 @@ impl Intake {
                     render_problems(&report, &display, claimed, &name)
                 }
             };
-            self.write_rejected(claimed, &name, &stem, &sub.id, &errors)?;
+            self.write_rejected(claimed, &name, &sub.id, &errors)?;
         }
         let receipt = self.write_receipt(sub)?;
-        let archived = self.layout.archive.join(entry_name(&sub.id, &name));
+        let archived = self.layout.archived(&sub.id, &name);
         if std::fs::symlink_metadata(claimed).is_ok() {
             move_entry(claimed, &archived).map_err(at("cannot archive", claimed))?;
         }
         Ok(Taken { submission: sub.id.clone(), name, fate, receipt })
     }
 
-    fn write_rejected(&self, claimed: &Path, name: &str, stem: &str, sb: &str, errors: &str) -> Result<()> {
-        let final_dir = self.layout.rejected.join(format!("{stem}.{sb}"));
+    fn write_rejected(&self, claimed: &Path, name: &str, sb: &str, errors: &str) -> Result<()> {
+        let final_dir = self.layout.rejected_dir(name, sb);
         if final_dir.exists() {
             return Ok(());
         }
-        let tmp = self.layout.rejected.join(format!(".{stem}.{sb}.tmp"));
+        let tmp = crate::fsutil::temp_beside(&final_dir);
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
         // The original travels with its errors; a fifo, link or device does not (errors.txt
@@ -443,17 +434,17 @@ impl Intake {
         if ft.is_file() || ft.is_dir() {
             crate::fsutil::copy_synced(claimed, &tmp.join(name)).map_err(at("cannot copy the original into", &tmp))?;
         }
-        let errors_path = tmp.join("errors.txt");
+        let errors_path = tmp.join(crate::layout::run_files::ERRORS);
         write_atomic(&errors_path, errors.as_bytes()).map_err(at("cannot write", &errors_path))?;
         let _ = std::fs::set_permissions(&errors_path, std::fs::Permissions::from_mode(self.file_mode));
         std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
-        sync_dir(&self.layout.rejected);
+        sync_dir(&self.layout.rejected());
         Ok(())
     }
 
     /// Writes (or rewrites) the receipt of a submission from the store.
     pub fn write_receipt(&self, sub: &Submission) -> Result<PathBuf> {
-        let outbox = crate::outbox::Outbox::new(&self.layout.outbox, self.file_mode);
+        let outbox = crate::outbox::Outbox::new(&self.layout, self.file_mode);
         Ok(outbox.write_receipt(&self.store, sub)?)
     }
 }
@@ -658,30 +649,31 @@ mod tests {
     fn start_up_finishes_a_claim_left_at_every_step() {
         let mut f = fixture();
         let l = f.intake.layout().clone();
+        let claims = l.inbox_claims(&f.intake.daemon);
         let sb = || ids::new_id(IdKind::Submission);
         // Claimed in the inbox, never copied.
-        std::fs::write(l.inbox_claims.join(entry_name(&sb(), "a.jsonl")), job("a")).unwrap();
+        std::fs::write(claims.join(crate::layout::claim_name(&sb(), "a.jsonl")), job("a")).unwrap();
         // Copied into the state folder, the inbox's copy not yet removed.
-        let both = entry_name(&sb(), "b.jsonl");
-        std::fs::write(l.inbox_claims.join(&both), job("b")).unwrap();
-        std::fs::write(l.claimed.join(&both), job("b")).unwrap();
+        let both = sb();
+        std::fs::write(l.inbox_claim(&f.intake.daemon, &both, "b.jsonl"), job("b")).unwrap();
+        std::fs::write(l.claimed_entry(&both, "b.jsonl"), job("b")).unwrap();
         // A copy cut short: a half-made temp beside the target, the source still claimed.
-        let cut = entry_name(&sb(), "c.jsonl");
-        std::fs::write(l.inbox_claims.join(&cut), job("c")).unwrap();
-        std::fs::write(crate::fsutil::move_temp(&l.claimed.join(&cut)), "{\"visual_in").unwrap();
+        let cut = sb();
+        std::fs::write(l.inbox_claim(&f.intake.daemon, &cut, "c.jsonl"), job("c")).unwrap();
+        std::fs::write(crate::fsutil::move_temp(&l.claimed_entry(&cut, "c.jsonl")), "{\"visual_in").unwrap();
         // Another daemon's claim: not ours to finish.
-        let theirs = l.inbox_claims_root.join("otherhost-aaaaaaaaaaaa");
+        let theirs = l.inbox_claims("otherhost-aaaaaaaaaaaa");
         std::fs::create_dir_all(&theirs).unwrap();
-        std::fs::write(theirs.join(entry_name(&sb(), "d.jsonl")), job("d")).unwrap();
+        std::fs::write(theirs.join(crate::layout::claim_name(&sb(), "d.jsonl")), job("d")).unwrap();
 
         let done = f.intake.recover().unwrap();
         let mut names: Vec<&str> = done.iter().map(|t| t.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["a.jsonl", "b.jsonl", "c.jsonl"]);
         assert!(done.iter().all(|t| t.fate == Fate::Accepted { runs: 1 }), "{done:?}");
-        assert_eq!(count(&l.inbox_claims), 0);
-        assert_eq!(count(&l.claimed), 0, "no leftover temp either");
-        assert_eq!(count(&l.archive), 3);
+        assert_eq!(count(&claims), 0);
+        assert_eq!(count(&l.claimed()), 0, "no leftover temp either");
+        assert_eq!(count(&l.archive()), 3);
         assert_eq!(count(&theirs), 1, "another daemon's claim is left alone");
         assert_eq!(f.intake.store().counts().unwrap().queued, 3);
     }
@@ -690,14 +682,15 @@ mod tests {
     fn a_claim_that_cannot_be_made_stays_in_the_inbox_and_waits_its_backoff() {
         let mut f = fixture();
         let l = f.intake.layout().clone();
-        std::fs::write(l.inbox.join("j.jsonl"), job("j")).unwrap();
+        let claims = l.inbox_claims(&f.intake.daemon);
+        std::fs::write(l.inbox_entry("j.jsonl"), job("j")).unwrap();
         // The claim folder is not a folder: every rename into it fails.
-        std::fs::remove_dir(&l.inbox_claims).unwrap();
-        std::fs::write(&l.inbox_claims, b"").unwrap();
+        std::fs::remove_dir(&claims).unwrap();
+        std::fs::write(&claims, b"").unwrap();
         let err = f.intake.take("j.jsonl").unwrap_err();
         assert_eq!(err.stage(), Stage::Claim);
-        assert!(err.to_string().starts_with(&format!("cannot claim {}", l.inbox.join("j.jsonl").display())), "{err}");
-        assert!(l.inbox.join("j.jsonl").exists(), "still in the inbox under its name");
+        assert!(err.to_string().starts_with(&format!("cannot claim {}", l.inbox_entry("j.jsonl").display())), "{err}");
+        assert!(l.inbox_entry("j.jsonl").exists(), "still in the inbox under its name");
         assert!(f.intake.is_waiting("j.jsonl"));
         assert!(f.intake.take("j.jsonl").unwrap().is_none(), "not tried again before its backoff");
         let report = f.intake.stuck_report();
@@ -705,8 +698,8 @@ mod tests {
         assert_eq!(report[0]["attempts"], 1);
         assert!(report[0]["reason"].as_str().unwrap().contains("Not a directory"), "{report}");
         // Put right: the retry takes it.
-        std::fs::remove_file(&l.inbox_claims).unwrap();
-        std::fs::create_dir_all(&l.inbox_claims).unwrap();
+        std::fs::remove_file(&claims).unwrap();
+        std::fs::create_dir_all(&claims).unwrap();
         std::thread::sleep(super::super::stuck::FIRST_RETRY);
         let done = f.intake.retry_due();
         assert_eq!(done.len(), 1);

@@ -19,64 +19,14 @@ pub mod watch;
 
 pub use fate::{Fate, Taken};
 
-use crate::config::Config;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-
-/// The folders intake reads and writes.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub inbox: PathBuf,
-    /// `inbox/.cosmos/claimed`: every daemon's claim folder, on the inbox's filesystem.
-    pub inbox_claims_root: PathBuf,
-    /// This daemon's claim folder in the inbox (`inbox_claims_root/<daemon id>`).
-    pub inbox_claims: PathBuf,
-    pub outbox: PathBuf,
-    pub claimed: PathBuf,
-    pub archive: PathBuf,
-    pub work: PathBuf,
-    pub receipts: PathBuf,
-    pub rejected: PathBuf,
-}
-
-/// The folder under the inbox that intake keeps for itself (never taken in).
-pub const INBOX_PRIVATE: &str = ".cosmos";
-
-impl Layout {
-    /// `daemon`: this daemon's id ([`daemon_id`]), which names its claim folder in the inbox.
-    pub fn new(config: &Config, daemon: &str) -> Layout {
-        let p = &config.paths;
-        let inbox_claims_root = p.inbox.join(INBOX_PRIVATE).join("claimed");
-        Layout {
-            inbox: p.inbox.clone(),
-            inbox_claims: inbox_claims_root.join(daemon),
-            inbox_claims_root,
-            outbox: p.outbox.clone(),
-            claimed: p.state.join("claimed"),
-            archive: p.state.join("archive"),
-            work: p.state.join("work"),
-            receipts: p.outbox.join("receipts"),
-            rejected: p.outbox.join("rejected"),
-        }
-    }
-
-    pub fn create_all(&self) -> Result<(), crate::fsutil::PathIo> {
-        for dir in [&self.inbox, &self.inbox_claims, &self.outbox, &self.claimed, &self.archive, &self.work, &self.receipts, &self.rejected] {
-            std::fs::create_dir_all(dir).map_err(crate::fsutil::at("cannot create", dir))?;
-        }
-        Ok(())
-    }
-
-    pub fn receipt_path(&self, stem: &str, submission: &str) -> PathBuf {
-        self.receipts.join(format!("{stem}.{submission}.json"))
-    }
-}
+use std::path::Path;
 
 /// This daemon's id: `<host>-<random>`, made once and kept in `<state>/daemon-id`. It names
 /// the daemon's claim folder in the inbox, so that daemons sharing an inbox (two hosts on
 /// one NFS share) each finish only their own claims after a crash.
-pub fn daemon_id(state: &Path) -> Result<String, crate::fsutil::PathIo> {
-    let path = state.join("daemon-id");
+pub fn daemon_id(layout: &crate::layout::Layout) -> Result<String, crate::fsutil::PathIo> {
+    let path = layout.daemon_id_file();
     match std::fs::read_to_string(&path) {
         Ok(text) if is_daemon_id(text.trim()) => return Ok(text.trim().to_string()),
         Ok(_) => tracing::warn!(path = %path.display(), "daemon-id is not a valid id; making a new one"),
@@ -142,20 +92,6 @@ pub fn classify(path: &Path) -> Option<EntryKind> {
     })
 }
 
-/// `jobs` for `jobs.jsonl`, `shoot1` for a bundle `shoot1/`: names receipts and rejected/.
-pub fn stem_of(name: &str) -> String {
-    let stem = match name.rsplit_once('.') {
-        Some((s, ext)) if ext == "jsonl" || ext == "json" => s,
-        _ => name,
-    };
-    let safe: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(64).collect();
-    if safe.is_empty() || safe.chars().all(|c| c == '.') {
-        "submission".into()
-    } else {
-        safe
-    }
-}
-
 pub use fate::Intake;
 
 #[cfg(test)]
@@ -175,19 +111,12 @@ mod tests {
     #[test]
     fn the_daemon_id_is_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let id = daemon_id(dir.path()).unwrap();
+        let layout = |d: &Path| crate::layout::Layout::new(d, d, d);
+        let id = daemon_id(&layout(dir.path())).unwrap();
         assert!(is_daemon_id(&id), "{id}");
-        assert_eq!(daemon_id(dir.path()).unwrap(), id);
+        assert_eq!(daemon_id(&layout(dir.path())).unwrap(), id);
         let other = tempfile::tempdir().unwrap();
-        assert_ne!(daemon_id(other.path()).unwrap(), id, "another state folder, another daemon");
+        assert_ne!(daemon_id(&layout(other.path())).unwrap(), id, "another state folder, another daemon");
     }
 
-    #[test]
-    fn stems_are_safe_folder_names() {
-        assert_eq!(stem_of("jobs.jsonl"), "jobs");
-        assert_eq!(stem_of("spec.v2.json"), "spec.v2");
-        assert_eq!(stem_of("my shoot"), "my_shoot");
-        assert_eq!(stem_of("notes.txt"), "notes.txt");
-        assert_eq!(stem_of(".."), "submission");
-    }
 }

@@ -9,8 +9,8 @@
 //! the worker's output paths back.
 
 use super::launch::{Launch, Side, CONTAINER_CHECKPOINTS, CONTAINER_HF_HOME};
-use super::process::{log_worker_line, recv_msg, LogSink, WorkerMsg};
-use super::protocol::{parse_event, Event, Op};
+use super::protocol::{parse_event, Event, Op, Outputs, PROTOCOL_VERSION};
+use super::worker::{await_event, log_worker_line, recv_msg, Awaited, Found, LocalizeError, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg};
 use crate::config::Config;
 use bollard::container::{
     AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
@@ -23,8 +23,9 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The API version dockerd 20.10 (Debian 12) speaks; newer engines accept it too.
@@ -36,22 +37,32 @@ pub const WORKER_MOUNT: &str = "/opt/cosmos/worker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker engine at {socket}: {message}")]
-    Engine { socket: String, message: String },
+    #[error("cannot reach the Docker engine at {socket}: {source}")]
+    Engine { socket: String, source: bollard::errors::Error },
     #[error("the image {image} is not on this host; build it (see packaging/docker/README.md) or set runtime.image")]
     MissingImage { image: String },
     #[error("docker: {0}")]
-    Api(String),
+    Api(#[from] bollard::errors::Error),
+    #[error("cannot start an async runtime for the Docker client: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("the worker in the container did not say hello within {0:?}")]
     NoHello(Duration),
+    #[error("the worker in the container speaks protocol {0}; this daemon speaks {}", PROTOCOL_VERSION)]
+    Protocol(u32),
     #[error("the worker in the container did not answer a ping after re-attaching")]
     NoPong,
+    #[error("cannot write to the worker in the container: {0}")]
+    Write(#[source] std::io::Error),
     #[error("the container's stream ended")]
     Exited,
+    #[error("the daemon is stopping")]
+    Stopped,
+    #[error("the check did not finish within {0:?}")]
+    CheckTimeout(Duration),
 }
 
 fn api(e: bollard::errors::Error) -> DockerError {
-    DockerError::Api(e.to_string())
+    DockerError::Api(e)
 }
 
 /// A bind mount: a host folder and where the container sees it.
@@ -186,8 +197,8 @@ pub struct DockerWorker {
     pub version: String,
     pub pid: u32,
     pub map: PathMap,
-    /// Set when re-attached to a worker that was already running: (state, run, controls).
-    pub found: Option<(String, Option<String>, Vec<String>)>,
+    /// Set when re-attached to a worker that was already running.
+    pub found: Option<Found>,
 }
 
 impl DockerWorker {
@@ -201,20 +212,17 @@ impl DockerWorker {
         worker_path: &Path,
         log: LogSink,
         hello_timeout: Duration,
+        load_limit: Duration,
         slot: usize,
         slots: usize,
         gpus: Option<&[u32]>,
         ranks: usize,
+        stop: &AtomicBool,
     ) -> Result<DockerWorker, DockerError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| DockerError::Api(e.to_string()))?;
-        let socket = std::env::var("DOCKER_HOST").ok().filter(|h| h.starts_with("unix://")).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT, &API)
-            .map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
-        rt.block_on(docker.ping()).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(DockerError::Runtime)?;
+        let socket = docker_socket();
+        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT, &API).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
+        rt.block_on(docker.ping()).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
 
         let map = PathMap::for_config(config, worker_path);
         // SAFETY: getuid/getgid cannot fail.
@@ -365,80 +373,83 @@ impl DockerWorker {
             found: None,
         };
         if fresh {
-            let deadline = Instant::now() + hello_timeout;
-            loop {
-                match w.recv(deadline.saturating_duration_since(Instant::now())) {
-                    Some(WorkerMsg::Event(Event::Hello { backend, version, pid, .. })) => {
-                        w.backend = backend;
-                        w.version = version;
-                        w.pid = pid;
-                        return Ok(w);
-                    }
-                    Some(WorkerMsg::Event(_)) => {}
-                    Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
-                    None => {
-                        w.kill();
-                        return Err(DockerError::NoHello(hello_timeout));
-                    }
+            let hello = await_event(|t| w.recv(t), hello_timeout, stop, |ev| match ev {
+                Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
+                _ => None,
+            });
+            return match hello {
+                Awaited::Got((protocol, _, _, _)) if protocol != PROTOCOL_VERSION => {
+                    w.kill();
+                    Err(DockerError::Protocol(protocol))
                 }
-            }
+                Awaited::Got((_, backend, version, pid)) => {
+                    w.backend = backend;
+                    w.version = version;
+                    w.pid = pid;
+                    Ok(w)
+                }
+                Awaited::Exited => Err(DockerError::Exited),
+                Awaited::TimedOut => {
+                    w.kill();
+                    Err(DockerError::NoHello(hello_timeout))
+                }
+                Awaited::Stopped => Err(DockerError::Stopped),
+            };
         }
         // Re-attached: the worker said hello long ago; ask what it is doing.
-        w.send(&Op::Ping).map_err(|e| DockerError::Api(e.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match w.recv(deadline.saturating_duration_since(Instant::now())) {
-                Some(WorkerMsg::Event(Event::Pong { state, run_id, controls, version, pid })) => {
-                    w.version = version.unwrap_or_default();
-                    w.pid = pid.unwrap_or(0);
-                    tracing::info!(%state, run = ?run_id, controls = ?controls, "the re-attached worker reports");
-                    if state == "loading" {
-                        // A load the previous daemon asked for: let it finish and keep it.
-                        return w.await_load(config.scheduler.run_timeout.0);
-                    }
-                    w.found = Some((state, run_id, controls.unwrap_or_default()));
-                    return Ok(w);
+        w.send(&Op::Ping)?;
+        let pong = await_event(|t| w.recv(t), Duration::from_secs(15), stop, |ev| match ev {
+            Event::Pong { state, run_id, controls, version, pid } => Some((state, run_id, controls, version, pid)),
+            _ => None,
+        });
+        let (state, run_id, controls) = match pong {
+            Awaited::Got((state, run_id, controls, version, pid)) => {
+                w.version = version.unwrap_or_default();
+                w.pid = pid.unwrap_or(0);
+                tracing::info!(%state, run = ?run_id, controls = ?controls, "the re-attached worker reports");
+                (state, run_id, controls.unwrap_or_default())
+            }
+            Awaited::Exited => return Err(DockerError::Exited),
+            Awaited::TimedOut => {
+                w.kill();
+                return Err(DockerError::NoPong);
+            }
+            Awaited::Stopped => return Err(DockerError::Stopped),
+        };
+        if state == "loading" {
+            // A load the previous daemon asked for: let it finish and keep it. A stop
+            // request ends the wait, the container keeps loading for the next daemon.
+            let loaded = await_event(|t| w.recv(t), load_limit, stop, |ev| match ev {
+                Event::Loaded { controls, .. } => Some(controls),
+                Event::LoadFailed { .. } => Some(Vec::new()),
+                _ => None,
+            });
+            return match loaded {
+                Awaited::Got(controls) => {
+                    w.found = Some(Found { running: None, controls });
+                    Ok(w)
                 }
-                Some(WorkerMsg::Event(_)) => {}
-                Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
-                None => {
+                Awaited::Exited => Err(DockerError::Exited),
+                Awaited::TimedOut => {
                     w.kill();
-                    return Err(DockerError::NoPong);
+                    Err(DockerError::NoPong)
                 }
-            }
+                Awaited::Stopped => Err(DockerError::Stopped),
+            };
         }
+        w.found = Some(Found { running: (state == "running").then_some(run_id).flatten(), controls });
+        Ok(w)
     }
 
-    /// Waits for a load that was under way when this daemon attached, and keeps its result.
-    fn await_load(mut self, limit: Duration) -> Result<DockerWorker, DockerError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.recv(deadline.saturating_duration_since(Instant::now())) {
-                Some(WorkerMsg::Event(Event::Loaded { controls, .. })) => {
-                    self.found = Some(("idle".into(), None, controls));
-                    return Ok(self);
-                }
-                Some(WorkerMsg::Event(Event::LoadFailed { .. })) => {
-                    self.found = Some(("idle".into(), None, Vec::new()));
-                    return Ok(self);
-                }
-                Some(WorkerMsg::Event(_)) => {}
-                Some(WorkerMsg::Exited) => return Err(DockerError::Exited),
-                None => {
-                    self.kill();
-                    return Err(DockerError::NoPong);
-                }
-            }
-        }
-    }
-
-    pub fn send(&mut self, op: &Op) -> std::io::Result<()> {
+    pub fn send(&mut self, op: &Op) -> Result<(), DockerError> {
         let line = op.to_line();
         let input = &mut self.input;
-        self.rt.block_on(async {
-            input.write_all(line.as_bytes()).await?;
-            input.flush().await
-        })
+        self.rt
+            .block_on(async {
+                input.write_all(line.as_bytes()).await?;
+                input.flush().await
+            })
+            .map_err(DockerError::Write)
     }
 
     pub fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
@@ -449,6 +460,48 @@ impl DockerWorker {
     pub fn kill(&mut self) {
         let _ = self.rt.block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
     }
+}
+
+impl Worker for DockerWorker {
+    fn send(&mut self, op: &Op) -> Result<(), WorkerError> {
+        DockerWorker::send(self, op).map_err(WorkerError::from)
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        DockerWorker::recv(self, timeout)
+    }
+
+    fn kill(&mut self) {
+        DockerWorker::kill(self)
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo { backend: self.backend.clone(), version: self.version.clone(), pid: self.pid, container_id: Some(self.container_id.clone()) }
+    }
+
+    /// The container keeps running, with its model, for the next daemon.
+    fn leave(self: Box<Self>) {}
+
+    fn localize(&self, spec: &mut Value, output_dir: &Path) -> Result<String, LocalizeError> {
+        if let Some(p) = self.map.rewrite_spec(spec).into_iter().next() {
+            return Err(LocalizeError::Unmounted(p));
+        }
+        self.map.to_container(output_dir).map(|p| p.display().to_string()).ok_or(LocalizeError::WorkNotMounted)
+    }
+
+    fn to_host(&self, outputs: Outputs) -> Outputs {
+        let back = |p: String| self.map.to_host(Path::new(&p)).map_or(p, |h| h.display().to_string());
+        Outputs { video: outputs.video.map(back), controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect(), settings: outputs.settings }
+    }
+
+    fn take_found(&mut self) -> Option<Found> {
+        self.found.take()
+    }
+}
+
+/// The engine's socket: `$DOCKER_HOST` when it is a unix socket, else the default.
+fn docker_socket() -> String {
+    std::env::var("DOCKER_HOST").ok().filter(|h| h.starts_with("unix://")).unwrap_or_else(|| "unix:///var/run/docker.sock".into())
 }
 
 /// What `cosmosd check-host` asks of the engine.
@@ -462,10 +515,10 @@ pub struct EngineInfo {
 }
 
 fn connect() -> Result<(tokio::runtime::Runtime, Docker, String), DockerError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| DockerError::Api(e.to_string()))?;
-    let socket = std::env::var("DOCKER_HOST").ok().filter(|h| h.starts_with("unix://")).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-    let docker = Docker::connect_with_unix(&socket, 600, &API).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
-    rt.block_on(docker.ping()).map_err(|e| DockerError::Engine { socket: socket.clone(), message: e.to_string() })?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DockerError::Runtime)?;
+    let socket = docker_socket();
+    let docker = Docker::connect_with_unix(&socket, 600, &API).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
+    rt.block_on(docker.ping()).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
     Ok((rt, docker, socket))
 }
 
@@ -526,7 +579,7 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
             Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
             Ok(Some(Err(e))) => return Err(api(e)),
             Ok(None) => -1,
-            Err(_) => return Err(DockerError::Api(format!("the check did not finish within {timeout:?}"))),
+            Err(_) => return Err(DockerError::CheckTimeout(timeout)),
         };
         let mut output = String::new();
         let mut logs = docker.logs(&created.id, Some(LogsOptions::<String> { stdout: true, stderr: true, ..Default::default() }));

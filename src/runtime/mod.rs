@@ -5,6 +5,8 @@ pub mod docker;
 pub mod launch;
 pub mod process;
 pub mod protocol;
+pub mod worker;
 
-pub use process::{ProcessWorker, WorkerError};
-pub use protocol::{Event, Op};
+pub use process::ProcessWorker;
+pub use protocol::{Event, FailureKind, Op};
+pub use worker::{Worker, WorkerError, WorkerInfo, WorkerMsg};

@@ -6,60 +6,16 @@
 //! with the daemon: its stdin closes and it exits.
 
 use super::launch::{Launch, Side};
-use super::protocol::{parse_event, Event, Op};
+use super::protocol::{parse_event, Event, Op, PROTOCOL_VERSION};
+use super::worker::{await_event, log_worker_line, recv_msg, Awaited, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg};
 use crate::config::Config;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("cannot start the worker ({command}): {source}")]
-    Spawn { command: String, source: std::io::Error },
-    #[error("the worker did not say hello within {0:?}")]
-    NoHello(Duration),
-    #[error("the worker exited")]
-    Exited,
-    #[error("the worker speaks protocol {0}; this daemon speaks 1")]
-    Protocol(u32),
-    #[error("cannot write to the worker: {0}")]
-    Write(std::io::Error),
-}
-
-/// What the stdout reader saw.
-#[derive(Debug)]
-pub enum WorkerMsg {
-    Event(Event),
-    /// stdout closed: the worker is gone.
-    Exited,
-}
-
-/// Where the worker's stderr lines go besides the daemon log: the running run's log.
-pub type LogSink = Arc<Mutex<Option<std::fs::File>>>;
-
-/// One line the worker wrote on stderr: into the daemon log and the current run's log.
-pub fn log_worker_line(log: &LogSink, line: &str) {
-    tracing::info!(target: "worker", "{line}");
-    if let Ok(mut sink) = log.lock() {
-        if let Some(f) = sink.as_mut() {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
-/// The next message from a worker's reader, or `None` after `timeout`; a reader that is
-/// gone means the worker is.
-pub fn recv_msg(events: &Receiver<WorkerMsg>, timeout: Duration) -> Option<WorkerMsg> {
-    match events.recv_timeout(timeout) {
-        Ok(m) => Some(m),
-        Err(RecvTimeoutError::Timeout) => None,
-        Err(RecvTimeoutError::Disconnected) => Some(WorkerMsg::Exited),
-    }
-}
 
 pub struct ProcessWorker {
     child: Child,
@@ -91,10 +47,17 @@ pub fn worker_path(config: &Config) -> PathBuf {
 }
 
 impl ProcessWorker {
-    /// Starts the worker and waits for its `hello`.
+    /// Starts the worker and waits for its `hello` (no longer than a stop request).
     /// `gpus`: this worker's GPUs (`None`: all), given to it as CUDA_VISIBLE_DEVICES;
     /// `ranks`: its processes (more than one: under torchrun).
-    pub fn spawn(config: &Config, log: LogSink, hello_timeout: Duration, gpus: Option<&[u32]>, ranks: usize) -> Result<ProcessWorker, WorkerError> {
+    pub fn spawn(
+        config: &Config,
+        log: LogSink,
+        hello_timeout: Duration,
+        gpus: Option<&[u32]>,
+        ranks: usize,
+        stop: &AtomicBool,
+    ) -> Result<ProcessWorker, WorkerError> {
         let rt = &config.runtime;
         let side = Side::Host { worker_path: worker_path(config), work: config.paths.state.join("work") };
         let launch = Launch::new(config, &side, ranks);
@@ -138,28 +101,35 @@ impl ProcessWorker {
             }
         });
         let mut worker = ProcessWorker { child, stdin, events, backend: rt.backend.as_str().to_string(), version: String::new(), pid: 0 };
-        let deadline = Instant::now() + hello_timeout;
-        loop {
-            match worker.recv(deadline.saturating_duration_since(Instant::now())) {
-                Some(WorkerMsg::Event(Event::Hello { protocol, backend, version, pid })) => {
-                    if protocol != 1 {
-                        worker.kill();
-                        return Err(WorkerError::Protocol(protocol));
-                    }
-                    worker.backend = backend;
-                    worker.version = version;
-                    worker.pid = pid;
-                    return Ok(worker);
-                }
-                Some(WorkerMsg::Event(other)) => tracing::warn!(?other, "event before hello, ignored"),
-                Some(WorkerMsg::Exited) => {
-                    let _ = worker.child.wait();
-                    return Err(WorkerError::Exited);
-                }
-                None => {
-                    worker.kill();
-                    return Err(WorkerError::NoHello(hello_timeout));
-                }
+        let hello = await_event(|t| worker.recv(t), hello_timeout, stop, |ev| match ev {
+            Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
+            other => {
+                tracing::warn!(?other, "event before hello, ignored");
+                None
+            }
+        });
+        match hello {
+            Awaited::Got((protocol, _, _, _)) if protocol != PROTOCOL_VERSION => {
+                worker.kill();
+                Err(WorkerError::Protocol(protocol))
+            }
+            Awaited::Got((_, backend, version, pid)) => {
+                worker.backend = backend;
+                worker.version = version;
+                worker.pid = pid;
+                Ok(worker)
+            }
+            Awaited::Exited => {
+                let _ = worker.child.wait();
+                Err(WorkerError::Exited)
+            }
+            Awaited::TimedOut => {
+                worker.kill();
+                Err(WorkerError::NoHello(hello_timeout))
+            }
+            Awaited::Stopped => {
+                worker.kill();
+                Err(WorkerError::Stopped)
             }
         }
     }
@@ -192,6 +162,28 @@ impl ProcessWorker {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
+    }
+}
+
+impl Worker for ProcessWorker {
+    fn send(&mut self, op: &Op) -> Result<(), WorkerError> {
+        ProcessWorker::send(self, op)
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        ProcessWorker::recv(self, timeout)
+    }
+
+    fn kill(&mut self) {
+        ProcessWorker::kill(self)
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo { backend: self.backend.clone(), version: self.version.clone(), pid: self.pid, container_id: None }
+    }
+
+    fn leave(self: Box<Self>) {
+        self.shutdown(Duration::from_secs(5))
     }
 }
 

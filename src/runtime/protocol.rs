@@ -5,6 +5,83 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The protocol version this daemon speaks; a worker's `hello` must say the same.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why a run attempt failed. The worker reports `input`, `blocked`, `oom`, `internal` (and
+/// `cancelled`); the daemon adds what it sees from outside. The text is what the store,
+/// logs and receipts say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum FailureKind {
+    /// Bad input: the run itself is wrong; retrying cannot help.
+    Input,
+    /// A guardrail refused it.
+    Blocked,
+    /// Out of GPU memory: another attempt may fit.
+    Oom,
+    /// The model failed.
+    Internal,
+    /// The worker stopped it on request.
+    Cancelled,
+    /// The worker process (or container) died.
+    Crash,
+    /// The worker stopped answering pings.
+    Hang,
+    /// `scheduler.run_timeout` passed.
+    Timeout,
+    /// The model load failed.
+    Load,
+    /// A kind this daemon does not know, kept as the worker wrote it.
+    Other(String),
+}
+
+impl FailureKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            FailureKind::Input => "input",
+            FailureKind::Blocked => "blocked",
+            FailureKind::Oom => "oom",
+            FailureKind::Internal => "internal",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Crash => "crash",
+            FailureKind::Hang => "hang",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Load => "load",
+            FailureKind::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for FailureKind {
+    fn from(text: String) -> FailureKind {
+        match text.as_str() {
+            "input" => FailureKind::Input,
+            "blocked" => FailureKind::Blocked,
+            "oom" => FailureKind::Oom,
+            "internal" => FailureKind::Internal,
+            "cancelled" => FailureKind::Cancelled,
+            "crash" => FailureKind::Crash,
+            "hang" => FailureKind::Hang,
+            "timeout" => FailureKind::Timeout,
+            "load" => FailureKind::Load,
+            _ => FailureKind::Other(text),
+        }
+    }
+}
+
+impl From<FailureKind> for String {
+    fn from(k: FailureKind) -> String {
+        k.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// daemon -> worker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -25,7 +102,7 @@ pub enum Event {
     LoadFailed { #[serde(default)] controls: Vec<String>, message: String },
     Progress { run_id: String, step: u64, steps: u64 },
     Done { run_id: String, outputs: Outputs, #[serde(default)] seconds: f64 },
-    Failed { run_id: String, kind: String, retryable: bool, message: String },
+    Failed { run_id: String, kind: FailureKind, retryable: bool, message: String },
     Pong {
         state: String,
         #[serde(default)]
@@ -84,7 +161,9 @@ mod tests {
         let ev = parse_event(r#"{"event":"done","run_id":"rs_a","outputs":{"video":"/w/output.mp4","controls":{"edge":"/w/e.mp4"}},"seconds":1.5}"#).unwrap();
         assert!(matches!(ev, Event::Done { ref run_id, .. } if run_id == "rs_a"));
         let ev = parse_event(r#"{"event":"failed","run_id":"rs_a","kind":"oom","retryable":true,"message":"m","attempt":1}"#).unwrap();
-        assert!(matches!(ev, Event::Failed { retryable: true, .. }));
+        assert!(matches!(ev, Event::Failed { retryable: true, kind: FailureKind::Oom, .. }));
+        let ev = parse_event(r#"{"event":"failed","run_id":"rs_a","kind":"exotic","retryable":false,"message":"m"}"#).unwrap();
+        assert!(matches!(ev, Event::Failed { kind: FailureKind::Other(ref k), .. } if k == "exotic"), "unknown kinds are kept");
         assert!(parse_event("loading model...").is_err());
     }
 }

@@ -40,6 +40,7 @@ pub enum Hint {
 }
 
 impl Hint {
+    /// Every control, in the order of [`crate::config::CONTROL_NAMES`] (a test holds them equal).
     pub const ALL: [Hint; 8] =
         [Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg, Hint::Keypoint, Hint::Hdmap, Hint::Lidar, Hint::Upscale];
 

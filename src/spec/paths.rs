@@ -2,10 +2,10 @@
 //! folder; every path, after `..` and symlinks are resolved, must lie under the job file's
 //! folder or one of `paths.input_roots`; every named file must be a regular file.
 
+pub use crate::fsutil::{normalize, open_regular_file};
+use crate::fsutil::{absolute, require_regular};
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Resolves and checks the paths one job file names. Results are cached per raw text:
 /// a 100,000-line file naming the same video costs one `stat`, not 100,000.
@@ -21,9 +21,9 @@ pub struct PathPolicy {
 impl PathPolicy {
     /// `base`: the folder of the job file. `roots`: `paths.input_roots` plus the inbox.
     pub fn new(base: &Path, roots: &[PathBuf]) -> PathPolicy {
-        let base = crate::config::absolute(base);
+        let base = absolute(base);
         let mut roots_lexical = vec![base.clone()];
-        roots_lexical.extend(roots.iter().map(|r| crate::config::absolute(r)));
+        roots_lexical.extend(roots.iter().map(|r| absolute(r)));
         let roots_canonical = roots_lexical.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
         PathPolicy { base, roots_lexical, roots_canonical, cache: HashMap::new() }
     }
@@ -81,54 +81,6 @@ impl PathPolicy {
     fn allowed(&self) -> String {
         self.roots_lexical.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
     }
-}
-
-fn require_regular(meta: &Metadata, path: &Path) -> Result<(), String> {
-    let ft = meta.file_type();
-    let what = if ft.is_file() {
-        return Ok(());
-    } else if ft.is_dir() {
-        "a folder"
-    } else if ft.is_fifo() {
-        "a fifo"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "a device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "not a plain file"
-    };
-    Err(format!("{} is {what}; expected a regular file", path.display()))
-}
-
-/// Opens `path` for reading only if it is a regular file: opening a fifo would block and a
-/// device could be endless.
-pub fn open_regular_file(path: &Path) -> Result<File, String> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        _ => format!("cannot read: {e}"),
-    })?;
-    require_regular(&meta, path)?;
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    // Checked again on the handle: the name may have been swapped in between.
-    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
-    require_regular(&meta, path)?;
-    Ok(file)
-}
-
-/// Resolves `.` and `..` without touching the filesystem. `..` above `/` stays at `/`.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -370,6 +370,12 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_knows_the_same_controls() {
+        let names: Vec<&str> = Hint::ALL.iter().map(|h| h.as_str()).collect();
+        assert_eq!(names, crate::config::CONTROL_NAMES);
+    }
+
+    #[test]
     fn each_model_refuses_what_nvidia_cannot_run() {
         let t1 = Model::Transfer1 { av_sample: false };
         assert!(problems(t1, &spec(&[Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg, Hint::Upscale])).is_empty());

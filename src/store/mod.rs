@@ -175,6 +175,13 @@ pub struct Counts {
     pub cancelled: u64,
 }
 
+/// See [`Store::queue_candidates`].
+#[derive(Debug, Clone, Default)]
+pub struct QueueCandidates {
+    pub head: Option<Run>,
+    pub same_set: Option<Run>,
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -342,7 +349,8 @@ impl Store {
 
     pub fn counts(&self) -> Result<Counts> {
         let mut c = Counts::default();
-        let mut stmt = self.conn.prepare("SELECT status, count(*) FROM runs GROUP BY status")?;
+        // Kept by triggers (schema 4): six rows, however many runs.
+        let mut stmt = self.conn.prepare_cached("SELECT status, n FROM run_counts")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let status: String = row.get(0)?;
@@ -480,41 +488,35 @@ impl Store {
     /// has waited longer than `max_wait` (no starvation).
     pub fn next_run(&self, prefer: Option<&str>, max_wait: Duration) -> Result<Option<Run>> {
         let now = Timestamp::now();
+        let candidates = self.queue_candidates(prefer, now)?;
+        Ok(crate::scheduler::policy::choose_next(candidates, prefer, now, max_wait))
+    }
+
+    /// What the next-run choice looks at (DESIGN.md section 9): the head of the queue
+    /// (highest priority, then oldest) among runs that may start now, and the oldest of
+    /// the head's priority whose control set is `prefer` (the loaded model's).
+    pub fn queue_candidates(&self, prefer: Option<&str>, now: Timestamp) -> Result<QueueCandidates> {
         let now_text = now.rfc3339();
         let eligible = "status = 'queued' AND (not_before IS NULL OR not_before <= ?1) \
              AND (parent_id IS NULL OR EXISTS (SELECT 1 FROM runs p WHERE p.id = runs.parent_id AND p.status = 'completed'))";
         let head = self
             .conn
-            .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} ORDER BY priority DESC, queued_at, rowid LIMIT 1"),
-                [&now_text],
-                run_from_row,
-            )
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} ORDER BY priority DESC, queued_at, rowid LIMIT 1"))?
+            .query_row([&now_text], run_from_row)
             .optional()?
             .transpose()?;
-        let Some(head) = head else { return Ok(None) };
-        let Some(set) = prefer.filter(|s| *s != head.control_set) else { return Ok(Some(head)) };
-        let waited = head
-            .queued_at
-            .as_deref()
-            .and_then(Timestamp::parse_rfc3339)
-            .map_or(0, |t| (now.0 - t.0).max(0) as u128);
-        if waited > max_wait.as_millis() {
-            return Ok(Some(head));
-        }
-        let same = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} AND priority = ?2 AND control_set = ?3 \
-                     ORDER BY queued_at, rowid LIMIT 1"
-                ),
-                params![now_text, head.priority, set],
-                run_from_row,
-            )
-            .optional()?
-            .transpose()?;
-        Ok(Some(same.unwrap_or(head)))
+        let same_set = match (&head, prefer) {
+            (Some(h), Some(set)) if h.control_set != set => self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} AND priority = ?2 AND control_set = ?3 ORDER BY queued_at, rowid LIMIT 1"
+                ))?
+                .query_row(params![now_text, h.priority, set], run_from_row)
+                .optional()?
+                .transpose()?,
+            _ => None,
+        };
+        Ok(QueueCandidates { head, same_set })
     }
 
     /// Back to the queue after a retryable failure, not to start before `not_before`.

@@ -1,0 +1,115 @@
+//! status.json (DESIGN.md section 12): each worker's entry, the current run with its
+//! progress and ETA, the queue counts, the GPUs, why runs wait. One file for every worker of
+//! the daemon, written under the shared board's lock, on every change and at least every
+//! `daemon.status_interval`.
+
+use super::{policy, Scheduler};
+use crate::time::Timestamp;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The run in hand, as status.json shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    pub run_id: String,
+    pub step: u64,
+    pub steps: u64,
+    pub started_at: String,
+    pub started: Option<Instant>,
+}
+
+impl Current {
+    pub fn new(run_id: &str) -> Current {
+        Current { run_id: run_id.to_string(), started_at: Timestamp::now().rfc3339(), started: Some(Instant::now()), ..Current::default() }
+    }
+
+    fn to_json(&self) -> Value {
+        let eta = self.started.and_then(|t| policy::eta(t.elapsed(), self.step, self.steps));
+        json!({"run_id": self.run_id, "step": self.step, "steps": self.steps, "started_at": self.started_at, "eta_seconds": eta})
+    }
+}
+
+/// What one scheduler contributes to status.json.
+pub struct Board {
+    pub started_at: String,
+    last_written: Option<Instant>,
+    pub gpus: Box<dyn crate::gpu::GpuProbe>,
+    pub samples: Vec<crate::gpu::GpuSample>,
+    pub current: Option<Current>,
+    /// Why runs wait (pause, disk, GPU memory), if they do.
+    pub waiting: Option<String>,
+}
+
+impl Board {
+    pub fn new() -> Board {
+        Board {
+            started_at: Timestamp::now().rfc3339(),
+            last_written: None,
+            gpus: crate::gpu::probe(),
+            samples: Vec::new(),
+            current: None,
+            waiting: None,
+        }
+    }
+}
+
+impl Scheduler {
+    /// status.json: on every change (`force`) and at least every `daemon.status_interval`.
+    pub(super) fn write_status_if_due(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && self.board.last_written.is_some_and(|t| now.duration_since(t) < self.config.daemon.status_interval.0) {
+            return;
+        }
+        self.board.last_written = Some(now);
+        self.board.samples = self.board.gpus.sample();
+        if self.board.current.is_some() {
+            let wanted = self.slot_gpus.clone();
+            let mine: Vec<_> =
+                self.board.samples.iter().filter(|g| wanted.as_ref().is_none_or(|w| w.contains(&g.index))).cloned().collect();
+            self.run_gpu.add(&mine);
+        }
+        let counts = self.store.counts().unwrap_or_default();
+        let state = if self.stop.load(Ordering::SeqCst) {
+            "draining"
+        } else if self.store.paused().unwrap_or(false) {
+            "paused"
+        } else {
+            "running"
+        };
+        let current = self.board.current.as_ref().map(Current::to_json);
+        let worker = json!({
+            "slot": self.slot,
+            "backend": self.config.runtime.backend.as_str(),
+            "runtime": match self.config.runtime.kind { crate::config::RuntimeKind::Process => "process", crate::config::RuntimeKind::Docker => "docker" },
+            "state": self.hand.state.as_str(),
+            "pid": self.hand.worker.as_ref().map(|w| w.info().pid),
+            "container_id": self.hand.worker.as_ref().and_then(|w| w.info().container_id),
+            "loaded_controls": self.hand.loaded.as_ref().map(|s| s.split(',').collect::<Vec<_>>()),
+            "loads": self.hand.loads,
+            "gpus": self.slot_gpus,
+            "current": current,
+            "waiting": self.board.waiting.as_ref().or(self.hand.error.as_ref()),
+        });
+        // One status.json for all workers, written under the board's lock.
+        let Ok(mut board) = self.shared.board.lock() else { return };
+        board.insert(self.slot, (worker, current.clone()));
+        let workers: Vec<Value> = board.values().map(|(w, _)| w.clone()).collect();
+        let current = board.values().find_map(|(_, c)| c.clone());
+        let waiting = board.values().find_map(|(w, _)| w["waiting"].as_str().map(str::to_string));
+        let status = json!({
+            "daemon": {"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "started_at": self.board.started_at, "state": state},
+            "queue": counts,
+            "current": current,
+            "waiting": waiting,
+            "workers": workers,
+            "intake": {"stuck": self.shared.intake_stuck.lock().map(|s| s.clone()).unwrap_or(Value::Null)},
+            "gpus": self.board.samples,
+            "nvml": self.board.gpus.describe(),
+            "updated_at": Timestamp::now().rfc3339(),
+        });
+        if let Err(e) = self.outbox.write_status(&status) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+    }
+}

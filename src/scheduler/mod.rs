@@ -1,0 +1,444 @@
+//! The scheduler (DESIGN.md section 9): one per worker (GPU or GPU group), each on its own
+//! thread with its own store connection, taking queued runs from the shared store and
+//! feeding them, one at a time, to a warm worker.
+//!
+//! Its loop is a short sequence of named steps: take a reloaded configuration; write
+//! status.json when due; check the gates (pause, disk); pick the next run ([`policy`]);
+//! run one attempt of it ([`attempt`]: the model load and the run under one [`watchdog`]);
+//! settle it (publish, retry or fail). A finished run is published ([`publish`]) after the
+//! next run has been sent, so the GPU never waits for our bookkeeping. Start-up reconciles
+//! runs a crash left `running` ([`recovery`]); [`board`] writes status.json.
+
+mod attempt;
+mod board;
+pub mod policy;
+mod publish;
+mod recovery;
+pub mod watchdog;
+
+use crate::config::{Config, RuntimeKind};
+use crate::layout::Layout;
+use crate::outbox::Outbox;
+use crate::runtime::docker::DockerWorker;
+use crate::runtime::worker::{LogSink, Worker, WorkerError, WorkerMsg};
+use crate::runtime::ProcessWorker;
+use crate::spec::{nvidia, Hint, RunSpec};
+use crate::store::{Store, StoreError};
+use crate::time::Timestamp;
+use serde_json::Value;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use publish::upscale_spec;
+
+/// How often a busy scheduler looks at the worker, the store (cancel) and the stop flag.
+const POLL: Duration = Duration::from_millis(250);
+/// How often an idle scheduler looks for queued runs: new work starts within this.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+/// With no word from a running worker for this long, ask it (ping).
+const QUIET_BEFORE_PING: Duration = Duration::from_secs(30);
+const PONG_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl From<crate::fsutil::PathIo> for SchedulerError {
+    fn from(e: crate::fsutil::PathIo) -> SchedulerError {
+        SchedulerError::Io { what: e.what, path: e.path, source: e.source }
+    }
+}
+
+type Result<T> = std::result::Result<T, SchedulerError>;
+
+/// The worker as status.json shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Down,
+    Starting,
+    Idle,
+    Loading,
+    Running,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Down => "down",
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Loading => "loading",
+            WorkerState::Running => "running",
+        }
+    }
+}
+
+/// What the schedulers of one daemon share: one per worker (GPU or GPU group), all taking
+/// runs from the same store.
+#[derive(Clone)]
+pub struct Shared {
+    /// Each worker's entry (and current run) for status.json, by slot; the lock also
+    /// serialises writes of status.json.
+    board: Arc<Mutex<std::collections::BTreeMap<usize, (Value, Option<Value>)>>>,
+    /// Runs a re-attached worker is still running: start-up recovery leaves them alone.
+    adopted: Arc<Mutex<std::collections::HashSet<String>>>,
+    barrier: Arc<std::sync::Barrier>,
+    pub slots: usize,
+    /// Inbox entries that cannot be taken in right now, as the intake reports them.
+    intake_stuck: Arc<Mutex<Value>>,
+}
+
+impl Shared {
+    pub fn new(slots: usize) -> Shared {
+        Shared {
+            board: Arc::default(),
+            adopted: Arc::default(),
+            barrier: Arc::new(std::sync::Barrier::new(slots.max(1))),
+            slots: slots.max(1),
+            intake_stuck: Arc::new(Mutex::new(Value::Array(Vec::new()))),
+        }
+    }
+
+    /// What status.json says of inbox entries that cannot be taken in (from the intake).
+    pub fn set_intake_stuck(&self, stuck: Value) {
+        if let Ok(mut s) = self.intake_stuck.lock() {
+            *s = stuck;
+        }
+    }
+}
+
+/// The GPUs of each worker: `"all"` -> one worker with every GPU; `[]` -> one worker with
+/// none; `[0, 1]` -> a worker per GPU; `[[0, 1], [2, 3]]` -> a worker per group.
+pub fn worker_groups(gpus: &crate::config::Gpus) -> Vec<Option<Vec<u32>>> {
+    match gpus {
+        crate::config::Gpus::Named(_) => vec![None],
+        crate::config::Gpus::Each(v) if v.is_empty() => vec![Some(Vec::new())],
+        crate::config::Gpus::Each(v) => v.iter().map(|g| Some(vec![*g])).collect(),
+        crate::config::Gpus::Groups(g) => g.iter().map(|grp| Some(grp.clone())).collect(),
+    }
+}
+
+/// What starting a worker needs.
+pub struct SpawnRequest<'a> {
+    pub config: &'a Config,
+    pub log: LogSink,
+    pub slot: usize,
+    pub slots: usize,
+    pub gpus: Option<&'a [u32]>,
+    pub ranks: usize,
+    pub stop: &'a AtomicBool,
+}
+
+/// Starts a worker: the real runtimes, or a fake in tests.
+pub type Spawner = Box<dyn FnMut(&SpawnRequest) -> std::result::Result<Box<dyn Worker>, WorkerError> + Send>;
+
+/// The runtime `runtime.kind` names: a child process or a container.
+pub fn runtime_spawner() -> Spawner {
+    Box::new(|r: &SpawnRequest| -> std::result::Result<Box<dyn Worker>, WorkerError> {
+        match r.config.runtime.kind {
+            RuntimeKind::Process => Ok(Box::new(ProcessWorker::spawn(r.config, r.log.clone(), HELLO_TIMEOUT, r.gpus, r.ranks, r.stop)?)),
+            RuntimeKind::Docker => {
+                let path = crate::runtime::process::worker_path(r.config);
+                let load_limit = r.config.scheduler.run_timeout.0;
+                let w = DockerWorker::start(r.config, &path, r.log.clone(), HELLO_TIMEOUT, load_limit, r.slot, r.slots, r.gpus, r.ranks, r.stop)?;
+                Ok(Box::new(w))
+            }
+        }
+    })
+}
+
+/// A worker, its state and what it holds.
+struct Hand {
+    worker: Option<Box<dyn Worker>>,
+    state: WorkerState,
+    /// The control set the worker holds loaded.
+    loaded: Option<String>,
+    /// Model loads since the worker started.
+    loads: u64,
+    /// Why the worker cannot start, until it does.
+    error: Option<String>,
+    next_spawn: Instant,
+    backoff: Duration,
+}
+
+pub struct Scheduler {
+    /// Which worker this is (0-based), and its GPUs (`None`: all).
+    slot: usize,
+    slot_gpus: Option<Vec<u32>>,
+    shared: Shared,
+    config: Config,
+    layout: Layout,
+    store: Store,
+    outbox: Outbox,
+    stop: Arc<AtomicBool>,
+    reloads: Option<std::sync::mpsc::Receiver<Config>>,
+    spawn: Spawner,
+    hand: Hand,
+    /// A run the worker was already running when this daemon attached (docker re-attach).
+    adopt: Option<String>,
+    log: LogSink,
+    board: board::Board,
+    /// A finished run, published once the next run is on its way.
+    pending: Option<publish::Finished>,
+    /// When the worker last reported a run done: the dispatch gap runs from here to the
+    /// next `run` op.
+    last_done: Option<Instant>,
+    run_gpu: crate::gpu::RunGpuStats,
+}
+
+impl Scheduler {
+    pub fn new(config: &Config, stop: Arc<AtomicBool>, slot: usize, slot_gpus: Option<Vec<u32>>, shared: Shared) -> Result<Scheduler> {
+        Scheduler::with_spawner(config, stop, slot, slot_gpus, shared, runtime_spawner())
+    }
+
+    /// [`Scheduler::new`] with the worker started by `spawn` (tests give a fake).
+    pub fn with_spawner(
+        config: &Config,
+        stop: Arc<AtomicBool>,
+        slot: usize,
+        slot_gpus: Option<Vec<u32>>,
+        shared: Shared,
+        spawn: Spawner,
+    ) -> Result<Scheduler> {
+        let layout = Layout::of(&config.paths);
+        let store = Store::open(&layout.database())?;
+        store.relax_sync()?;
+        let outbox = Outbox::new(&layout, config.outbox.mode.0);
+        outbox.create_all().map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.outbox().to_path_buf(), source })?;
+        std::fs::create_dir_all(layout.work()).map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.work(), source })?;
+        Ok(Scheduler {
+            slot,
+            slot_gpus,
+            shared,
+            config: config.clone(),
+            layout,
+            store,
+            outbox,
+            stop,
+            reloads: None,
+            spawn,
+            hand: Hand {
+                worker: None,
+                state: WorkerState::Down,
+                loaded: None,
+                loads: 0,
+                error: None,
+                next_spawn: Instant::now(),
+                backoff: Duration::from_secs(1),
+            },
+            adopt: None,
+            log: Arc::new(Mutex::new(None)),
+            board: board::Board::new(),
+            pending: None,
+            last_done: None,
+            run_gpu: crate::gpu::RunGpuStats::default(),
+        })
+    }
+
+    /// New configurations (SIGHUP) arrive here.
+    pub fn with_reloads(mut self, rx: std::sync::mpsc::Receiver<Config>) -> Scheduler {
+        self.reloads = Some(rx);
+        self
+    }
+
+    /// Runs until the stop flag is set; then hands back or finishes the run in hand.
+    pub fn run(mut self) -> Result<()> {
+        // Start (or re-attach to) the worker first: a container may still be running a run.
+        self.ensure_worker();
+        if let Some(run) = self.adopt.clone() {
+            if let Ok(mut a) = self.shared.adopted.lock() {
+                a.insert(run);
+            }
+        }
+        // Every worker has said what it is still running before anything is requeued, and
+        // recovery is over before any worker takes a new run.
+        self.shared.barrier.wait();
+        let recovered = self.recover();
+        self.shared.barrier.wait();
+        recovered?;
+        while !self.stopping() {
+            self.take_reload();
+            self.write_status_if_due(false);
+            if let Some(reason) = self.gate()?.reason() {
+                self.publish_pending();
+                self.set_waiting(Some(reason));
+                std::thread::sleep(POLL);
+                continue;
+            }
+            match self.pick()? {
+                Some(run) => {
+                    self.set_waiting(None);
+                    self.attempt(run)?;
+                }
+                None => {
+                    self.last_done = None;
+                    self.publish_pending();
+                    self.set_waiting(None);
+                    self.idle_wait();
+                }
+            }
+        }
+        self.publish_pending();
+        if let Some(w) = self.hand.worker.take() {
+            w.leave();
+        }
+        self.hand.state = WorkerState::Down;
+        self.write_status_if_due(true);
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Takes the newest configuration a SIGHUP sent, keeping the folders (they move only on
+    /// restart).
+    fn take_reload(&mut self) {
+        if let Some(config) = self.reloads.as_ref().and_then(|rx| rx.try_iter().last()) {
+            let paths = self.config.paths.clone();
+            self.config = config;
+            self.config.paths = paths;
+            self.outbox.mode = self.config.outbox.mode.0;
+        }
+    }
+
+    /// What holds the queue: pause, then the disk guard.
+    fn gate(&self) -> Result<policy::Gate> {
+        let free = [self.layout.outbox().to_path_buf(), self.layout.state().to_path_buf()].map(|d| {
+            let f = crate::fsutil::free_bytes(&d);
+            (d, f)
+        });
+        Ok(policy::gate(self.store.paused()?, &free, self.config.outbox.min_free.0))
+    }
+
+    /// The next run, by [`policy::choose_next`] over the store's candidates.
+    fn pick(&self) -> Result<Option<crate::store::Run>> {
+        Ok(self.store.next_run(self.hand.loaded.as_deref(), self.config.scheduler.max_affinity_wait.0)?)
+    }
+
+    fn idle_wait(&mut self) {
+        // Read worker messages (a crash while idle is noticed here) until the next poll.
+        if let Some(w) = &self.hand.worker {
+            if let Some(WorkerMsg::Exited) = w.recv(IDLE_POLL) {
+                tracing::warn!("the worker exited while idle; it restarts with the next run");
+                self.drop_worker();
+            }
+        } else {
+            std::thread::sleep(IDLE_POLL);
+        }
+    }
+
+    fn drop_worker(&mut self) {
+        if let Some(mut w) = self.hand.worker.take() {
+            w.kill();
+        }
+        self.hand.loaded = None;
+        self.hand.state = WorkerState::Down;
+    }
+
+    /// A worker to send to, started (or re-attached to) if there is none, unless its GPUs
+    /// lack memory or it failed to start too recently.
+    fn ensure_worker(&mut self) -> bool {
+        if self.hand.worker.is_some() {
+            return true;
+        }
+        if Instant::now() < self.hand.next_spawn {
+            std::thread::sleep(POLL);
+            return false;
+        }
+        self.board.samples = self.board.gpus.sample();
+        if let Some(reason) = policy::gpu_short(&self.board.samples, self.slot_gpus.as_deref(), self.config.runtime.min_free_gpu_mib) {
+            self.set_waiting(Some(reason));
+            std::thread::sleep(Duration::from_secs(1));
+            return false;
+        }
+        self.hand.state = WorkerState::Starting;
+        self.write_status_if_due(true);
+        // One process per GPU of this worker (torchrun for more than one).
+        let ranks = crate::runtime::launch::ranks_for(self.slot_gpus.as_deref(), self.board.samples.len());
+        let request = SpawnRequest {
+            config: &self.config,
+            log: self.log.clone(),
+            slot: self.slot,
+            slots: self.shared.slots,
+            gpus: self.slot_gpus.as_deref(),
+            ranks,
+            stop: &self.stop,
+        };
+        match (self.spawn)(&request) {
+            Ok(mut w) => {
+                let info = w.info();
+                tracing::info!(backend = %info.backend, version = %info.version, pid = info.pid, container = ?info.container_id, "worker ready");
+                self.hand.loads = 0;
+                self.hand.loaded = None;
+                if let Some(found) = w.take_found() {
+                    if !found.controls.is_empty() {
+                        let set = crate::spec::control_set_key(found.controls.iter().filter_map(|c| Hint::parse(c)));
+                        tracing::info!(controls = %set, "the worker still holds its model: no new load");
+                        self.hand.loaded = Some(set);
+                    }
+                    self.adopt = found.running;
+                }
+                self.hand.worker = Some(w);
+                self.hand.state = WorkerState::Idle;
+                self.hand.backoff = Duration::from_secs(1);
+                self.hand.error = None;
+                self.set_waiting(None);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?self.hand.backoff, "cannot start the worker; runs stay queued");
+                self.hand.error = Some(format!("worker not starting: {e}"));
+                self.hand.state = WorkerState::Down;
+                self.write_status_if_due(true);
+                self.hand.next_spawn = Instant::now() + self.hand.backoff;
+                self.hand.backoff = policy::spawn_backoff(self.hand.backoff);
+                false
+            }
+        }
+    }
+
+    /// A line in the current run's execution.log.
+    fn run_log(&self, line: &str) {
+        if let Ok(mut sink) = self.log.lock() {
+            if let Some(f) = sink.as_mut() {
+                let _ = writeln!(f, "{} cosmosd: {line}", Timestamp::now().rfc3339());
+            }
+        }
+    }
+
+    fn set_waiting(&mut self, reason: Option<String>) {
+        if reason != self.board.waiting {
+            if let Some(r) = &reason {
+                tracing::info!(reason = %r, "waiting");
+            }
+            self.board.waiting = reason;
+            self.write_status_if_due(true);
+        }
+    }
+}
+
+/// What the worker gets for a run, in the configured model's own format: for Transfer2.5
+/// NVIDIA's `InferenceArguments` object; otherwise NVIDIA's Transfer1 `--controlnet_specs`
+/// object, plus the `sim` fault key where the run has one. Each carries the model's own
+/// defaults for what the run leaves unset. Also the run's `spec.json`.
+pub fn worker_spec(spec: &RunSpec, model: crate::spec::Model) -> Value {
+    if model == crate::spec::Model::Transfer2_5 {
+        return nvidia::transfer2_5_spec(spec);
+    }
+    let mut v = nvidia::transfer1_spec(spec);
+    if let Some(sim) = &spec.sim {
+        v["sim"] = serde_json::to_value(sim).unwrap_or(Value::Null);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests;
