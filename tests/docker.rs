@@ -108,7 +108,7 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
     let c = runs(&home).into_iter().find(|r| r["name"] == "c").unwrap();
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", c["id"].as_str().unwrap()))).unwrap()).unwrap();
     let seen = spec["input_video_path"].as_str().unwrap();
-    assert!(seen.starts_with("/cosmos/work/rs_") && seen.ends_with("/input/video.mp4"), "{spec}");
+    assert!(seen.starts_with("/cosmos/work/inputs/") && seen.ends_with(".mp4"), "a staged input, by content: {spec}");
 }
 
 #[test]
@@ -276,11 +276,15 @@ fn seed_commands_run_in_the_container_from_staged_inputs() {
     let ps = common::grep_id(&home.ok(&["create", "prompt", "A city", "videos/city1"]), "ps_");
     let rs = common::grep_id(&home.ok(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0"]), "rs_");
     home.ok(&["batch-inference", &rs, "--batch-name", "seeded"]);
+    let (color, depth) = (std::fs::read(home.path().join("videos/city1/color.mp4")).unwrap(), std::fs::read(home.path().join("videos/city1/depth.mp4")).unwrap());
     std::fs::remove_dir_all(home.path().join("videos")).unwrap();
     assert!(wait_until(LONG, || completed(&home) == 1), "{:?}\n{}", runs(&home), daemon.log_text());
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{rs}/spec.json"))).unwrap()).unwrap();
-    assert_eq!(spec["input_video_path"], format!("/cosmos/work/{rs}/input/video.mp4"));
-    assert_eq!(spec["depth"]["input_control"], format!("/cosmos/work/{rs}/input/depth.mp4"));
+    // The staged copies, named by their content, as the container sees them.
+    let on_host = |seen: &Value| home.root().join("state/work").join(seen.as_str().unwrap().strip_prefix("/cosmos/work/").unwrap());
+    assert!(spec["input_video_path"].as_str().unwrap().starts_with("/cosmos/work/inputs/"), "{spec}");
+    assert_eq!(std::fs::read(on_host(&spec["input_video_path"])).unwrap(), color);
+    assert_eq!(std::fs::read(on_host(&spec["depth"]["input_control"])).unwrap(), depth);
 }
 
 #[test]

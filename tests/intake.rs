@@ -52,10 +52,13 @@ fn cp_mv_rsync_and_submit_are_all_taken_in_once() {
         let lines: Vec<u64> = runs.iter().map(|run| run["line"].as_u64().unwrap()).collect();
         assert_eq!(lines, (1..=runs.len() as u64).collect::<Vec<_>>(), "line -> run id, in order");
     }
-    // Staged inputs: every run has its own hard-linked input folder.
-    let work = home.root().join("state/work");
-    let staged = std::fs::read_dir(&work).unwrap().count();
-    assert_eq!(staged, 14);
+    // Staged inputs: one copy per distinct content (the color and the depth video), not a
+    // folder per run; every run names them.
+    let inputs = home.root().join("state/work/inputs");
+    assert_eq!(std::fs::read_dir(&inputs).unwrap().count(), 2);
+    for run in common::runs(&home) {
+        assert!(std::path::Path::new(run["visual_input"].as_str().unwrap()).starts_with(&inputs), "{run}");
+    }
     // Nothing was deleted: every original is in the archive.
     assert_eq!(std::fs::read_dir(home.root().join("state/archive")).unwrap().count(), 4);
     assert!(
@@ -140,7 +143,7 @@ fn a_bundle_whose_jobs_arrive_before_its_videos_waits_for_them() {
     let runs = home.json(&["list", "runs", "--json"]);
     for run in runs.as_array().unwrap() {
         let input = run["visual_input"].as_str().unwrap();
-        assert!(input.contains("/state/work/rs_") && input.ends_with("/input/video.mp4"), "{input}");
+        assert!(input.contains("/state/work/inputs/") && input.ends_with(".mp4"), "{input}");
         assert!(Path::new(input).is_file());
     }
 }

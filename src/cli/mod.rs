@@ -524,22 +524,29 @@ fn check_model(store: &Store, config: &Config, ids: &[String]) -> Result<()> {
     }
 }
 
-/// Copies (hard-links) the inputs of runs about to be queued into `<state>/work/rs_<id>/input/`,
-/// as intake does for submissions: the worker (in a container too) reads them there, and the
-/// user may move or delete the originals. Runs already staged keep their copies.
+/// Stores the inputs of runs about to be queued in `<state>/work/inputs/` (one copy per
+/// distinct content), as intake does for submissions: the worker (in a container too) reads
+/// them there, and the user may change, move or delete the originals.
 fn stage_inputs(store: &mut Store, config: &Config, ids: &[String]) -> Result<()> {
-    let work = config.paths.state.join("work");
+    let inputs = crate::layout::Layout::of(&config.paths).inputs();
+    let mut stager = crate::intake::stage::Stager::new(&inputs);
+    let mut restaged = Vec::new();
     for id in ids {
         let run = store.run(id)?;
         // Only runs that can be queued; the queueing step explains the others.
         let queueable = matches!(run.status, RunStatus::Pending | RunStatus::Failed | RunStatus::Cancelled);
-        if !queueable || run.spec.visual_input.starts_with(&work) {
+        if !queueable {
             continue;
         }
         let mut spec = run.spec.clone();
-        crate::intake::stage::stage_run(&work, id, &mut spec)
-            .map_err(|e| usage(format!("run {id}: cannot stage its input videos under {}: {e}", work.display())))?;
-        store.restage(id, &spec)?;
+        stager.plan(&mut spec).map_err(|e| usage(format!("run {id}: {e}")))?;
+        if spec != run.spec {
+            restaged.push((id.clone(), spec));
+        }
+    }
+    stager.commit().map_err(|e| usage(format!("cannot stage the input videos under {}: {e}", inputs.display())))?;
+    for (id, spec) in restaged {
+        store.restage(&id, &spec)?;
     }
     Ok(())
 }

@@ -28,6 +28,8 @@ pub enum IntakeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
+    #[error(transparent)]
+    Stage(#[from] stage::StageError),
 }
 
 impl IntakeError {
@@ -299,45 +301,38 @@ impl Intake {
         // Rejected before? Then it is judged again: what was wrong (a missing video, say)
         // may have been put right since.
         let rejected_before = self.store.rejections_by_sha256(&sha)?.into_iter().next().map(|s| s.id);
-        let (report, display) = self.validate(claimed, name, &shape, &mut |_| {});
-        if !report.is_ok() {
-            return self.reject(claimed, sb, name, &sha, &shape, &report, &display, rejected_before.as_deref());
-        }
-        // Second pass: stage each run's inputs and insert it, in one transaction.
-        let work = self.layout.work();
+        // One pass: every good line is inserted as it is read (its inputs planned under
+        // their content's name), in one transaction that commits only if the whole file
+        // is good; a bad line anywhere rolls it back, and nothing was written to disk.
         let (inbox, roots, rules) = (self.layout.inbox().to_path_buf(), self.roots.clone(), self.rules.clone());
+        let mut stager = stage::Stager::new(&self.layout.inputs());
         let mut writer = self.store.begin_submission_with_id(sb, name, &sha, &stem_of(name))?;
         if let Some(earlier) = &rejected_before {
             writer.set_rejected_before(earlier)?;
         }
-        let mut staged: Vec<String> = Vec::new();
         let mut failure: Option<IntakeError> = None;
-        let (report, _) = parse_entry(claimed, name, &shape, &inbox, &roots, &rules, &mut |mut job| {
+        let (report, display) = parse_entry(claimed, name, &shape, &inbox, &roots, &rules, &mut |mut job| {
             if failure.is_some() {
                 return;
             }
-            let run_id = ids::new_id(IdKind::Run);
-            if let Err(e) = stage::stage_run(&work, &run_id, &mut job.spec) {
-                failure = Some(PathIo { what: "cannot stage the inputs of", path: work.join(&run_id), source: e }.into());
+            if let Err(e) = stager.plan(&mut job.spec) {
+                failure = Some(e.into());
                 return;
             }
-            staged.push(run_id.clone());
-            if let Err(e) = writer.add_with_id(&run_id, &job) {
+            if let Err(e) = writer.add_with_id(&ids::new_id(IdKind::Run), &job) {
                 failure = Some(e.into());
             }
         });
         if let Some(e) = failure {
-            drop(writer);
-            stage::unstage(&work, &staged);
             return Err(e);
         }
         if !report.is_ok() {
-            // A file the first pass accepted changed under us (an input vanished).
             drop(writer);
-            stage::unstage(&work, &staged);
             return self.reject(claimed, sb, name, &sha, &shape, &report, &display, rejected_before.as_deref());
         }
-        let (sub, _batch) = writer.commit()?;
+        // The inputs are stored (synced) before the runs that name them commit.
+        let created = stager.commit()?;
+        let (sub, _batch) = writer.commit().inspect_err(|_| stage::remove_created(&created))?;
         fault_pause("commit");
         self.finish(claimed, &sub, &shape, None)
     }

@@ -1,57 +1,187 @@
-//! Input staging: an accepted run's input files are hard-linked (copied across
-//! filesystems) into `<state>/work/rs_<id>/input/`, and the run's spec is rewritten to name
-//! those copies. From then on the sender may clear or reuse the inbox at once.
+//! Input staging: each distinct input file of a submission is stored once under
+//! `<state>/work/inputs/<sha256>.<ext>`, named by its content, and every run's spec names
+//! that copy. 100,000 lines naming four videos make four staged files, not 100,000 folders;
+//! the same video in a later submission is not stored again. A copy (a reflink where the
+//! filesystem offers one), never a link: the sender may change or delete the original the
+//! moment the submission is accepted, and nothing that runs changes with it.
+//!
+//! Two steps, so that nothing is written for a file that is rejected: [`Stager::plan`]
+//! hashes each distinct input when first seen and points the spec at its content-addressed
+//! name; [`Stager::commit`], once the whole file is valid, copies what is not stored yet,
+//! checking each copy against the hash it was planned under.
 
+use crate::fsutil::{hex, sync_dir};
 use crate::spec::RunSpec;
-use std::io;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Stages the inputs of one run and points `spec` at the staged files.
-pub fn stage_run(work: &Path, run_id: &str, spec: &mut RunSpec) -> io::Result<()> {
-    let dir = work.join(run_id).join("input");
-    std::fs::create_dir_all(&dir)?;
-    spec.visual_input = place(&spec.visual_input, &dir, "video")?;
-    for (hint, control) in spec.controls.iter_mut() {
-        if let Some(input) = &control.input {
-            control.input = Some(place(input, &dir, hint.as_str())?);
-        }
-        if let Some(mask) = &control.mask_path {
-            control.mask_path = Some(place(mask, &dir, &format!("{hint}_mask"))?);
-        }
-    }
-    Ok(())
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("cannot read the input {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot store the input {path} as {staged}: {source}")]
+    Write { path: PathBuf, staged: PathBuf, source: io::Error },
+    #[error("the input {path} changed while it was being taken in (its content is no longer what was checked); submit it again")]
+    Changed { path: PathBuf },
 }
 
-/// `src` as `dir/<role>.<ext>`: a hard link where possible, else a copy.
-fn place(src: &Path, dir: &Path, role: &str) -> io::Result<PathBuf> {
-    let dst = match src.extension().and_then(|e| e.to_str()) {
-        Some(ext) if ext.chars().all(|c| c.is_ascii_alphanumeric()) && ext.len() <= 8 => dir.join(format!("{role}.{ext}")),
-        _ => dir.join(role),
-    };
-    if dst.exists() {
-        // A restart finishing an interrupted staging: the link is already there.
-        return Ok(dst);
+/// One distinct input of a submission.
+struct Planned {
+    source: PathBuf,
+    sha256: String,
+}
+
+/// The inputs of one submission (or of the runs one `cosmos` command queues).
+pub struct Stager {
+    dir: PathBuf,
+    /// Source path -> staged path: each distinct file is hashed once.
+    by_source: HashMap<PathBuf, PathBuf>,
+    /// Staged path -> what to copy there at commit.
+    planned: HashMap<PathBuf, Planned>,
+}
+
+impl Stager {
+    /// `dir`: the content-addressed store (`Layout::inputs`).
+    pub fn new(dir: &Path) -> Stager {
+        Stager { dir: dir.to_path_buf(), by_source: HashMap::new(), planned: HashMap::new() }
     }
-    match std::fs::hard_link(src, &dst) {
-        Ok(()) => Ok(dst),
-        // Another filesystem (EXDEV), or a file we may read but not link (EPERM under
-        // fs.protected_hardlinks): copy it, whole or not at all.
-        // The copy is synced before the run that names it is committed.
-        Err(_) => {
-            let tmp = crate::fsutil::move_temp(&dst);
-            crate::fsutil::remove_any(&tmp)?;
-            crate::fsutil::copy_synced(src, &tmp).map_err(|e| io::Error::new(e.kind(), format!("cannot copy {}: {e}", src.display())))?;
-            std::fs::rename(&tmp, &dst)?;
-            Ok(dst)
+
+    /// Points every input of `spec` at its content-addressed name (hashing each distinct
+    /// file the first time it is seen). Nothing is written yet.
+    pub fn plan(&mut self, spec: &mut RunSpec) -> Result<(), StageError> {
+        spec.visual_input = self.place(&spec.visual_input)?;
+        for control in spec.controls.values_mut() {
+            if let Some(input) = &control.input {
+                control.input = Some(self.place(input)?);
+            }
+            if let Some(mask) = &control.mask_path {
+                control.mask_path = Some(self.place(mask)?);
+            }
         }
+        Ok(())
+    }
+
+    fn place(&mut self, source: &Path) -> Result<PathBuf, StageError> {
+        if let Some(staged) = self.by_source.get(source) {
+            return Ok(staged.clone());
+        }
+        if source.starts_with(&self.dir) {
+            // Already a staged input (a run queued again).
+            return Ok(source.to_path_buf());
+        }
+        let sha256 = crate::fsutil::sha256_file(source).map_err(|e| StageError::Read { path: source.to_path_buf(), source: e })?;
+        let staged = self.dir.join(staged_name(source, &sha256));
+        self.by_source.insert(source.to_path_buf(), staged.clone());
+        self.planned.entry(staged.clone()).or_insert(Planned { source: source.to_path_buf(), sha256 });
+        Ok(staged)
+    }
+
+    /// How many distinct inputs this stager planned.
+    pub fn len(&self) -> usize {
+        self.planned.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.planned.is_empty()
+    }
+
+    /// Stores every planned input that is not stored yet, synced, each checked against the
+    /// content it was planned under. Returns the paths it created (to remove should the
+    /// submission not commit after all).
+    pub fn commit(self) -> Result<Vec<PathBuf>, StageError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| StageError::Write { path: self.dir.clone(), staged: self.dir.clone(), source })?;
+        let mut created = Vec::new();
+        for (staged, p) in self.planned {
+            if staged.is_file() {
+                continue;
+            }
+            let tmp = crate::fsutil::temp_beside(&staged);
+            let write_err = |source| StageError::Write { path: p.source.clone(), staged: staged.clone(), source };
+            let got = copy_hashing(&p.source, &tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                match e {
+                    CopyError::Read(source) => StageError::Read { path: p.source.clone(), source },
+                    CopyError::Write(source) => write_err(source),
+                }
+            })?;
+            if got != p.sha256 {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StageError::Changed { path: p.source });
+            }
+            std::fs::rename(&tmp, &staged).map_err(write_err)?;
+            created.push(staged);
+        }
+        sync_dir(&self.dir);
+        Ok(created)
     }
 }
 
-/// Removes what [`stage_run`] made for runs whose submission was rolled back. These are our
-/// own links and copies, never a user's file.
-pub fn unstage(work: &Path, run_ids: &[String]) {
-    for id in run_ids {
-        let _ = std::fs::remove_dir_all(work.join(id));
+/// `<sha256>.<ext>`, the source's extension kept when it is a plain one (`mp4`).
+fn staged_name(source: &Path, sha256: &str) -> String {
+    match source.extension().and_then(|e| e.to_str()) {
+        Some(ext) if !ext.is_empty() && ext.len() <= 8 && ext.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            format!("{sha256}.{}", ext.to_ascii_lowercase())
+        }
+        _ => sha256.to_string(),
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `src` to `dst` (made new), fsynced, and returns the sha256 of what was written: a
+/// reflink where the filesystem offers one (then hashed), else a copy hashed on the way.
+fn copy_hashing(src: &Path, dst: &Path) -> Result<String, CopyError> {
+    let mut from = crate::fsutil::open_regular_file(src).map_err(|e| CopyError::Read(io::Error::other(e)))?;
+    let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(CopyError::Write)?;
+    let mut h = Sha256::new();
+    if reflink(&from, &to) {
+        // Same blocks, shared: hash what the copy holds.
+        let mut check = std::fs::File::open(dst).map_err(CopyError::Write)?;
+        hash_into(&mut check, &mut h).map_err(CopyError::Read)?;
+    } else {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = from.read(&mut buf).map_err(CopyError::Read)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        }
+    }
+    to.sync_all().map_err(CopyError::Write)?;
+    Ok(hex(&h.finalize()))
+}
+
+fn hash_into(f: &mut std::fs::File, h: &mut Sha256) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// FICLONE: the destination shares the source's blocks (btrfs, XFS, ...); copy-on-write
+/// keeps it unchanged when the source is later rewritten.
+fn reflink(from: &std::fs::File, to: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: ioctl(FICLONE) on two descriptors we own; failure is reported, nothing else.
+    unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) == 0 }
+}
+
+/// Removes inputs a rolled-back submission stored (content no committed run names).
+pub fn remove_created(created: &[PathBuf]) {
+    for p in created {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -62,39 +192,68 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
 
-    #[test]
-    fn staged_inputs_are_links_and_the_spec_names_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("inbox");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("color.mp4"), b"color").unwrap();
-        std::fs::write(src.join("d.mp4"), b"depth").unwrap();
+    fn spec(video: &Path, depth: &Path) -> RunSpec {
         let mut controls = BTreeMap::new();
-        controls.insert(Hint::Depth, Control::from_file(0.5, src.join("d.mp4")));
+        controls.insert(Hint::Depth, Control::from_file(0.5, depth.to_path_buf()));
         controls.insert(Hint::Edge, Control::generated(0.5));
-        let mut spec = RunSpec {
+        RunSpec {
             style: SpecStyle::Jsonl,
             name: None,
             prompt: "p".into(),
             negative_prompt: None,
-            visual_input: src.join("color.mp4"),
+            visual_input: video.to_path_buf(),
             controls,
             settings: Settings::default(),
             priority: 0,
             upscale_weight: None,
             sim: None,
-        };
-        let work = dir.path().join("work");
-        stage_run(&work, "rs_x", &mut spec).unwrap();
-        assert_eq!(spec.visual_input, work.join("rs_x/input/video.mp4"));
-        assert_eq!(spec.controls[&Hint::Depth].input.as_deref(), Some(work.join("rs_x/input/depth.mp4").as_path()));
-        let a = std::fs::metadata(src.join("color.mp4")).unwrap();
-        let b = std::fs::metadata(&spec.visual_input).unwrap();
-        assert_eq!(a.ino(), b.ino(), "a hard link, not a copy");
-        // The sender clears the inbox; the staged input stays.
-        std::fs::remove_file(src.join("color.mp4")).unwrap();
-        assert_eq!(std::fs::read(&spec.visual_input).unwrap(), b"color");
-        unstage(&work, &["rs_x".to_string()]);
-        assert!(!work.join("rs_x").exists());
+        }
+    }
+
+    #[test]
+    fn each_distinct_input_is_stored_once_as_a_copy_named_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("inbox");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("color.mp4"), b"color").unwrap();
+        std::fs::write(src.join("d.mp4"), b"depth").unwrap();
+        std::fs::write(src.join("same-as-color.mp4"), b"color").unwrap();
+        let store = dir.path().join("work/inputs");
+        let mut stager = Stager::new(&store);
+        let mut specs: Vec<RunSpec> = (0..1000).map(|_| spec(&src.join("color.mp4"), &src.join("d.mp4"))).collect();
+        specs.push(spec(&src.join("same-as-color.mp4"), &src.join("d.mp4")));
+        for s in &mut specs {
+            stager.plan(s).unwrap();
+        }
+        assert!(!store.exists(), "nothing is written before the commit");
+        assert_eq!(stager.len(), 2, "two distinct contents");
+        let created = stager.commit().unwrap();
+        assert_eq!(created.len(), 2);
+        assert_eq!(std::fs::read_dir(&store).unwrap().count(), 2, "1,001 runs, two stored files");
+        let staged = &specs[0].visual_input;
+        assert_eq!(staged, &specs[1000].visual_input, "the same content, whatever its name");
+        assert!(staged.file_name().unwrap().to_str().unwrap().ends_with(".mp4"));
+        assert_eq!(std::fs::read(staged).unwrap(), b"color");
+        assert_ne!(std::fs::metadata(staged).unwrap().ino(), std::fs::metadata(src.join("color.mp4")).unwrap().ino(), "a copy, not a link");
+        // The sender rewrites the original in place: the staged input stays as it was.
+        std::fs::write(src.join("color.mp4"), b"changed").unwrap();
+        assert_eq!(std::fs::read(staged).unwrap(), b"color");
+        // A later submission of the same content stores nothing new.
+        let mut again = Stager::new(&store);
+        let mut s = spec(&src.join("same-as-color.mp4"), &src.join("d.mp4"));
+        again.plan(&mut s).unwrap();
+        assert_eq!(again.commit().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_input_that_changes_between_check_and_copy_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("v.mp4"), b"before").unwrap();
+        let mut stager = Stager::new(&dir.path().join("inputs"));
+        let mut s = spec(&dir.path().join("v.mp4"), &dir.path().join("v.mp4"));
+        stager.plan(&mut s).unwrap();
+        std::fs::write(dir.path().join("v.mp4"), b"after").unwrap();
+        assert!(matches!(stager.commit(), Err(StageError::Changed { .. })));
+        assert_eq!(std::fs::read_dir(dir.path().join("inputs")).unwrap().count(), 0, "no half-made copy left");
     }
 }
