@@ -1,14 +1,22 @@
-//! Validate-and-insert throughput (issue: foundation). Prints figures; asserts nothing.
+//! Ingest throughput on the daemon's own path (issue: architecture). Prints figures; asserts
+//! nothing. `cargo bench --bench validate_insert`. Env: `LINES` (100000), `ROUNDS` (5),
+//! `BIG_RUNS` (1000000; 0 skips the large-store figures).
 //!
-//! `cargo bench --bench validate_insert` (release build). Env: `LINES` (default 100000),
-//! `BIG_LINES` (default 1000000, 0 to skip the peak-memory pass), `ROUNDS` (default 5).
+//! Side by side on one file of `LINES` jobs naming four videos:
+//! - `jq -c . FILE > /dev/null` (parses and prints JSON: no rules, no paths, no store);
+//! - our validation alone;
+//! - the daemon's intake (`Intake::take`, what cosmosd's loop calls for a file renamed into
+//!   the inbox): claim, hash, validate, stage the inputs (once per distinct video), insert
+//!   every run in one transaction, receipt, archive.
 //!
-//! Side by side on the same file: our validation alone, our validation plus insertion into
-//! a fresh store (all runs in one transaction), and `jq -c . FILE > /dev/null` (which only
-//! parses and prints JSON: no rules, no paths, no store).
+//! Then, with `BIG_RUNS` runs in one store: `cosmos list runs --status queued --limit 50`
+//! (the real binary), a running cosmosd's resident memory once idle, and how long its
+//! status.json write takes (from its debug log).
 
-use cosmos_workflow::spec::{parse_job_file, Rules};
-use cosmos_workflow::store::{Ingest, Store};
+use cosmos_workflow::config::Config;
+use cosmos_workflow::intake::{Fate, Intake};
+use cosmos_workflow::spec::{parse_job_file_at, Rules};
+use cosmos_workflow::store::Store;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,22 +26,21 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A JSONL file of `lines` varied jobs naming the two videos in `dir`.
-fn write_jobs(dir: &Path, name: &str, lines: usize) -> PathBuf {
-    let path = dir.join(name);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create jobs file"));
+/// A JSONL file of `lines` varied jobs naming four videos in `videos/`.
+fn write_jobs(path: &Path, lines: usize, tag: &str) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create jobs file"));
     for i in 0..lines {
         let w = (i % 10) as f64 / 10.0 + 0.05;
-        let depth = if i % 3 == 0 { r#", "input_control": "depth.mp4""# } else { "" };
+        let depth = if i % 3 == 0 { r#", "input_control": "videos/depth.mp4""# } else { "" };
         writeln!(
             f,
-            r#"{{"visual_input": "color.mp4", "prompt": "A futuristic cityscape at night, shot {i}, rain and neon", "name": "job-{i}", "seed": {seed}, "control_overrides": {{"vis": {{"control_weight": {w:.2}}}, "edge": {{"control_weight": 0.4}}, "depth": {{"control_weight": 0.2{depth}}}}}}}"#,
+            r#"{{"visual_input": "videos/color{v}.mp4", "prompt": "{tag}: a futuristic cityscape at night, shot {i}, rain and neon", "name": "job-{i}", "seed": {seed}, "control_overrides": {{"vis": {{"control_weight": {w:.2}}}, "edge": {{"control_weight": 0.4}}, "depth": {{"control_weight": 0.2{depth}}}}}}}"#,
+            v = i % 3,
             seed = i % 1000,
         )
         .expect("write job");
     }
     f.flush().expect("flush");
-    path
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {
@@ -41,104 +48,155 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
-/// The process's peak resident memory so far (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+fn config_for(root: &Path) -> Config {
+    let mut c = Config::default();
+    c.paths.inbox = root.join("inbox");
+    c.paths.outbox = root.join("outbox");
+    c.paths.state = root.join("state");
+    c.runtime.backend = cosmos_workflow::config::Backend::Sim;
+    c
 }
 
-fn validate(path: &Path) -> u64 {
-    let report = parse_job_file(path, &[], &Rules::default(), &mut |_| {});
-    assert!(report.is_ok(), "bench file must be valid: {:?}", report.problems.first());
-    report.runs
+/// A fresh root with the four videos in its inbox.
+fn fresh_root(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    let videos = root.join("inbox/videos");
+    std::fs::create_dir_all(&videos).expect("videos");
+    for (i, v) in ["color0.mp4", "color1.mp4", "color2.mp4", "depth.mp4"].iter().enumerate() {
+        std::fs::write(videos.join(v), vec![i as u8; 1 << 20]).expect("video");
+    }
+    root
 }
 
-fn validate_and_insert(path: &Path, db_dir: &Path) -> u64 {
-    let _ = std::fs::remove_dir_all(db_dir);
-    std::fs::create_dir_all(db_dir).expect("db dir");
-    let mut store = Store::open(&db_dir.join("cosmos.db")).expect("open store");
-    match store.ingest(path, "bench", "bench", &[], &cosmos_workflow::spec::Rules::default()).expect("ingest") {
-        Ingest::Accepted { submission, .. } => submission.runs,
-        Ingest::Rejected { report } => panic!("rejected: {:?}", report.problems.first()),
+/// The daemon's intake of `jobs` dropped into `root`'s inbox as `name`: how long, how many runs.
+fn intake(root: &Path, jobs: &Path, name: &str) -> (Duration, u64) {
+    let config = config_for(root);
+    std::fs::create_dir_all(&config.paths.state).expect("state");
+    let store = Store::open(&config.paths.state.join("cosmos.db")).expect("store");
+    let mut intake = Intake::new(&config, store).expect("intake");
+    std::fs::copy(jobs, root.join(format!(".{name}.tmp"))).expect("copy");
+    std::fs::rename(root.join(format!(".{name}.tmp")), config.paths.inbox.join(name)).expect("drop");
+    let t = Instant::now();
+    let taken = intake.take(name).expect("take").expect("taken");
+    let d = t.elapsed();
+    match taken.fate {
+        Fate::Accepted { runs } => (d, runs),
+        other => panic!("not accepted: {other:?}"),
     }
 }
 
 fn jq(path: &Path) -> Option<Duration> {
     let start = Instant::now();
-    let status = Command::new("jq")
-        .args(["-c", "."])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?;
+    let status = Command::new("jq").args(["-c", "."]).arg(path).stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?;
     status.success().then(|| start.elapsed())
 }
 
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map(|kb| kb / 1024.0)
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
     let lines = env_usize("LINES", 100_000);
-    let big = env_usize("BIG_LINES", 1_000_000);
     let rounds = env_usize("ROUNDS", 5).max(1);
+    let big = env_usize("BIG_RUNS", 1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("color.mp4"), b"video").expect("video");
-    std::fs::write(dir.path().join("depth.mp4"), b"depth").expect("video");
+    let jobs = dir.path().join("jobs.jsonl");
+    write_jobs(&jobs, lines, "bench");
+    let size = std::fs::metadata(&jobs).map(|m| m.len()).unwrap_or(0);
 
-    // Peak memory first, while the high-water mark is still low.
-    if big > 0 {
-        let before = peak_rss_mib();
-        let big_file = write_jobs(dir.path(), "big.jsonl", big);
-        let size = std::fs::metadata(&big_file).map(|m| m.len()).unwrap_or(0);
-        let after_write = peak_rss_mib();
-        let t = Instant::now();
-        let n = validate(&big_file);
-        let secs = t.elapsed().as_secs_f64();
-        let after_validate = peak_rss_mib();
-        let t = Instant::now();
-        let m = validate_and_insert(&big_file, &dir.path().join("db-big"));
-        let insert_secs = t.elapsed().as_secs_f64();
-        let after_insert = peak_rss_mib();
-        println!("peak memory, {n} lines ({:.0} MiB file):", size as f64 / (1 << 20) as f64);
-        println!("  process start {before:.1} MiB, after writing {after_write:.1} MiB");
-        println!("  after validating:            {after_validate:.1} MiB peak ({secs:.2} s)");
-        println!("  after validating+inserting:  {after_insert:.1} MiB peak ({m} runs, {insert_secs:.2} s)");
-        let _ = std::fs::remove_file(&big_file);
-        let _ = std::fs::remove_dir_all(dir.path().join("db-big"));
-    }
-
-    let file = write_jobs(dir.path(), "jobs.jsonl", lines);
-    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    let mut ours_validate = Vec::new();
-    let mut ours_insert = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        assert_eq!(validate(&file), lines as u64);
-        ours_validate.push(t.elapsed());
-        let t = Instant::now();
-        assert_eq!(validate_and_insert(&file, &dir.path().join("db")), lines as u64);
-        ours_insert.push(t.elapsed());
-        if let Some(d) = jq(&file) {
+    let (mut ours, mut validate, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if let Some(d) = jq(&jobs) {
             theirs.push(d);
         }
+        let root = fresh_root(dir.path(), "v");
+        let t = Instant::now();
+        let report = parse_job_file_at(&jobs, &root.join("inbox"), &[], &Rules::default(), &mut |_| {});
+        assert!(report.is_ok(), "{:?}", report.problems.first());
+        validate.push(t.elapsed());
+        let root = fresh_root(dir.path(), &format!("r{round}"));
+        // Relative paths resolve against the inbox: the videos are there.
+        let (d, runs) = intake(&root, &jobs, "jobs.jsonl");
+        assert_eq!(runs, lines as u64);
+        ours.push(d);
+        let staged = std::fs::read_dir(root.join("state/work/inputs")).map(|d| d.count()).unwrap_or(0);
+        if round == 0 {
+            println!("staged inputs for {lines} runs naming 4 videos: {staged} files under state/work/inputs");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
     let rate = |d: Duration| lines as f64 / d.as_secs_f64();
     println!("\n{lines}-line JSONL ({:.1} MiB), median of {rounds} rounds:", size as f64 / (1 << 20) as f64);
-    println!("  {:<36} {:>10} {:>14}", "", "median", "lines/s");
-    let v = median(ours_validate);
-    println!("  {:<36} {:>8.1}ms {:>14.0}", "cosmos validate (parse+rules+paths)", v.as_secs_f64() * 1e3, rate(v));
-    let i = median(ours_insert);
-    println!("  {:<36} {:>8.1}ms {:>14.0}", "cosmos validate + insert (SQLite)", i.as_secs_f64() * 1e3, rate(i));
-    if theirs.is_empty() {
-        println!("  jq -c . FILE > /dev/null              (jq not installed)");
-    } else {
-        let j = median(theirs);
-        println!("  {:<36} {:>8.1}ms {:>14.0}", "jq -c . FILE > /dev/null", j.as_secs_f64() * 1e3, rate(j));
-        println!("  validate+insert vs jq: {:.2}x the speed", j.as_secs_f64() / i.as_secs_f64());
+    println!("  {:<52} {:>10} {:>12}", "", "median", "lines/s");
+    let v = median(validate);
+    println!("  {:<52} {:>8.1}ms {:>12.0}", "validation alone (parse, rules, paths)", v.as_secs_f64() * 1e3, rate(v));
+    let o = median(ours);
+    println!("  {:<52} {:>8.1}ms {:>12.0}", "cosmosd intake (claim, validate, stage, record)", o.as_secs_f64() * 1e3, rate(o));
+    match theirs.is_empty() {
+        true => println!("  jq -c . FILE > /dev/null                              (jq not installed)"),
+        false => {
+            let j = median(theirs);
+            println!("  {:<52} {:>8.1}ms {:>12.0}", "jq -c . FILE > /dev/null", j.as_secs_f64() * 1e3, rate(j));
+            println!("  cosmosd intake vs jq: {:.2}x jq's speed (target: faster than jq)", j.as_secs_f64() / o.as_secs_f64());
+        }
     }
-    println!("  target: validate+insert >= 200000 lines/s");
+
+    if big == 0 {
+        return;
+    }
+    // One store with BIG_RUNS runs, taken in as files of `lines` runs each.
+    let root = fresh_root(dir.path(), "big");
+    let t = Instant::now();
+    let files = big.div_ceil(lines);
+    for i in 0..files {
+        let part = dir.path().join(format!("part{i}.jsonl"));
+        write_jobs(&part, lines, &format!("part{i}"));
+        intake(&root, &part, &format!("part{i}.jsonl"));
+        let _ = std::fs::remove_file(part);
+    }
+    println!("\n{} runs in one store (taken in as {files} files in {:.1} s):", files * lines, t.elapsed().as_secs_f64());
+    let list = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_cosmos")).arg("--root").arg(&root).args(args).output().expect("cosmos");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        t.elapsed()
+    };
+    let times: Vec<Duration> = (0..5).map(|_| list(&["list", "runs", "--status", "queued", "--limit", "50"])).collect();
+    println!("  {:<52} {:>8.1}ms   target < 50 ms", "cosmos list runs --status queued --limit 50", median(times).as_secs_f64() * 1e3);
+    // A daemon on that store, idle (the queue paused): its memory and status.json writes.
+    Command::new(env!("CARGO_BIN_EXE_cosmos")).arg("--root").arg(&root).arg("pause").output().expect("pause");
+    let config = root.join("cosmosd.toml");
+    std::fs::write(&config, "[runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n[daemon]\nstatus_interval = \"200ms\"\n[outbox]\nmin_free = \"1MiB\"\n").expect("config");
+    let log = root.join("cosmosd.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cosmosd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(&root)
+        .env("COSMOS_LOG_LEVEL", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("cosmosd");
+    std::thread::sleep(Duration::from_secs(5));
+    let rss = rss_mib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut writes: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("status.json written"))
+        .filter_map(|l| l.split("took_us=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .collect();
+    writes.sort_by(f64::total_cmp);
+    match rss {
+        Some(r) => println!("  {:<52} {:>8.1}MiB  target < 50 MiB", "cosmosd resident memory, idle", r),
+        None => println!("  cosmosd resident memory: cannot read /proc"),
+    }
+    match writes.get(writes.len() / 2) {
+        Some(us) => println!("  {:<52} {:>8.2}ms   target < 10 ms ({} writes)", "status.json write, median", us / 1e3, writes.len()),
+        None => println!("  status.json write: no timing in the log"),
+    }
 }

@@ -153,6 +153,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                 tracing::error!(error = %e, "cannot list the inbox");
             }
             next_rescan = now + config.watch.rescan.0;
+            intake.checkpoint();
             check_now = true;
         }
         if check_now || next_check.is_some_and(|t| now >= t) {

@@ -206,19 +206,17 @@ impl Outbox {
         // lock, or an older view could land last and stay.
         static RECEIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = RECEIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let runs = store.runs_where(RunLink::Submission, &sub.id)?;
-        let runs: Vec<_> = runs
+        // The lines alone, not whole runs: a 100,000-line submission's receipt.
+        let lines = store.receipt_lines(&sub.id)?;
+        let runs: Vec<ReceiptRun> = lines
             .iter()
-            .filter(|r| r.line.is_some())
-            .map(|r| {
-                let mut v = json!({"line": r.line, "name": r.name, "run_id": r.id, "status": r.status});
-                if let Some(e) = &r.error {
-                    v["error"] = json!(e);
-                }
-                if r.status == crate::store::RunStatus::Completed {
-                    v["output_dir"] = json!(self.run_dir(&r.id));
-                }
-                v
+            .map(|r| ReceiptRun {
+                line: r.line,
+                name: r.name.as_deref(),
+                run_id: &r.run_id,
+                status: r.status,
+                error: r.error.as_deref(),
+                output_dir: (r.status == crate::store::RunStatus::Completed).then(|| self.run_dir(&r.run_id)),
             })
             .collect();
         let mut receipt = json!({
@@ -250,9 +248,10 @@ impl Outbox {
         } else if sub.status == "accepted" && sub.rejected_before.is_some() {
             receipt["note"] = json!("accepted this time: what made the earlier rejection is gone");
         }
-        receipt["runs"] = json!(runs);
+        receipt["runs"] = serde_json::to_value(&runs).unwrap_or(Value::Null);
         let path = self.layout.receipt(&sub.file, &sub.id);
-        let mut text = serde_json::to_string_pretty(&receipt).unwrap_or_default();
+        // Indented for people; one line when it lists thousands of runs (a tool reads it).
+        let mut text = if runs.len() <= 1000 { serde_json::to_string_pretty(&receipt) } else { serde_json::to_string(&receipt) }.unwrap_or_default();
         text.push('\n');
         write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);
@@ -276,6 +275,19 @@ impl Outbox {
         self.set_mode(&path);
         Ok(())
     }
+}
+
+/// One run in a receipt, in this key order.
+#[derive(serde::Serialize)]
+struct ReceiptRun<'a> {
+    line: u64,
+    name: Option<&'a str>,
+    run_id: &'a str,
+    status: crate::store::RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dir: Option<PathBuf>,
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {

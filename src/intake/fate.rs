@@ -86,6 +86,9 @@ enum Claimed {
 impl Intake {
     pub fn new(config: &Config, store: Store) -> std::result::Result<Intake, PathIo> {
         let layout = Layout::of(&config.paths);
+        if let Err(e) = store.tune_for_intake() {
+            tracing::warn!(error = %e, "cannot tune the intake's store connection");
+        }
         std::fs::create_dir_all(layout.state()).map_err(at("cannot create", layout.state()))?;
         let daemon = super::daemon_id(&layout)?;
         layout.create_all(&daemon)?;
@@ -267,6 +270,14 @@ impl Intake {
             done.extend(taken);
         }
         done
+    }
+
+    /// Copies the WAL into the database file (the intake's connection does not do it
+    /// while taking files in); for quiet moments.
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.store.checkpoint() {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
     }
 
     /// When the next retry is due, if anything is stuck.

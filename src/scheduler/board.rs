@@ -58,6 +58,7 @@ impl Scheduler {
     /// status.json: on every change (`force`) and at least every `daemon.status_interval`.
     pub(super) fn write_status_if_due(&mut self, force: bool) {
         let now = Instant::now();
+        let started = now;
         if !force && self.board.last_written.is_some_and(|t| now.duration_since(t) < self.config.daemon.status_interval.0) {
             return;
         }
@@ -108,8 +109,9 @@ impl Scheduler {
             "nvml": self.board.gpus.describe(),
             "updated_at": Timestamp::now().rfc3339(),
         });
-        if let Err(e) = self.outbox.write_status(&status) {
-            tracing::warn!(error = %e, "cannot write status.json");
+        match self.outbox.write_status(&status) {
+            Ok(()) => tracing::debug!(took_us = started.elapsed().as_micros() as u64, "status.json written"),
+            Err(e) => tracing::warn!(error = %e, "cannot write status.json"),
         }
     }
 }

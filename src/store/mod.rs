@@ -175,6 +175,16 @@ pub struct Counts {
     pub cancelled: u64,
 }
 
+/// One line of a receipt: a run of a submission, as [`Store::receipt_lines`] gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptLine {
+    pub line: u64,
+    pub name: Option<String>,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+}
+
 /// See [`Store::queue_candidates`].
 #[derive(Debug, Clone, Default)]
 pub struct QueueCandidates {
@@ -203,6 +213,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        // Statement journals (an insert that fires a trigger keeps one) in memory, not in
+        // a temp file written page by page: most of a large submission's cost otherwise.
+        conn.pragma_update(None, "temp_store", "MEMORY").map_err(open_err)?;
         // 64 MiB of page cache: a large submission inserts into random-id indexes, which
         // thrash the default 2 MiB cache.
         conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
@@ -221,6 +234,23 @@ impl Store {
     /// Intake keeps FULL: a submission is never lost.
     pub fn relax_sync(&self) -> Result<()> {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
+    /// The intake's connection: it inserts a submission's rows (prompts, runs, their
+    /// events) whose references it makes itself in the same transaction, so foreign-key
+    /// checks (a lookup and a statement journal per row) buy nothing there; and it leaves
+    /// checkpointing the WAL to [`Store::checkpoint`] between files, so that a large
+    /// submission's commit does not also copy every page into the database file.
+    pub fn tune_for_intake(&self) -> Result<()> {
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the WAL holds into the database file, as far as readers allow.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -314,6 +344,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let id = ids::new_id(IdKind::Run);
         insert_run(&tx, &id, prompt_id, &spec, RunStatus::Pending, None, None, None, &now)?;
+        count_inserted(&tx, RunStatus::Pending, 1)?;
         tx.commit()?;
         self.run(&id)
     }
@@ -472,12 +503,31 @@ impl Store {
         Ok(())
     }
 
+    /// A run's events, oldest first. The first, `created`, is the run row itself (its
+    /// creation time, status and origin commit with it): a 100,000-line submission does
+    /// not also write 100,000 event rows that say nothing the runs do not.
     pub fn events(&self, run_id: &str) -> Result<Vec<Event>> {
-        let mut stmt = self.conn.prepare("SELECT seq, run_id, time, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq")?;
+        // A live run's creation is read from its row; a deleted run's was written out when
+        // it was deleted (see `delete_run_row`), so its trail outlives it.
+        let mut out = match self.run(run_id) {
+            Ok(run) => vec![creation_event(&run)],
+            Err(StoreError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let live = !out.is_empty();
+        // Stores written before schema 4 also hold a stored `created` row for live runs.
+        let mut stmt = self.conn.prepare_cached("SELECT seq, run_id, time, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq")?;
         let rows = stmt.query_map([run_id], |r| {
             Ok(Event { seq: r.get(0)?, run_id: r.get(1)?, time: r.get(2)?, kind: r.get(3)?, detail: r.get(4)? })
         })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        for row in rows {
+            let event = row?;
+            if live && event.kind == "created" {
+                continue;
+            }
+            out.push(event);
+        }
+        Ok(out)
     }
 
     // ---- scheduling ------------------------------------------------------------------
@@ -490,6 +540,24 @@ impl Store {
         let now = Timestamp::now();
         let candidates = self.queue_candidates(prefer, now)?;
         Ok(crate::scheduler::policy::choose_next(candidates, prefer, now, max_wait))
+    }
+
+    /// The lines of a submission's receipt, in line order (its runs' specs are not read).
+    pub fn receipt_lines(&self, submission: &str) -> Result<Vec<ReceiptLine>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT line, name, id, status, error FROM runs WHERE submission_id = ?1 AND line IS NOT NULL ORDER BY line, rowid",
+        )?;
+        let rows = stmt.query_map([submission], |r| {
+            let status: String = r.get(3)?;
+            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, status, r.get(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (line, name, run_id, status, error) = row?;
+            let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("unknown run status {status:?}")))?;
+            out.push(ReceiptLine { line: line as u64, name, run_id, status, error });
+        }
+        Ok(out)
     }
 
     /// What the next-run choice looks at (DESIGN.md section 9): the head of the queue
@@ -580,6 +648,7 @@ impl Store {
         if let Some((child_id, spec)) = child {
             let parent = load_run(&tx, run_id)?;
             insert_run(&tx, child_id, &parent.prompt_id, &spec, RunStatus::Queued, None, parent.submission_id.as_deref(), None, &now)?;
+            count_inserted(&tx, RunStatus::Queued, 1)?;
             tx.execute("UPDATE runs SET parent_id = ?2 WHERE id = ?1", params![child_id, run_id])?;
         }
         tx.commit()?;
@@ -703,48 +772,6 @@ impl Store {
     }
 }
 
-/// The outcome of [`Store::ingest`].
-#[derive(Debug)]
-pub enum Ingest {
-    /// Every run is in the store, queued, in one transaction.
-    Accepted { submission: Submission, batch: Batch, report: crate::spec::Report },
-    /// Nothing was stored: the file has problems (all of them are in the report).
-    Rejected { report: crate::spec::Report },
-}
-
-impl Store {
-    /// Validates a job file and, if it is wholly good, stores its runs as one accepted
-    /// submission: all or nothing. Runs are inserted as the file is read, so memory stays
-    /// bounded; a bad line anywhere rolls every insert back.
-    pub fn ingest(
-        &mut self,
-        path: &Path,
-        sha256: &str,
-        batch_name: &str,
-        roots: &[PathBuf],
-        rules: &crate::spec::Rules,
-    ) -> Result<Ingest> {
-        let file = path.display().to_string();
-        let mut writer = self.begin_submission(&file, sha256, batch_name)?;
-        let mut failure: Option<StoreError> = None;
-        let report = crate::spec::parse_job_file(path, roots, rules, &mut |job| {
-            if failure.is_none() {
-                if let Err(e) = writer.add(&job) {
-                    failure = Some(e);
-                }
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if !report.is_ok() {
-            return Ok(Ingest::Rejected { report });
-        }
-        let (submission, batch) = writer.commit()?;
-        Ok(Ingest::Accepted { submission, batch, report })
-    }
-}
-
 /// Which link `runs_where` follows.
 #[derive(Debug, Clone, Copy)]
 pub enum RunLink {
@@ -812,6 +839,7 @@ impl SubmissionWriter<'_> {
 
     pub fn commit(self) -> Result<(Submission, Batch)> {
         self.tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![self.runs as i64, self.id])?;
+        count_inserted(&self.tx, RunStatus::Queued, self.runs)?;
         let sub = self.tx.query_row(
             &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
             [&self.id],
@@ -886,11 +914,13 @@ fn insert_run(
         now,
         queued_at,
     ])?;
-    let detail = match submission_id {
-        Some(s) => format!("{status} from submission {s} line {}", line.unwrap_or(0)),
-        None => format!("{status} for prompt {prompt_id}"),
-    };
-    insert_event(conn, Some(id), now, "created", Some(&detail))
+    Ok(())
+}
+
+/// Counts `n` new runs of `status` in `run_counts` (inserts are not counted by trigger).
+fn count_inserted(conn: &Connection, status: RunStatus, n: u64) -> Result<()> {
+    conn.prepare_cached("UPDATE run_counts SET n = n + ?2 WHERE status = ?1")?.execute(params![status.as_str(), n as i64])?;
+    Ok(())
 }
 
 fn insert_event(conn: &Connection, run_id: Option<&str>, now: &str, kind: &str, detail: Option<&str>) -> Result<()> {
@@ -961,7 +991,22 @@ fn check_deletable(run: &Run, force: bool) -> Result<()> {
 
 fn delete_run_row(conn: &Connection, run: &Run, now: &str) -> Result<()> {
     conn.execute("DELETE FROM runs WHERE id = ?1", [&run.id])?;
+    // Creation is not stored while the run exists (it is read from the row); keep it now.
+    let created = creation_event(run);
+    insert_event(conn, Some(&run.id), &created.time, "created", created.detail.as_deref())?;
     insert_event(conn, Some(&run.id), now, "deleted", Some(&format!("was {}", run.status)))
+}
+
+/// The creation event of a run, derived from its row: intake of a large submission would
+/// otherwise write one event row per run, doubling its inserts.
+fn creation_event(run: &Run) -> Event {
+    let status = if run.queued_at.as_deref() == Some(run.created_at.as_str()) { RunStatus::Queued } else { RunStatus::Pending };
+    let detail = match (&run.submission_id, run.line, &run.parent_id) {
+        (Some(s), Some(line), _) => format!("{status} from submission {s} line {line}"),
+        (_, _, Some(parent)) => format!("{status}: the upscale of {parent}"),
+        _ => format!("{status} for prompt {}", run.prompt_id),
+    };
+    Event { seq: 0, run_id: Some(run.id.clone()), time: run.created_at.clone(), kind: "created".into(), detail: Some(detail) }
 }
 
 /// The one place a run's status changes: checks the transition, updates the row, appends

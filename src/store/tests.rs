@@ -162,31 +162,6 @@ fn a_submission_is_visible_whole_or_not_at_all() {
 }
 
 #[test]
-fn ingest_is_all_or_nothing() {
-    let (dir, mut store) = store();
-    std::fs::write(dir.path().join("color.mp4"), b"v").unwrap();
-    let good = r#"{"visual_input": "color.mp4", "prompt": "a", "control_overrides": {"vis": {"control_weight": 0.5}}}"#;
-    let jobs = dir.path().join("jobs.jsonl");
-    std::fs::write(&jobs, format!("{good}\n{good}\n{{\"prompt\": 1}}\n")).unwrap();
-    let limits = crate::spec::Rules::default();
-    match store.ingest(&jobs, "sha-bad", "jobs", &[], &limits).unwrap() {
-        Ingest::Rejected { report } => assert_eq!(report.runs, 2, "two good lines, one bad"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(store.counts().unwrap(), Counts::default(), "nothing of a rejected file is stored");
-    assert!(store.accepted_by_sha256("sha-bad").unwrap().is_none());
-    std::fs::write(&jobs, format!("{good}\n\n{good}\n")).unwrap();
-    match store.ingest(&jobs, "sha-good", "jobs", &[], &limits).unwrap() {
-        Ingest::Accepted { submission, batch, .. } => {
-            let runs = store.runs_where(RunLink::Submission, &submission.id).unwrap();
-            assert_eq!(runs.iter().map(|r| r.line).collect::<Vec<_>>(), vec![Some(1), Some(3)]);
-            assert!(runs.iter().all(|r| r.batch_id.as_deref() == Some(batch.id.as_str()) && r.status == RunStatus::Queued));
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
 fn next_run_prefers_the_loaded_control_set_but_never_starves_the_oldest() {
     let (_d, mut store) = store();
     let p = prompt(&mut store);
