@@ -6,7 +6,7 @@ use crate::layout::{run_files, Layout};
 use crate::runtime::protocol::Outputs;
 pub use crate::runtime::worker::WorkerInfo;
 use crate::spec::nvidia;
-use crate::store::{Batch, Run, RunLink, Store, StoreError, Submission};
+use crate::store::{Batch, ReceiptLine, Run, RunLink, Store, StoreError, Submission};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
 use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, write_atomic, PathIo};
@@ -202,12 +202,16 @@ impl Outbox {
 
     /// Writes (or rewrites) the receipt of a submission from the store.
     pub fn write_receipt(&self, store: &Store, sub: &Submission) -> Result<PathBuf> {
-        // Workers finish runs of one submission at the same time: read-and-write under one
-        // lock, or an older view could land last and stay.
-        static RECEIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = RECEIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lock = ReceiptLock::take();
         // The lines alone, not whole runs: a 100,000-line submission's receipt.
         let lines = store.receipt_lines(&sub.id)?;
+        self.write_receipt_of(&lock, store, sub, &lines)
+    }
+
+    /// Writes the receipt of `sub` listing `lines`, which must be what the store holds
+    /// now: the intake passes the lines it just committed (held since before the commit,
+    /// the lock keeps a run's end from writing its receipt in between).
+    pub fn write_receipt_of(&self, _lock: &ReceiptLock, store: &Store, sub: &Submission, lines: &[ReceiptLine]) -> Result<PathBuf> {
         let runs: Vec<ReceiptRun> = lines
             .iter()
             .map(|r| ReceiptRun {
@@ -219,39 +223,39 @@ impl Outbox {
                 output_dir: (r.status == crate::store::RunStatus::Completed).then(|| self.run_dir(&r.run_id)),
             })
             .collect();
-        let mut receipt = json!({
-            "submission": sub.id,
-            "file": sub.file,
-            "sha256": sub.sha256,
-            "status": sub.status,
-            "received_at": sub.received_at,
-        });
-        if let Some(of) = &sub.duplicate_of {
-            receipt["duplicate_of"] = json!(of);
-        }
-        if let Some(earlier) = &sub.rejected_before {
+        let mut receipt = Receipt {
+            submission: &sub.id,
+            file: &sub.file,
+            sha256: &sub.sha256,
+            status: &sub.status,
+            received_at: &sub.received_at,
+            duplicate_of: sub.duplicate_of.as_deref(),
             // Judged again after an earlier rejection of the same content.
-            receipt["rejected_before"] = json!(earlier);
-        }
+            rejected_before: sub.rejected_before.as_deref(),
+            problems: None,
+            note: None,
+            errors: None,
+            runs,
+        };
         if sub.status == "rejected" {
-            receipt["problems"] = json!(sub.problems);
+            receipt.problems = Some(sub.problems);
             let errors = match &sub.duplicate_of {
                 // The same problems as a rejection before: its folder says them.
                 Some(first) => {
                     let first_file = store.submission(first).map(|s| s.file).unwrap_or_else(|_| sub.file.clone());
-                    receipt["note"] = json!(format!("rejected again for the same problems as {first}; no new rejected/ folder"));
+                    receipt.note = Some(format!("rejected again for the same problems as {first}; no new rejected/ folder"));
                     self.layout.rejected_dir(&first_file, first).join(run_files::ERRORS)
                 }
                 None => self.layout.rejected_dir(&sub.file, &sub.id).join(run_files::ERRORS),
             };
-            receipt["errors"] = json!(errors);
+            receipt.errors = Some(errors);
         } else if sub.status == "accepted" && sub.rejected_before.is_some() {
-            receipt["note"] = json!("accepted this time: what made the earlier rejection is gone");
+            receipt.note = Some("accepted this time: what made the earlier rejection is gone".into());
         }
-        receipt["runs"] = serde_json::to_value(&runs).unwrap_or(Value::Null);
         let path = self.layout.receipt(&sub.file, &sub.id);
         // Indented for people; one line when it lists thousands of runs (a tool reads it).
-        let mut text = if runs.len() <= 1000 { serde_json::to_string_pretty(&receipt) } else { serde_json::to_string(&receipt) }.unwrap_or_default();
+        let mut text =
+            if receipt.runs.len() <= 1000 { serde_json::to_string_pretty(&receipt) } else { serde_json::to_string(&receipt) }.unwrap_or_default();
         text.push('\n');
         write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);
@@ -275,6 +279,38 @@ impl Outbox {
         self.set_mode(&path);
         Ok(())
     }
+}
+
+/// Held while a receipt is read from the store and written: workers finish runs of one
+/// submission at the same time, and an older view must not land last and stay.
+pub struct ReceiptLock(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+impl ReceiptLock {
+    pub fn take() -> ReceiptLock {
+        static RECEIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        ReceiptLock(RECEIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// A submission's receipt (DESIGN.md section 9), in this key order.
+#[derive(serde::Serialize)]
+struct Receipt<'a> {
+    submission: &'a str,
+    file: &'a str,
+    sha256: &'a str,
+    status: &'a str,
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_before: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<PathBuf>,
+    runs: Vec<ReceiptRun<'a>>,
 }
 
 /// One run in a receipt, in this key order.

@@ -10,7 +10,8 @@ pub use status::{Change, RunStatus};
 use crate::ids::{self, IdKind, IdSyntaxError};
 use crate::spec::{Hint, Job, RunSpec};
 use crate::time::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::ops::Range;
+use rusqlite::{params, Connection, OptionalExtension, Statement, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -206,6 +207,7 @@ impl Store {
     /// Opens (creating if needed) the store and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        configure_sqlite();
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
         // WAL: readers (cosmos) never block the writer (cosmosd). FULL: a commit survives
@@ -545,7 +547,7 @@ impl Store {
     /// The lines of a submission's receipt, in line order (its runs' specs are not read).
     pub fn receipt_lines(&self, submission: &str) -> Result<Vec<ReceiptLine>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT line, name, id, status, error FROM runs WHERE submission_id = ?1 AND line IS NOT NULL ORDER BY line, rowid",
+            "SELECT line, name, id, status, error FROM runs WHERE submission_id = ?1 AND line IS NOT NULL ORDER BY rowid",
         )?;
         let rows = stmt.query_map([submission], |r| {
             let status: String = r.get(3)?;
@@ -556,6 +558,11 @@ impl Store {
             let (line, name, run_id, status, error) = row?;
             let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("unknown run status {status:?}")))?;
             out.push(ReceiptLine { line: line as u64, name, run_id, status, error });
+        }
+        // Read in insertion order, which for a submission is line order (no sort of every
+        // row in SQL); a stable sort keeps it so should that ever not hold.
+        if !out.is_sorted_by_key(|l| l.line) {
+            out.sort_by_key(|l| l.line);
         }
         Ok(out)
     }
@@ -746,7 +753,10 @@ impl Store {
         batch_name: &str,
     ) -> Result<SubmissionWriter<'_>> {
         let now = Timestamp::now().rfc3339();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The transaction and the writer's two statements share the connection by
+        // reference (`&mut self` keeps anyone else off it while the writer lives).
+        let conn: &Connection = &self.conn;
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let batch = Batch { id: ids::new_id(IdKind::Batch), name: batch_name.to_string(), kind: "submission".into(), created_at: now.clone() };
         tx.execute(
             "INSERT INTO submissions (id, file, sha256, status, received_at) VALUES (?1, ?2, ?3, 'accepted', ?4)",
@@ -756,7 +766,9 @@ impl Store {
             "INSERT INTO batches (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![batch.id, batch.name, batch.kind, batch.created_at],
         )?;
-        Ok(SubmissionWriter { tx, id: id.to_string(), batch, now, runs: 0 })
+        let (insert_prompt, insert_run) = (conn.prepare(&insert_prompts_sql(1))?, conn.prepare(&insert_runs_sql(1))?);
+        let (insert_prompts, insert_runs) = (conn.prepare(&insert_prompts_sql(ROWS_PER_INSERT))?, conn.prepare(&insert_runs_sql(ROWS_PER_INSERT))?);
+        Ok(SubmissionWriter { insert_prompt, insert_run, insert_prompts, insert_runs, tx, id: id.to_string(), batch, now, runs: 0 })
     }
 
     /// Records a submission that was not accepted (duplicate or rejected), in one row.
@@ -783,6 +795,12 @@ pub enum RunLink {
 
 /// An accepted submission being taken in; see [`Store::begin_submission`].
 pub struct SubmissionWriter<'c> {
+    // Prepared once per submission, not looked up per row; declared before `tx` so that
+    // they are finalized before it ends.
+    insert_prompt: Statement<'c>,
+    insert_run: Statement<'c>,
+    insert_prompts: Statement<'c>,
+    insert_runs: Statement<'c>,
     tx: Transaction<'c>,
     id: String,
     batch: Batch,
@@ -798,36 +816,23 @@ impl SubmissionWriter<'_> {
     /// Adds one job as a prompt and a queued run; returns the run id.
     pub fn add(&mut self, job: &Job) -> Result<String> {
         let run_id = ids::new_id(IdKind::Run);
-        self.add_with_id(&run_id, job)?;
+        let mut one = PreparedRuns::default();
+        one.push(&run_id, job)?;
+        self.add_prepared(&one)?;
         Ok(run_id)
     }
 
-    /// [`SubmissionWriter::add`] with a run id chosen by the caller (who staged the run's
-    /// inputs under it first).
-    pub fn add_with_id(&mut self, run_id: &str, job: &Job) -> Result<()> {
-        let spec = &job.spec;
-        let prompt = insert_prompt(
-            &self.tx,
-            NewPrompt {
-                name: spec.name.clone(),
-                text: spec.prompt.clone(),
-                negative_prompt: spec.negative_prompt.clone(),
-                inputs: inputs_of(spec),
-            },
-            &self.now,
-        )?;
-        insert_run(
-            &self.tx,
-            run_id,
-            &prompt.id,
-            spec,
-            RunStatus::Queued,
-            Some(&self.batch.id),
-            Some(&self.id),
-            Some(job.line),
-            &self.now,
-        )?;
-        self.runs += 1;
+    /// Adds jobs prepared (ids drawn, JSON encoded) by [`PreparedRuns::push`], perhaps on
+    /// another thread: all that is left here is the inserts.
+    pub fn add_prepared(&mut self, batch: &PreparedRuns) -> Result<()> {
+        let mut chunks = batch.rows.chunks_exact(ROWS_PER_INSERT);
+        for chunk in &mut chunks {
+            bind_rows(&mut self.insert_prompts, &mut self.insert_runs, &batch.text, chunk, &self.batch.id, &self.id, &self.now)?;
+        }
+        for row in chunks.remainder() {
+            bind_rows(&mut self.insert_prompt, &mut self.insert_run, &batch.text, std::slice::from_ref(row), &self.batch.id, &self.id, &self.now)?;
+        }
+        self.runs += batch.rows.len() as u64;
         Ok(())
     }
 
@@ -838,16 +843,145 @@ impl SubmissionWriter<'_> {
     }
 
     pub fn commit(self) -> Result<(Submission, Batch)> {
-        self.tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![self.runs as i64, self.id])?;
-        count_inserted(&self.tx, RunStatus::Queued, self.runs)?;
-        let sub = self.tx.query_row(
+        let SubmissionWriter { insert_prompt, insert_run, insert_prompts, insert_runs, tx, id, batch, runs, .. } = self;
+        drop((insert_prompt, insert_run, insert_prompts, insert_runs));
+        tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![runs as i64, id])?;
+        count_inserted(&tx, RunStatus::Queued, runs)?;
+        let sub = tx.query_row(
             &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
-            [&self.id],
+            [&id],
             submission_from_row,
         )?;
-        self.tx.commit()?;
-        Ok((sub, self.batch))
+        tx.commit()?;
+        Ok((sub, batch))
     }
+}
+
+/// Jobs of a submission as the prompt and run rows they become. Building them is the
+/// costly part of a line (ids, JSON) and needs no connection: intake builds them on the
+/// thread that parses, while the store's thread only inserts. Every text of a batch lives
+/// in one buffer: a row is a few ranges, not eight allocations to make and free.
+#[derive(Debug, Default)]
+pub struct PreparedRuns {
+    text: String,
+    rows: Vec<PreparedRow>,
+}
+
+#[derive(Debug)]
+struct PreparedRow {
+    run_id: Range<usize>,
+    prompt_id: Range<usize>,
+    name: Option<Range<usize>>,
+    text: Range<usize>,
+    negative_prompt: Option<Range<usize>>,
+    inputs: Range<usize>,
+    spec: Range<usize>,
+    control_set: Range<usize>,
+    priority: i64,
+    line: u64,
+}
+
+impl PreparedRuns {
+    /// Adds `job` as the run `run_id` (and a new prompt).
+    pub fn push(&mut self, run_id: &str, job: &Job) -> Result<()> {
+        let spec = &job.spec;
+        let encode = |e: serde_json::Error| StoreError::Corrupt(format!("cannot encode a run spec: {e}"));
+        let buf = &mut self.text;
+        let mut put = |text: &str| {
+            let start = buf.len();
+            buf.push_str(text);
+            start..buf.len()
+        };
+        let row = PreparedRow {
+            run_id: put(run_id),
+            prompt_id: put(&ids::new_id(IdKind::Prompt)),
+            name: spec.name.as_deref().map(&mut put),
+            text: put(&spec.prompt),
+            negative_prompt: spec.negative_prompt.as_deref().map(&mut put),
+            inputs: put(&serde_json::to_string(&inputs_of(spec)).map_err(encode)?),
+            spec: put(&serde_json::to_string(spec).map_err(encode)?),
+            control_set: put(&spec.control_set()),
+            priority: spec.priority.into(),
+            line: job.line,
+        };
+        self.rows.push(row);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Empties the batch, keeping its memory for the next.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.rows.clear();
+    }
+}
+
+/// Rows per multi-row INSERT of a submission: one statement execution costs about as much
+/// as the rows it writes, so 32 rows a statement nearly halve a large submission's inserts.
+const ROWS_PER_INSERT: usize = 32;
+
+fn insert_prompts_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{}, ?1)", 6 * i + 2, 6 * i + 3, 6 * i + 4, 6 * i + 5, 6 * i + 6)).collect();
+    format!("INSERT INTO prompts (id, name, text, negative_prompt, inputs, created_at) VALUES {}", values.join(", "))
+}
+
+/// Parameters 1-3: the time, batch and submission shared by all rows; then 7 per row.
+fn insert_runs_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = |k: usize| 7 * i + 3 + k;
+            format!("(?{}, ?{}, ?{}, 'queued', ?{}, ?{}, ?{}, ?2, ?3, ?{}, ?1, ?1, ?1)", p(1), p(2), p(3), p(4), p(5), p(6), p(7))
+        })
+        .collect();
+    format!(
+        "INSERT INTO runs (id, prompt_id, name, status, spec, control_set, priority, batch_id, submission_id, line, \
+         created_at, queued_at, updated_at) VALUES {}",
+        values.join(", ")
+    )
+}
+
+/// Binds `rows` (ranges into `text`) to the prompt and run inserts made for that many
+/// rows, and runs both.
+fn bind_rows(
+    prompts: &mut Statement<'_>,
+    runs: &mut Statement<'_>,
+    text: &str,
+    rows: &[PreparedRow],
+    batch: &str,
+    submission: &str,
+    now: &str,
+) -> Result<()> {
+    let at = |r: &Range<usize>| &text[r.clone()];
+    prompts.raw_bind_parameter(1, now)?;
+    runs.raw_bind_parameter(1, now)?;
+    runs.raw_bind_parameter(2, batch)?;
+    runs.raw_bind_parameter(3, submission)?;
+    for (i, p) in rows.iter().enumerate() {
+        let (q, r) = (6 * i + 1, 7 * i + 3);
+        let name = p.name.as_ref().map(at);
+        prompts.raw_bind_parameter(q + 1, at(&p.prompt_id))?;
+        prompts.raw_bind_parameter(q + 2, name)?;
+        prompts.raw_bind_parameter(q + 3, at(&p.text))?;
+        prompts.raw_bind_parameter(q + 4, p.negative_prompt.as_ref().map(at))?;
+        prompts.raw_bind_parameter(q + 5, at(&p.inputs))?;
+        runs.raw_bind_parameter(r + 1, at(&p.run_id))?;
+        runs.raw_bind_parameter(r + 2, at(&p.prompt_id))?;
+        runs.raw_bind_parameter(r + 3, name)?;
+        runs.raw_bind_parameter(r + 4, at(&p.spec))?;
+        runs.raw_bind_parameter(r + 5, at(&p.control_set))?;
+        runs.raw_bind_parameter(r + 6, p.priority)?;
+        runs.raw_bind_parameter(r + 7, p.line as i64)?;
+    }
+    prompts.raw_execute()?;
+    runs.raw_execute()?;
+    Ok(())
 }
 
 /// The prompt videos a job names: its input video and the control videos it gives.
@@ -995,6 +1129,21 @@ fn delete_run_row(conn: &Connection, run: &Run, now: &str) -> Result<()> {
     let created = creation_event(run);
     insert_event(conn, Some(&run.id), &created.time, "created", created.detail.as_deref())?;
     insert_event(conn, Some(&run.id), now, "deleted", Some(&format!("was {}", run.status)))
+}
+
+/// Process-wide SQLite settings, made once before the first connection: no memory
+/// statistics (SQLite otherwise takes a global mutex around every allocation it makes;
+/// we never read them).
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is only valid before SQLite initialises, which the `Once`
+        // and the call's place (before the process's first `Connection::open`) ensure; if
+        // it were already initialised the call returns SQLITE_MISUSE and changes nothing.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::os::raw::c_int);
+        }
+    });
 }
 
 /// The creation event of a run, derived from its row: intake of a large submission would
