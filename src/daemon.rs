@@ -80,6 +80,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     for taken in intake.recover()? {
         log_taken(&taken);
     }
+    intake.rest();
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -153,17 +154,22 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                 tracing::error!(error = %e, "cannot list the inbox");
             }
             next_rescan = now + config.watch.rescan.0;
-            intake.checkpoint();
             check_now = true;
         }
         if check_now || next_check.is_some_and(|t| now >= t) {
-            take_ready(&mut tracker, &mut intake, &config, &stop);
+            if take_ready(&mut tracker, &mut intake, &config, &stop) > 0 {
+                intake.rest();
+            }
             check_now = false;
             next_check = tracker.next_wake(Instant::now());
         }
         // Entries that failed earlier, each on its own backoff.
         if intake.next_retry().is_some_and(|t| now >= t) && !stop.load(Ordering::SeqCst) {
-            intake.retry_due().iter().for_each(log_taken);
+            let done = intake.retry_due();
+            done.iter().for_each(log_taken);
+            if !done.is_empty() {
+                intake.rest();
+            }
         }
         shared.set_intake_stuck(intake.stuck_report());
         if stop.load(Ordering::SeqCst) {
@@ -266,7 +272,8 @@ fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
 }
 
 /// Claims every ready entry, stopping early (between claims) when asked to stop.
-fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool) {
+/// Takes in every entry that is ready; returns how many were taken.
+fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool) -> usize {
     let roots = {
         let mut r = config.paths.input_roots.clone();
         r.push(config.paths.inbox.clone());
@@ -275,17 +282,20 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
     let rules = crate::spec::Rules::from_config(config);
     let mut bundle_ok = |path: &Path| bundle_validates(path, &roots, &rules);
     let ready = tracker.due(&config.paths.inbox, Instant::now(), &mut bundle_ok);
+    let mut taken = 0;
     for (i, name) in ready.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             // Not claimed: they stay in the inbox for the next start.
             tracing::info!(left = ready.len() - i, "stopping: leaving the rest in the inbox");
-            return;
+            return taken;
         }
         // A failure is logged and scheduled for a retry by the intake itself.
-        if let Ok(Some(taken)) = intake.take(name) {
-            log_taken(&taken);
+        if let Ok(Some(t)) = intake.take(name) {
+            log_taken(&t);
+            taken += 1;
         }
     }
+    taken
 }
 
 /// Whether a quiet bundle validates where it stands (so its videos are all there).

@@ -354,12 +354,16 @@ impl Intake {
         done
     }
 
-    /// Copies the WAL into the database file (the intake's connection does not do it
-    /// while taking files in); for quiet moments.
-    pub fn checkpoint(&self) {
+    /// For quiet moments after files were taken in: copies the WAL into the database file
+    /// (the intake's connection does not while taking files in), and gives back the memory
+    /// a large submission filled (SQLite's page cache, then the allocator's free lists), so
+    /// that an idle daemon stays small.
+    pub fn rest(&self) {
         if let Err(e) = self.store.checkpoint() {
             tracing::debug!(error = %e, "WAL checkpoint skipped");
         }
+        self.store.release_memory();
+        crate::fsutil::trim_heap();
     }
 
     /// When the next retry is due, if anything is stuck.

@@ -176,6 +176,23 @@ pub struct Counts {
     pub cancelled: u64,
 }
 
+impl Counts {
+    pub fn of(&self, status: RunStatus) -> u64 {
+        match status {
+            RunStatus::Pending => self.pending,
+            RunStatus::Queued => self.queued,
+            RunStatus::Running => self.running,
+            RunStatus::Completed => self.completed,
+            RunStatus::Failed => self.failed,
+            RunStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending + self.queued + self.running + self.completed + self.failed + self.cancelled
+    }
+}
+
 /// One line of a receipt: a run of a submission, as [`Store::receipt_lines`] gives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiptLine {
@@ -239,14 +256,15 @@ impl Store {
         Ok(())
     }
 
-    /// The intake's connection: it inserts a submission's rows (prompts, runs, their
-    /// events) whose references it makes itself in the same transaction, so foreign-key
-    /// checks (a lookup and a statement journal per row) buy nothing there; and it leaves
-    /// checkpointing the WAL to [`Store::checkpoint`] between files, so that a large
-    /// submission's commit does not also copy every page into the database file.
+    /// The intake's connection: it inserts a submission's rows (prompts and runs) whose
+    /// references it makes itself in the same transaction, so foreign-key checks (a lookup
+    /// per row) buy nothing there; and it leaves checkpointing the WAL to quiet moments
+    /// ([`Store::checkpoint`]) unless the WAL passes 256 MiB, so that a large submission's
+    /// commit does not also copy every page into the database file, while a burst of them
+    /// cannot grow the WAL without bound.
     pub fn tune_for_intake(&self) -> Result<()> {
         self.conn.pragma_update(None, "foreign_keys", "OFF")?;
-        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
         Ok(())
     }
 
@@ -254,6 +272,11 @@ impl Store {
     pub fn checkpoint(&self) -> Result<()> {
         self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    /// Frees what this connection's page cache holds (it refills on demand).
+    pub fn release_memory(&self) {
+        let _ = self.conn.execute_batch("PRAGMA shrink_memory");
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -360,10 +383,26 @@ impl Store {
 
     /// Runs, newest first, optionally of one status.
     pub fn list_runs(&self, status: Option<RunStatus>, limit: Option<usize>) -> Result<Vec<Run>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2"
-        ))?;
-        let rows = stmt.query_map(params![status.map(|s| s.as_str()), limit_value(limit)], run_from_row)?;
+        let Some(status) = status else {
+            let mut stmt = self.conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY rowid DESC LIMIT ?1"))?;
+            let rows = stmt.query_map([limit_value(limit)], run_from_row)?;
+            return rows.map(|r| r?).collect();
+        };
+        // Two ways, chosen by the run counts: walking the table newest first meets `limit`
+        // runs of a common status soon (the 50 newest of a million queued: 50 rows read),
+        // but reads every row to find a rare one; the status index finds the runs of a
+        // rare status at once, but must then sort them all (a million queued: slow).
+        let counts = self.counts()?;
+        let (matching, total) = (counts.of(status), counts.total());
+        let scan_reads = match limit {
+            Some(l) => (l as u64).saturating_mul(total) / matching.max(1),
+            None => total,
+        };
+        let access = if matching.saturating_mul(4) < scan_reads { "INDEXED BY runs_queue" } else { "NOT INDEXED" };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {access} WHERE status = ?1 ORDER BY rowid DESC LIMIT ?2"))?;
+        let rows = stmt.query_map(params![status.as_str(), limit_value(limit)], run_from_row)?;
         rows.map(|r| r?).collect()
     }
 

@@ -193,3 +193,33 @@ fn next_run_prefers_the_loaded_control_set_but_never_starves_the_oldest() {
     store.retry_later(&hi.id, "oom", later).unwrap();
     assert_eq!(store.next_run(Some("vis"), long).unwrap().unwrap().id, b.id);
 }
+
+#[test]
+fn listing_by_status_is_newest_first_whether_the_status_is_common_or_rare() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let mut queued = Vec::new();
+    let mut failed = Vec::new();
+    for i in 0..40 {
+        let run = store.create_run(&p.id, spec(&format!("r{i}"))).unwrap();
+        store.change(&run.id, Change::Queue { detail: "t".into() }).unwrap();
+        if i % 13 == 5 {
+            store.change(&run.id, Change::Start).unwrap();
+            store.change(&run.id, Change::Fail { error: "boom".into() }).unwrap();
+            failed.push(run.id);
+        } else {
+            queued.push(run.id);
+        }
+    }
+    let counts = store.counts().unwrap();
+    assert_eq!((counts.queued, counts.failed, counts.total()), (37, 3, 40));
+    let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let newest = |v: &[String], n: usize| v.iter().rev().take(n).cloned().collect::<Vec<_>>();
+    // Common: found walking the table; rare: found by the index, then ordered.
+    assert_eq!(ids(store.list_runs(Some(RunStatus::Queued), Some(5)).unwrap()), newest(&queued, 5));
+    assert_eq!(ids(store.list_runs(Some(RunStatus::Failed), Some(2)).unwrap()), newest(&failed, 2));
+    assert_eq!(ids(store.list_runs(Some(RunStatus::Failed), None).unwrap()), newest(&failed, 3));
+    assert_eq!(ids(store.list_runs(Some(RunStatus::Queued), None).unwrap()), newest(&queued, 37));
+    assert!(store.list_runs(Some(RunStatus::Cancelled), Some(5)).unwrap().is_empty());
+    assert_eq!(store.list_runs(None, Some(3)).unwrap().len(), 3);
+}
