@@ -262,15 +262,6 @@ impl Outbox {
         Ok(path)
     }
 
-    /// The receipt of the submission a run came from, rewritten with the run's new status.
-    pub fn update_receipt_of(&self, store: &Store, run: &Run) -> Result<()> {
-        if let Some(sb) = &run.submission_id {
-            let sub = store.submission(sb)?;
-            self.write_receipt(store, &sub)?;
-        }
-        Ok(())
-    }
-
     pub fn write_status(&self, status: &Value) -> io::Result<()> {
         let path = self.layout.status_json();
         let mut text = serde_json::to_string_pretty(status).unwrap_or_default();

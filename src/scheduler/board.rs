@@ -63,6 +63,7 @@ impl Scheduler {
             return;
         }
         self.board.last_written = Some(now);
+        self.flush_receipts(false);
         self.board.samples = self.board.gpus.sample();
         if self.board.current.is_some() {
             let wanted = self.slot_gpus.clone();

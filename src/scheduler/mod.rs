@@ -93,6 +93,8 @@ pub struct Shared {
     pub slots: usize,
     /// Inbox entries that cannot be taken in right now, as the intake reports them.
     intake_stuck: Arc<Mutex<Value>>,
+    /// Submissions whose receipt is behind its runs, since when (see `after_end`).
+    receipts: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
 
 impl Shared {
@@ -103,7 +105,26 @@ impl Shared {
             barrier: Arc::new(std::sync::Barrier::new(slots.max(1))),
             slots: slots.max(1),
             intake_stuck: Arc::new(Mutex::new(Value::Array(Vec::new()))),
+            receipts: Arc::default(),
         }
+    }
+
+    /// Notes that a submission's receipt is behind (the first time counts).
+    fn mark_receipt(&self, submission: &str) {
+        if let Ok(mut r) = self.receipts.lock() {
+            r.entry(submission.to_string()).or_insert_with(Instant::now);
+        }
+    }
+
+    /// Takes the submissions whose receipt has been behind for `every` (all, with `all`).
+    fn due_receipts(&self, all: bool, every: Duration) -> Vec<String> {
+        let Ok(mut r) = self.receipts.lock() else { return Vec::new() };
+        let now = Instant::now();
+        let due: Vec<String> = r.iter().filter(|(_, since)| all || now.duration_since(**since) >= every).map(|(sb, _)| sb.clone()).collect();
+        for sb in &due {
+            r.remove(sb);
+        }
+        due
     }
 
     /// What status.json says of inbox entries that cannot be taken in (from the intake).
@@ -286,6 +307,7 @@ impl Scheduler {
             }
         }
         self.publish_pending();
+        self.flush_receipts(true);
         if let Some(w) = self.hand.worker.take() {
             w.leave();
         }

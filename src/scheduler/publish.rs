@@ -73,13 +73,39 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The run's receipt, rewritten with its new status.
+    /// The run's receipt, rewritten with its new status: at once for a submission of up
+    /// to [`RECEIPT_AT_ONCE`] runs; a larger one is marked and rewritten by
+    /// [`Scheduler::flush_receipts`] at most every [`RECEIPT_EVERY`] (rewriting a
+    /// 100,000-line receipt at every run's end would cost more than the runs).
     pub(super) fn after_end(&self, run: &Run) {
-        if let Err(e) = self.outbox.update_receipt_of(&self.store, run) {
-            tracing::warn!(error = %e, run = %run.id, "cannot update the receipt");
+        let Some(sb) = &run.submission_id else { return };
+        match self.store.submission(sb) {
+            Ok(sub) if sub.runs > RECEIPT_AT_ONCE => self.shared.mark_receipt(sb),
+            Ok(sub) => {
+                if let Err(e) = self.outbox.write_receipt(&self.store, &sub) {
+                    tracing::warn!(error = %e, run = %run.id, "cannot update the receipt");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, run = %run.id, "cannot update the receipt"),
+        }
+    }
+
+    /// Rewrites the marked receipts that have waited [`RECEIPT_EVERY`], or all of them
+    /// (`all`: the daemon stops).
+    pub(super) fn flush_receipts(&self, all: bool) {
+        for sb in self.shared.due_receipts(all, RECEIPT_EVERY) {
+            let written = self.store.submission(&sb).map_err(crate::outbox::OutboxError::from).and_then(|sub| self.outbox.write_receipt(&self.store, &sub));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, submission = %sb, "cannot update the receipt");
+            }
         }
     }
 }
+
+/// Submissions of up to this many runs have their receipt rewritten at each run's end.
+pub const RECEIPT_AT_ONCE: u64 = 1000;
+/// How long a larger submission's receipt may lag its runs.
+pub const RECEIPT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The upscale run that follows a completed run: control `upscale` at `weight` on the
 /// parent's output video.

@@ -1,0 +1,338 @@
+//! The attempt logic against an in-memory fake worker: loads per control set, a worker
+//! that dies, cancel during a load, a stop during a hung load, failures that are and are
+//! not retried, and receipts of large submissions.
+//!
+//! The fake speaks the protocol as our worker does (worker/cosmos_worker/protocol.py):
+//! a `load` is answered by `loaded` (or `load_failed`), a `run` by `progress` events, then
+//! `result.json` and the video written into `output_dir`, then `done` (or `failed`); a
+//! `ping` is answered at once by `pong` with the worker's state, even mid-load; `cancel`
+//! of the running run ends it with `failed` of kind `cancelled`. Ops are handled one at a
+//! time, in order, as that worker's main thread does.
+
+use super::*;
+use crate::config::Dur;
+use crate::runtime::protocol::{Event, FailureKind, Op, Outputs};
+use crate::runtime::worker::WorkerInfo;
+use crate::spec::{Control, Settings, SpecStyle};
+use crate::store::{Change, NewPrompt, PromptInputs, RunStatus};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+/// What the fake does with a run, by the run's name (its prompt is `prompt of <name>`).
+#[derive(Debug, Clone, PartialEq)]
+enum OnRun {
+    Done,
+    Fail { kind: FailureKind, retryable: bool },
+    /// The process dies mid-run (its stream closes).
+    Die,
+}
+
+/// What the fake does with a load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OnLoad {
+    Loaded,
+    /// Never answers (a load stuck on a slow disk): only pings are answered.
+    Hang,
+}
+
+/// The fake's script and what it was sent, shared by every worker the spawner starts.
+#[derive(Default)]
+struct Script {
+    on_load: Option<OnLoad>,
+    /// By run name; a name absent here completes. Each entry is used once, then `Done`.
+    on_run: BTreeMap<String, VecDeque<OnRun>>,
+    /// Everything sent, as `load:<controls>`, `run:<name>`, `cancel`, `ping`, `kill`,
+    /// `leave`, `spawn`.
+    log: Vec<String>,
+}
+
+type Shared_ = Arc<Mutex<Script>>;
+
+struct FakeWorker {
+    script: Shared_,
+    events: Mutex<VecDeque<WorkerMsg>>,
+    state: &'static str,
+    loaded: Option<Vec<String>>,
+    dead: bool,
+}
+
+impl FakeWorker {
+    fn note(&self, what: String) {
+        self.script.lock().unwrap().log.push(what);
+    }
+
+    fn emit(&self, ev: Event) {
+        self.events.lock().unwrap().push_back(WorkerMsg::Event(ev));
+    }
+}
+
+impl Worker for FakeWorker {
+    fn send(&mut self, op: &Op) -> std::result::Result<(), WorkerError> {
+        if self.dead {
+            return Err(WorkerError::Exited);
+        }
+        match op {
+            Op::Ping => {
+                self.note("ping".into());
+                self.emit(Event::Pong { state: self.state.into(), run_id: None, controls: self.loaded.clone(), version: None, pid: Some(1) });
+            }
+            Op::Load { controls, .. } => {
+                self.note(format!("load:{}", controls.join(",")));
+                self.state = "loading";
+                if self.script.lock().unwrap().on_load.unwrap_or(OnLoad::Loaded) == OnLoad::Loaded {
+                    self.state = "idle";
+                    self.loaded = Some(controls.clone());
+                    self.emit(Event::Loaded { controls: controls.clone(), seconds: 0.01 });
+                }
+            }
+            Op::Run { run_id, spec, output_dir, .. } => {
+                // NVIDIA's spec has no name: the tests' prompts carry it.
+                let name = spec["prompt"].as_str().unwrap_or_default().trim_start_matches("prompt of ").to_string();
+                self.note(format!("run:{name}"));
+                let what = self.script.lock().unwrap().on_run.get_mut(&name).and_then(VecDeque::pop_front).unwrap_or(OnRun::Done);
+                self.emit(Event::Progress { run_id: run_id.clone(), step: 1, steps: 2 });
+                let event = match what {
+                    OnRun::Die => {
+                        self.dead = true;
+                        self.events.lock().unwrap().push_back(WorkerMsg::Exited);
+                        return Ok(());
+                    }
+                    OnRun::Done => {
+                        let video = Path::new(output_dir).join("output.mp4");
+                        std::fs::write(&video, b"not really an mp4, but not empty").unwrap();
+                        Event::Done { run_id: run_id.clone(), outputs: Outputs { video: Some(video.display().to_string()), ..Default::default() }, seconds: 0.01 }
+                    }
+                    OnRun::Fail { kind, retryable } => Event::Failed { run_id: run_id.clone(), message: format!("scripted {kind}"), kind, retryable },
+                };
+                self.emit(event);
+            }
+            Op::Cancel { .. } => self.note("cancel".into()),
+            Op::Shutdown => self.note("shutdown".into()),
+        }
+        Ok(())
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<WorkerMsg> {
+        if let Some(m) = self.events.lock().unwrap().pop_front() {
+            return Some(m);
+        }
+        std::thread::sleep(timeout.min(Duration::from_millis(5)));
+        None
+    }
+
+    fn kill(&mut self) {
+        self.note("kill".into());
+        self.dead = true;
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo { backend: "fake".into(), version: "0".into(), pid: 1, container_id: None }
+    }
+
+    fn leave(self: Box<Self>) {
+        self.note("leave".into());
+    }
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+    script: Shared_,
+}
+
+fn bench() -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.paths.inbox = dir.path().join("inbox");
+    config.paths.outbox = dir.path().join("outbox");
+    config.paths.state = dir.path().join("state");
+    config.runtime.backend = crate::config::Backend::Sim;
+    config.outbox.min_free = crate::config::Size(0);
+    config.scheduler.cancel_grace = Dur(Duration::from_millis(300));
+    config.daemon.stop_grace = Dur(Duration::from_millis(500));
+    config.daemon.status_interval = Dur(Duration::from_millis(50));
+    std::fs::create_dir_all(&config.paths.state).unwrap();
+    let store = Store::open(&config.paths.database()).unwrap();
+    Bench { _dir: dir, config, store, script: Arc::default() }
+}
+
+fn spec(name: &str, hint: Hint) -> RunSpec {
+    let mut controls = BTreeMap::new();
+    controls.insert(hint, Control::generated(0.5));
+    RunSpec {
+        style: SpecStyle::Cli,
+        name: Some(name.into()),
+        prompt: format!("prompt of {name}"),
+        negative_prompt: None,
+        visual_input: "/videos/color.mp4".into(),
+        controls,
+        settings: Settings::default(),
+        priority: 0,
+        upscale_weight: None,
+        sim: None,
+    }
+}
+
+impl Bench {
+    /// Queued runs, oldest first.
+    fn queue(&mut self, runs: &[(&str, Hint)]) -> Vec<String> {
+        let inputs = PromptInputs { color: "/videos/color.mp4".into(), depth: None, seg: None, edge: None };
+        let p = self.store.create_prompt(NewPrompt { name: None, text: "t".into(), negative_prompt: None, inputs }).unwrap();
+        runs.iter()
+            .map(|(name, hint)| {
+                let run = self.store.create_run(&p.id, spec(name, *hint)).unwrap();
+                self.store.change(&run.id, Change::Queue { detail: "test".into() }).unwrap();
+                run.id
+            })
+            .collect()
+    }
+
+    fn spawner(&self) -> Spawner {
+        let script = self.script.clone();
+        Box::new(move |_r: &SpawnRequest| {
+            script.lock().unwrap().log.push("spawn".into());
+            Ok(Box::new(FakeWorker { script: script.clone(), events: Mutex::default(), state: "idle", loaded: None, dead: false }) as Box<dyn Worker>)
+        })
+    }
+
+    /// Runs a scheduler until `done` holds of the store (or 20 s pass), then stops it;
+    /// returns how long the stop took.
+    fn run_until(&self, done: impl FnMut(&Store) -> bool) -> Duration {
+        self.run_then_stop(done, |_| {})
+    }
+
+    fn run_then_stop(&self, mut done: impl FnMut(&Store) -> bool, before_stop: impl Fn(&Store)) -> Duration {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sched = Scheduler::with_spawner(&self.config, stop.clone(), 0, None, Shared::new(1), self.spawner()).unwrap();
+        let handle = std::thread::spawn(move || sched.run());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&self.store) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        before_stop(&self.store);
+        let asked = Instant::now();
+        stop.store(true, Ordering::SeqCst);
+        handle.join().unwrap().unwrap();
+        asked.elapsed()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.script.lock().unwrap().log.iter().filter(|l| l.as_str() != "ping").cloned().collect()
+    }
+
+    fn status(&self, id: &str) -> RunStatus {
+        self.store.run(id).unwrap().status
+    }
+}
+
+fn all_ended(ids: &[String]) -> impl Fn(&Store) -> bool + '_ {
+    move |s: &Store| ids.iter().all(|id| matches!(s.run(id).unwrap().status, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled))
+}
+
+#[test]
+fn one_load_per_control_set_and_every_run_published_whole() {
+    let mut b = bench();
+    let ids = b.queue(&[("a", Hint::Edge), ("b", Hint::Edge), ("c", Hint::Vis)]);
+    b.run_until(all_ended(&ids));
+    assert_eq!(b.log(), ["spawn", "load:edge", "run:a", "run:b", "load:vis", "run:c", "leave"]);
+    for id in &ids {
+        assert_eq!(b.status(id), RunStatus::Completed);
+        let folder = b.config.paths.outbox.join(format!("run_{id}"));
+        assert!(folder.join("output.mp4").is_file(), "{} has its video", folder.display());
+        assert!(folder.join("manifest.json").is_file());
+    }
+}
+
+#[test]
+fn a_worker_that_dies_mid_run_is_replaced_and_the_run_retried_with_a_new_load() {
+    let mut b = bench();
+    b.script.lock().unwrap().on_run.insert("a".into(), VecDeque::from([OnRun::Die]));
+    let ids = b.queue(&[("a", Hint::Edge)]);
+    b.run_until(all_ended(&ids));
+    let run = b.store.run(&ids[0]).unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.attempts, 2);
+    // The dead worker's model is gone with it: the new one loads again.
+    assert_eq!(b.log(), ["spawn", "load:edge", "run:a", "kill", "spawn", "load:edge", "run:a", "leave"]);
+}
+
+#[test]
+fn a_failure_not_retryable_fails_the_run_at_once_and_the_queue_goes_on() {
+    let mut b = bench();
+    b.script.lock().unwrap().on_run.insert("bad".into(), VecDeque::from([OnRun::Fail { kind: FailureKind::Input, retryable: false }]));
+    let ids = b.queue(&[("bad", Hint::Edge), ("good", Hint::Edge)]);
+    b.run_until(all_ended(&ids));
+    let bad = b.store.run(&ids[0]).unwrap();
+    assert_eq!((bad.status, bad.attempts), (RunStatus::Failed, 1));
+    assert_eq!(bad.error.as_deref(), Some("scripted input"));
+    assert_eq!(b.status(&ids[1]), RunStatus::Completed);
+    assert_eq!(b.log(), ["spawn", "load:edge", "run:bad", "run:good", "leave"], "one failed run costs no reload");
+}
+
+#[test]
+fn a_retryable_failure_is_tried_again_after_its_backoff() {
+    let mut b = bench();
+    b.script.lock().unwrap().on_run.insert("oom".into(), VecDeque::from([OnRun::Fail { kind: FailureKind::Oom, retryable: true }]));
+    let ids = b.queue(&[("oom", Hint::Edge)]);
+    b.run_until(all_ended(&ids));
+    let run = b.store.run(&ids[0]).unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Completed, 2));
+    let kinds: Vec<String> = b.store.events(&ids[0]).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["created", "queued", "running", "queued", "running", "completed"]);
+}
+
+#[test]
+fn cancel_during_a_model_load_ends_the_run_cancelled_without_sending_it() {
+    let mut b = bench();
+    b.script.lock().unwrap().on_load = Some(OnLoad::Hang);
+    let ids = b.queue(&[("a", Hint::Edge)]);
+    let loading = |s: &Store| s.run(&ids[0]).unwrap().status == RunStatus::Running;
+    let mut store = Store::open(&b.config.paths.database()).unwrap();
+    let asked = std::cell::Cell::new(None);
+    b.run_then_stop(
+        |s| {
+            if asked.get().is_none() && loading(s) {
+                store.request_cancel(&ids[0]).unwrap();
+                asked.set(Some(Instant::now()));
+            }
+            s.run(&ids[0]).unwrap().status == RunStatus::Cancelled
+        },
+        |_| {},
+    );
+    let took = asked.get().expect("the load started").elapsed();
+    assert_eq!(b.status(&ids[0]), RunStatus::Cancelled);
+    // Within cancel_grace (the load is given that long to finish), plus one poll.
+    assert!(took < Duration::from_secs(3), "cancel took {took:?}");
+    let log = b.log();
+    assert!(!log.iter().any(|l| l.starts_with("run:")), "the run was never sent: {log:?}");
+    assert!(log.contains(&"kill".to_string()), "the stuck load was ended: {log:?}");
+}
+
+#[test]
+fn a_stop_during_a_hung_load_hands_the_run_back_within_stop_grace() {
+    let mut b = bench();
+    b.script.lock().unwrap().on_load = Some(OnLoad::Hang);
+    let ids = b.queue(&[("a", Hint::Edge)]);
+    let took = b.run_until(|s| s.run(&ids[0]).unwrap().status == RunStatus::Running && s.events(&ids[0]).unwrap().len() >= 3);
+    assert!(took < b.config.daemon.stop_grace.0 + Duration::from_secs(2), "the stop took {took:?}");
+    let run = b.store.run(&ids[0]).unwrap();
+    assert_eq!(run.status, RunStatus::Queued, "handed back to the queue");
+    assert!(!b.log().iter().any(|l| l.starts_with("run:")));
+}
+
+#[test]
+fn receipts_of_large_submissions_wait_and_are_all_written_at_stop() {
+    let shared = Shared::new(1);
+    shared.mark_receipt("sb_big");
+    shared.mark_receipt("sb_big");
+    shared.mark_receipt("sb_other");
+    assert!(shared.due_receipts(false, Duration::from_secs(60)).is_empty(), "not due yet");
+    std::thread::sleep(Duration::from_millis(20));
+    let mut due = shared.due_receipts(false, Duration::from_millis(10));
+    due.sort();
+    assert_eq!(due, ["sb_big", "sb_other"], "each once, however many runs ended");
+    assert!(shared.due_receipts(true, Duration::from_secs(60)).is_empty(), "taken: nothing left");
+    shared.mark_receipt("sb_big");
+    assert_eq!(shared.due_receipts(true, Duration::from_secs(60)), ["sb_big"], "at stop, all at once");
+}
