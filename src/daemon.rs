@@ -7,7 +7,7 @@
 use crate::config::GlobalOpts;
 use crate::config::{Config, ConfigError, Loaded};
 use crate::intake::tracker::Tracker;
-use crate::intake::watch::{self, Active, Hint, Msg};
+use crate::intake::watch::{self, Active, Hint};
 use crate::intake::{Fate, Intake};
 use crate::store::{Store, StoreError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -31,6 +31,49 @@ pub enum DaemonError {
     Intake(#[from] crate::intake::fate::IntakeError),
     #[error(transparent)]
     Path(#[from] crate::fsutil::PathIo),
+    #[error("cannot start the scheduler of worker {slot}: {source}")]
+    Scheduler { slot: usize, source: crate::scheduler::SchedulerError },
+    #[error("the scheduler of worker {slot} stopped ({error}); cosmosd stops too, so that its supervisor restarts it")]
+    SchedulerEnded { slot: usize, error: String },
+}
+
+/// What reaches the daemon's loop.
+#[derive(Debug)]
+enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Signal(i32),
+    /// A scheduler's thread ended while the daemon was not stopping.
+    SchedulerEnded { slot: usize, error: String },
+}
+
+/// The watcher's events, into the loop.
+fn forward(tx: &mpsc::Sender<Msg>) -> watch::OnEvent {
+    let tx = tx.clone();
+    Box::new(move |event| {
+        let _ = tx.send(Msg::Fs(event));
+    })
+}
+
+/// Sends [`Msg::SchedulerEnded`] when a scheduler's thread ends, by error or panic, while
+/// the daemon is not stopping: a daemon that goes on taking work that no worker will run
+/// is worse than one that stops (systemd restarts it).
+struct SlotGuard {
+    slot: usize,
+    tx: mpsc::Sender<Msg>,
+    stop: Arc<AtomicBool>,
+    error: Option<String>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if self.stop.load(Ordering::SeqCst) && self.error.is_none() {
+            return;
+        }
+        let error = self.error.take().unwrap_or_else(|| {
+            if std::thread::panicking() { "it panicked".into() } else { "it returned while the daemon was running".into() }
+        });
+        let _ = self.tx.send(Msg::SchedulerEnded { slot: self.slot, error });
+    }
 }
 
 /// Sets up logging: `$COSMOS_LOG_LEVEL`, else `log.level`; to `log.dir/cosmosd.log` (daily
@@ -93,14 +136,17 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         let (reload_tx, reload_rx) = mpsc::channel::<Config>();
         reload_txs.push(reload_tx);
         let scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop), slot, gpus, shared.clone())
-            .map_err(|e| DaemonError::Io { what: "cannot start the scheduler".into(), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|source| DaemonError::Scheduler { slot, source })?
             .with_reloads(reload_rx);
+        let mut guard = SlotGuard { slot, tx: tx.clone(), stop: Arc::clone(&stop), error: None };
         let thread = std::thread::Builder::new()
             .name(format!("scheduler-{slot}"))
             .spawn(move || {
                 if let Err(e) = scheduler.run() {
                     tracing::error!(error = %e, slot, "the scheduler stopped");
+                    guard.error = Some(e.to_string());
                 }
+                drop(guard);
             })
             .map_err(|source| DaemonError::Io { what: "cannot start the scheduler thread".into(), source })?;
         scheduler_threads.push(thread);
@@ -122,13 +168,13 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     });
 
     let (mut active, why) = watch::resolve(config.watch.mode, &config.paths.inbox);
-    let mut watcher = match watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, tx.clone()) {
+    let mut watcher = match watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, forward(&tx)) {
         Ok(w) => w,
         Err(e) if active == Active::Inotify => {
             // Out of inotify watches, say: polling still works.
             tracing::warn!(error = %e, "inotify unavailable, polling the inbox instead");
             active = Active::Poll;
-            watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, tx.clone())
+            watch::start(active, &config.paths.inbox, config.watch.poll_interval.0, forward(&tx))
                 .map_err(|source| DaemonError::Watch { path: config.paths.inbox.display().to_string(), source })?
         }
         Err(source) => return Err(DaemonError::Watch { path: config.paths.inbox.display().to_string(), source }),
@@ -222,6 +268,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                         Hint::Entry { name, whole } => tracker.hint(&config.paths.inbox, &name, whole, now),
                     }
                 }
+            }
+            Ok(Msg::SchedulerEnded { slot, error }) => {
+                tracing::error!(slot, %error, "a scheduler stopped: cosmosd stops (exit 1) so that systemd restarts it");
+                break Err(DaemonError::SchedulerEnded { slot, error });
             }
             Ok(Msg::Fs(Err(e))) => {
                 tracing::warn!(error = %e, "watcher error: rescanning the inbox");
@@ -349,7 +399,7 @@ fn reload(global: &GlobalOpts, current: &Config, tx: &mpsc::Sender<Msg>) -> Opti
     }
     let watcher = if kept.watch.mode != current.watch.mode || kept.watch.poll_interval != current.watch.poll_interval {
         let (active, why) = watch::resolve(kept.watch.mode, &kept.paths.inbox);
-        match watch::start(active, &kept.paths.inbox, kept.watch.poll_interval.0, tx.clone()) {
+        match watch::start(active, &kept.paths.inbox, kept.watch.poll_interval.0, forward(tx)) {
             Ok(w) => {
                 tracing::info!(mode = ?active, reason = %why, "watching the inbox");
                 Some((w, active))

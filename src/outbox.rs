@@ -6,7 +6,7 @@ use crate::layout::{run_files, Layout};
 use crate::runtime::protocol::Outputs;
 pub use crate::runtime::worker::WorkerInfo;
 use crate::spec::nvidia;
-use crate::store::{Batch, ReceiptLine, Run, RunLink, Store, StoreError, Submission};
+use crate::store::{Batch, ReceiptLine, Run, RunLink, Store, StoreError, Submission, SubmissionStatus};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
 use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, write_atomic, PathIo};
@@ -227,7 +227,7 @@ impl Outbox {
             submission: &sub.id,
             file: &sub.file,
             sha256: &sub.sha256,
-            status: &sub.status,
+            status: sub.status,
             received_at: &sub.received_at,
             duplicate_of: sub.duplicate_of.as_deref(),
             // Judged again after an earlier rejection of the same content.
@@ -237,7 +237,7 @@ impl Outbox {
             errors: None,
             runs,
         };
-        if sub.status == "rejected" {
+        if sub.status == SubmissionStatus::Rejected {
             receipt.problems = Some(sub.problems);
             let errors = match &sub.duplicate_of {
                 // The same problems as a rejection before: its folder says them.
@@ -249,7 +249,7 @@ impl Outbox {
                 None => self.layout.rejected_dir(&sub.file, &sub.id).join(run_files::ERRORS),
             };
             receipt.errors = Some(errors);
-        } else if sub.status == "accepted" && sub.rejected_before.is_some() {
+        } else if sub.status == SubmissionStatus::Accepted && sub.rejected_before.is_some() {
             receipt.note = Some("accepted this time: what made the earlier rejection is gone".into());
         }
         let path = self.layout.receipt(&sub.file, &sub.id);
@@ -289,7 +289,7 @@ struct Receipt<'a> {
     submission: &'a str,
     file: &'a str,
     sha256: &'a str,
-    status: &'a str,
+    status: SubmissionStatus,
     received_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate_of: Option<&'a str>,

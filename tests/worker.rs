@@ -378,3 +378,21 @@ fn a_worker_per_gpu_shares_the_queue_without_running_anything_twice() {
     let st = status(&home);
     assert_eq!(st["workers"].as_array().map(Vec::len), Some(2), "{st}");
 }
+
+#[test]
+fn a_scheduler_that_stops_on_an_error_stops_the_daemon_with_exit_1() {
+    let home = Home::new();
+    let d = Daemon::start(&home, "", &[]);
+    // Something outside breaks the store under the scheduler (here: a table it reads at
+    // every turn is gone). Taking files in with no scheduler to run them would be worse
+    // than stopping: systemd restarts a daemon that exits 1.
+    let db = rusqlite::Connection::open(home.root().join("state/cosmos.db")).expect("open the store");
+    db.execute_batch("DROP TABLE daemon_state").expect("drop");
+    let mut child = d;
+    let ok = wait_until(Duration::from_secs(10), || matches!(child.child.try_wait(), Ok(Some(_))));
+    assert!(ok, "cosmosd went on without its scheduler:\n{}", child.log_text());
+    let status = child.child.wait().expect("status");
+    assert_eq!(status.code(), Some(1), "{}", child.log_text());
+    let log = child.log_text();
+    assert!(log.contains("the scheduler of worker 0 stopped") && log.contains("no such table: daemon_state"), "{log}");
+}

@@ -10,7 +10,7 @@ use crate::fsutil::link_or_copy;
 use crate::intake::fate::submission_sha256;
 use crate::layout::{stem_of, Layout};
 use crate::spec;
-use crate::store::{RunLink, RunStatus, Store, Submission};
+use crate::store::{RunLink, RunStatus, Store, Submission, SubmissionStatus};
 use crate::time::Timestamp;
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
@@ -62,9 +62,9 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
             Some(sub) => {
                 let receipt = Layout::of(&config.paths).receipt(name, &sub.id);
                 let before = sub.rejected_before.as_deref().map_or(String::new(), |b| format!("; rejected before as {b}"));
-                let fate = match (sub.status.as_str(), &sub.duplicate_of) {
-                    ("accepted", _) => format!("accepted, {} run(s) queued{before}", sub.runs),
-                    ("duplicate", of) => format!("duplicate of {}: nothing runs again", of.as_deref().unwrap_or("?")),
+                let fate = match (sub.status, &sub.duplicate_of) {
+                    (SubmissionStatus::Accepted, _) => format!("accepted, {} run(s) queued{before}", sub.runs),
+                    (SubmissionStatus::Duplicate, of) => format!("duplicate of {}: nothing runs again", of.as_deref().unwrap_or("?")),
                     (_, Some(first)) => format!("rejected again, {} problem(s), the same as {first}", sub.problems),
                     _ => format!("rejected, {} problem(s){before}", sub.problems),
                 };
@@ -88,7 +88,7 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
     if !wait {
         return Ok(());
     }
-    if let Some(rejected) = subs.iter().find(|s| s.status == "rejected") {
+    if let Some(rejected) = subs.iter().find(|s| s.status == SubmissionStatus::Rejected) {
         return Err(CliError::Invalid(format!("{} was rejected; see its receipt", rejected.file)));
     }
     follow(&store, &subs, out)
@@ -200,7 +200,7 @@ fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Res
 /// completed.
 fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()> {
     // A duplicate's runs are the original's. (A rejected one never gets here.)
-    let ids: Vec<String> = subs.iter().map(|s| if s.status == "duplicate" { s.duplicate_of.clone().unwrap_or_else(|| s.id.clone()) } else { s.id.clone() }).collect();
+    let ids: Vec<String> = subs.iter().map(|s| if s.status == SubmissionStatus::Duplicate { s.duplicate_of.clone().unwrap_or_else(|| s.id.clone()) } else { s.id.clone() }).collect();
     let runs_of = |store: &Store| -> Result<Vec<crate::store::Run>> {
         let mut all = Vec::new();
         for id in &ids {

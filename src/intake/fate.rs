@@ -8,7 +8,7 @@ use crate::fsutil::{at, move_entry, remove_any, sha256_file, sync_dir, write_ato
 use crate::ids::{self, IdKind};
 use crate::spec::{self, FileKind, Problem, Report, Rules};
 use crate::outbox::ReceiptLock;
-use crate::store::{PreparedRuns, ReceiptLine, RunStatus, Store, StoreError, Submission, Unaccepted};
+use crate::store::{PreparedRuns, ReceiptLine, RunStatus, Store, StoreError, Submission, SubmissionStatus, Unaccepted};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -391,7 +391,15 @@ impl Intake {
         if let Some(prev) = self.store.accepted_by_sha256(&sha)? {
             let sub = self.store.record_submission(
                 Some(sb),
-                &Unaccepted { file: name, sha256: &sha, status: "duplicate", duplicate_of: Some(&prev.id), ..Default::default() },
+                &Unaccepted {
+                    file: name,
+                    sha256: &sha,
+                    status: SubmissionStatus::Duplicate,
+                    duplicate_of: Some(&prev.id),
+                    problems: 0,
+                    problems_digest: None,
+                    rejected_before: None,
+                },
             )?;
             return self.finish(claimed, &sub, &shape, Known::Nothing);
         }
@@ -502,7 +510,7 @@ impl Intake {
             &Unaccepted {
                 file: name,
                 sha256: sha,
-                status: "rejected",
+                status: SubmissionStatus::Rejected,
                 duplicate_of: same_as.as_deref(),
                 problems: report.problem_count(),
                 problems_digest: Some(&digest),
@@ -515,10 +523,10 @@ impl Intake {
     /// The steps after the decision, each safe to repeat: rejected/ folder, receipt, archive.
     fn finish(&mut self, claimed: &Path, sub: &Submission, shape: &Claimed, known: Known) -> Result<Taken> {
         let name = sub.file.clone();
-        let fate = match sub.status.as_str() {
-            "accepted" => Fate::Accepted { runs: sub.runs },
-            "duplicate" => Fate::Duplicate { of: sub.duplicate_of.clone().unwrap_or_default() },
-            _ => Fate::Rejected { problems: sub.problems, same_as: sub.duplicate_of.clone() },
+        let fate = match sub.status {
+            SubmissionStatus::Accepted => Fate::Accepted { runs: sub.runs },
+            SubmissionStatus::Duplicate => Fate::Duplicate { of: sub.duplicate_of.clone().unwrap_or_default() },
+            SubmissionStatus::Rejected => Fate::Rejected { problems: sub.problems, same_as: sub.duplicate_of.clone() },
         };
         if let Fate::Rejected { same_as: None, .. } = fate {
             let errors = match &known {

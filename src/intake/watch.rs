@@ -6,15 +6,7 @@ use crate::config::WatchMode;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
-
-/// What reaches the daemon's loop.
-#[derive(Debug)]
-pub enum Msg {
-    Fs(notify::Result<Event>),
-    Signal(i32),
-}
 
 /// The watcher in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,20 +57,23 @@ pub fn resolve(mode: WatchMode, inbox: &Path) -> (Active, String) {
     }
 }
 
-struct Forward(Sender<Msg>);
+/// Where a watcher's events go (the daemon's loop).
+pub type OnEvent = Box<dyn Fn(notify::Result<Event>) + Send>;
+
+struct Forward(OnEvent);
 
 impl notify::EventHandler for Forward {
     fn handle_event(&mut self, event: notify::Result<Event>) {
-        let _ = self.0.send(Msg::Fs(event));
+        (self.0)(event)
     }
 }
 
 /// Starts watching `inbox` (not recursively: bundles are fingerprinted by the tracker).
-pub fn start(active: Active, inbox: &Path, poll_interval: Duration, tx: Sender<Msg>) -> notify::Result<Box<dyn Watcher + Send>> {
+pub fn start(active: Active, inbox: &Path, poll_interval: Duration, on_event: OnEvent) -> notify::Result<Box<dyn Watcher + Send>> {
     let config = notify::Config::default().with_poll_interval(poll_interval);
     let mut watcher: Box<dyn Watcher + Send> = match active {
-        Active::Inotify => Box::new(notify::RecommendedWatcher::new(Forward(tx), config)?),
-        Active::Poll => Box::new(notify::PollWatcher::new(Forward(tx), config)?),
+        Active::Inotify => Box::new(notify::RecommendedWatcher::new(Forward(on_event), config)?),
+        Active::Poll => Box::new(notify::PollWatcher::new(Forward(on_event), config)?),
     };
     watcher.watch(inbox, RecursiveMode::NonRecursive)?;
     Ok(watcher)

@@ -5,7 +5,7 @@
 mod schema;
 mod status;
 
-pub use status::{Change, RunStatus};
+pub use status::{Change, RunStatus, SubmissionStatus};
 
 use crate::ids::{self, IdKind, IdSyntaxError};
 use crate::spec::{Hint, Job, RunSpec};
@@ -130,7 +130,7 @@ pub struct Submission {
     pub id: String,
     pub file: String,
     pub sha256: String,
-    pub status: String,
+    pub status: SubmissionStatus,
     /// `duplicate`: the accepted submission it repeats. `rejected`: the earlier rejection
     /// with the same content and the same problems, whose rejected/ folder says them.
     pub duplicate_of: Option<String>,
@@ -144,12 +144,12 @@ pub struct Submission {
 }
 
 /// What [`Store::record_submission`] records of a submission that was not accepted.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Unaccepted<'a> {
     pub file: &'a str,
     pub sha256: &'a str,
-    /// `duplicate` or `rejected`.
-    pub status: &'a str,
+    /// `Duplicate` or `Rejected`.
+    pub status: SubmissionStatus,
     pub duplicate_of: Option<&'a str>,
     pub problems: u64,
     pub problems_digest: Option<&'a str>,
@@ -817,7 +817,7 @@ impl Store {
         self.conn.execute(
             "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, problems_digest, rejected_before, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id, sub.file, sub.sha256, sub.status, sub.duplicate_of, sub.problems as i64, sub.problems_digest, sub.rejected_before, now],
+            params![id, sub.file, sub.sha256, sub.status.as_str(), sub.duplicate_of, sub.problems as i64, sub.problems_digest, sub.rejected_before, now],
         )?;
         self.submission(&id)
     }
@@ -1306,7 +1306,12 @@ fn submission_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
         id: r.get(0)?,
         file: r.get(1)?,
         sha256: r.get(2)?,
-        status: r.get(3)?,
+        status: {
+            let text: String = r.get(3)?;
+            SubmissionStatus::parse(&text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, format!("unknown submission status {text:?}").into())
+            })?
+        },
         duplicate_of: r.get(4)?,
         runs: runs as u64,
         problems: problems as u64,

@@ -1,4 +1,4 @@
-//! Run status and the only transitions allowed between them.
+//! Run status and the only transitions allowed between them; a submission's status.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -118,5 +118,36 @@ mod tests {
         assert!(RunStatus::Failed.can_become(RunStatus::Queued));
         assert_eq!("running".parse::<RunStatus>(), Ok(RunStatus::Running));
         assert!("runing".parse::<RunStatus>().unwrap_err().contains("expected one of"));
+    }
+}
+
+/// What became of a submission (DESIGN.md section 3); the text is what the store, the
+/// receipts and `cosmos` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmissionStatus {
+    Accepted,
+    /// The same content as an accepted submission: nothing runs again.
+    Duplicate,
+    Rejected,
+}
+
+impl SubmissionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmissionStatus::Accepted => "accepted",
+            SubmissionStatus::Duplicate => "duplicate",
+            SubmissionStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SubmissionStatus> {
+        [SubmissionStatus::Accepted, SubmissionStatus::Duplicate, SubmissionStatus::Rejected].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for SubmissionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
