@@ -131,7 +131,8 @@ fn main() {
         wait(Duration::from_secs(60), || status(&root)["workers"].as_array().is_some_and(|w| w.iter().all(|w| w["state"] == "idle")));
         let t = Instant::now();
         drop_jobs(&root, "many", runs);
-        let done = wait(Duration::from_secs(600), || status(&root)["queue"]["completed"].as_u64() == Some(runs as u64)).map(|e| e.duration_since(t));
+        let done = wait(Duration::from_secs(600), || status(&root)["queue"]["completed"].as_u64() == Some(runs as u64))
+            .map(|e| e.duration_since(t));
         drop(daemon);
         remove(&names);
         results.push((label, done));

@@ -54,7 +54,8 @@ fn start(root: &Path, watch: &str) -> Daemon {
     std::fs::create_dir_all(root.join("inbox/videos")).expect("inbox");
     std::fs::write(root.join("inbox/videos/color.mp4"), b"video").expect("video");
     let config = root.join("cosmosd.toml");
-    std::fs::write(&config, format!("[watch]\n{watch}\nrescan = \"60s\"\n[runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n")).expect("config");
+    std::fs::write(&config, format!("[watch]\n{watch}\nrescan = \"60s\"\n[runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n"))
+        .expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_cosmosd"))
         .arg("--config")
         .arg(&config)
@@ -168,7 +169,10 @@ fn burst(root: &Path, n: usize) -> Option<Duration> {
     }
     let deadline = t + Duration::from_secs(300);
     loop {
-        let count = std::fs::read_dir(&receipts).ok()?.filter(|e| e.as_ref().map(|e| !e.file_name().to_string_lossy().starts_with('.')).unwrap_or(false)).count();
+        let count = std::fs::read_dir(&receipts)
+            .ok()?
+            .filter(|e| e.as_ref().map(|e| !e.file_name().to_string_lossy().starts_with('.')).unwrap_or(false))
+            .count();
         if count >= before + n {
             return Some(t.elapsed());
         }

@@ -94,7 +94,11 @@ fn jq(path: &Path) -> Option<Duration> {
 
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map(|kb| kb / 1024.0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
 }
 
 fn main() {
@@ -214,7 +218,9 @@ fn main() {
         None => println!("  cosmosd resident memory: cannot read /proc"),
     }
     match writes.get(writes.len() / 2) {
-        Some(us) => println!("  {:<52} {:>8.2}ms   target < 10 ms ({} writes)", "status.json write, median when idle", us / 1e3, writes.len()),
+        Some(us) => {
+            println!("  {:<52} {:>8.2}ms   target < 10 ms ({} writes)", "status.json write, median when idle", us / 1e3, writes.len())
+        }
         None => println!("  status.json write: no timing in the log"),
     }
 }

@@ -138,7 +138,9 @@ impl Worker {
         self.until("loaded");
         for i in 0..n {
             let spec = json!({"prompt": "p", "input_video_path": video, "edge": {"control_weight": 0.5}});
-            self.send(json!({"op": "run", "run_id": format!("rs_{i}"), "attempt": 1, "spec": spec, "output_dir": tmp.join(format!("o{i}"))}));
+            self.send(
+                json!({"op": "run", "run_id": format!("rs_{i}"), "attempt": 1, "spec": spec, "output_dir": tmp.join(format!("o{i}"))}),
+            );
             self.until("done");
         }
     }
@@ -210,25 +212,51 @@ fn main() {
     std::fs::create_dir_all(&per_run_dir).expect("dir");
     let per_run = fresh_worker_per_batch(&per_run_dir, load, job, single, 1, 0.0);
 
-    println!("{total} runs in {files} files {arrival} s apart; sim load {load} s, job {job} s; ideal = one load + {total} jobs = {ideal:.1} s");
+    println!(
+        "{total} runs in {files} files {arrival} s apart; sim load {load} s, job {job} s; ideal = one load + {total} jobs = {ideal:.1} s"
+    );
     println!("  {:<44} {:>9} {:>12}", "", "wall (s)", "x ideal");
     match cosmosd {
-        Some(d) => println!("  {:<44} {:>9.2} {:>12.3}   target <= 1.02", "cosmosd (warm worker)", d.as_secs_f64(), d.as_secs_f64() / ideal),
+        Some(d) => {
+            println!("  {:<44} {:>9.2} {:>12.3}   target <= 1.02", "cosmosd (warm worker)", d.as_secs_f64(), d.as_secs_f64() / ideal)
+        }
         None => println!("  cosmosd did not finish"),
     }
-    println!("  {:<44} {:>9.2} {:>12.3}", "fresh worker per batch (the Python system)", per_batch.as_secs_f64(), per_batch.as_secs_f64() / ideal);
+    println!(
+        "  {:<44} {:>9.2} {:>12.3}",
+        "fresh worker per batch (the Python system)",
+        per_batch.as_secs_f64(),
+        per_batch.as_secs_f64() / ideal
+    );
     let scaled = per_run.as_secs_f64() * total as f64 / single.max(1) as f64;
-    println!("  {:<44} {:>9.2} {:>12.3}{}", "fresh worker per run", scaled, scaled / ideal, if single < total { format!("   ({single} runs measured, scaled)") } else { String::new() });
+    println!(
+        "  {:<44} {:>9.2} {:>12.3}{}",
+        "fresh worker per run",
+        scaled,
+        scaled / ideal,
+        if single < total { format!("   ({single} runs measured, scaled)") } else { String::new() }
+    );
     println!("  cosmosd model loads: {loads}");
     if !gaps.is_empty() {
         let pct = |p: f64| gaps[(((gaps.len() - 1) as f64) * p).round() as usize];
-        println!("  dispatch gap (done -> next run sent), {} gaps: median {:.3} ms, p99 {:.3} ms, max {:.3} ms   target: median < 2 ms", gaps.len(), pct(0.5), pct(0.99), gaps[gaps.len() - 1]);
+        println!(
+            "  dispatch gap (done -> next run sent), {} gaps: median {:.3} ms, p99 {:.3} ms, max {:.3} ms   target: median < 2 ms",
+            gaps.len(),
+            pct(0.5),
+            pct(0.99),
+            gaps[gaps.len() - 1]
+        );
     }
 
     // 4. Control-set affinity: 4 sets interleaved.
     let root = tmp.path().join("mixed");
     let (daemon, _log) = start_daemon(&root, 0.05, 0.0);
-    let sets = ["{\"edge\": {\"control_weight\": 0.5}}", "{\"vis\": {\"control_weight\": 0.5}}", "{\"depth\": {\"control_weight\": 0.5}}", "{\"seg\": {\"control_weight\": 0.5}}"];
+    let sets = [
+        "{\"edge\": {\"control_weight\": 0.5}}",
+        "{\"vis\": {\"control_weight\": 0.5}}",
+        "{\"depth\": {\"control_weight\": 0.5}}",
+        "{\"seg\": {\"control_weight\": 0.5}}",
+    ];
     let text: String = (0..mixed).map(|i| job_line("mixed", i, sets[i % 4])).collect();
     drop_file(&root, "mixed.jsonl", &text);
     wait_completed(&root, mixed as u64, Duration::from_secs(300));

@@ -61,7 +61,8 @@ const T1_AV: &[&str] = &[
 ];
 /// Hugging Face models Transfer1 loads by id for controls it makes on the fly (depth:
 /// depth_anything.py; seg: sam2_model.py), from the cache when offline.
-const T1_ON_THE_FLY: &[&str] = &["depth-anything/Depth-Anything-V2-Small-hf", "facebook/sam2-hiera-large", "IDEA-Research/grounding-dino-tiny"];
+const T1_ON_THE_FLY: &[&str] =
+    &["depth-anything/Depth-Anything-V2-Small-hf", "facebook/sam2-hiera-large", "IDEA-Research/grounding-dino-tiny"];
 /// Transfer2.5's control checkpoints, resolved by Hugging Face id (checkpoint_db.py,
 /// cosmos_oss/checkpoints_transfer2.py): repository and file.
 const T25_CHECKPOINTS: &[(&str, &str)] = &[
@@ -152,12 +153,18 @@ pub fn check_host(config: &Config) -> Vec<Check> {
                         out.push(Check::new(
                             "image",
                             Verdict::Ok,
-                            format!("{} ({}, {})", rt.image, id.chars().take(19).collect::<String>(), crate::config::Size(size / (1 << 20) * (1 << 20))),
+                            format!(
+                                "{} ({}, {})",
+                                rt.image,
+                                id.chars().take(19).collect::<String>(),
+                                crate::config::Size(size / (1 << 20) * (1 << 20))
+                            ),
                         ));
                         let argv = vec![rt.python.clone(), "-c".into(), IMPORT_CHECK.into(), rt.backend.as_str().into()];
                         out.push(import_verdict(
                             "NVIDIA's code in the image",
-                            crate::runtime::docker::run_once(config, &worker_path, argv, Duration::from_secs(600)).map_err(|e| e.to_string()),
+                            crate::runtime::docker::run_once(config, &worker_path, argv, Duration::from_secs(600))
+                                .map_err(|e| e.to_string()),
                             config,
                         ));
                     }
@@ -180,7 +187,10 @@ pub fn check_host(config: &Config) -> Vec<Check> {
             Check::new(
                 "guardrails",
                 Verdict::Warn,
-                format!("runtime.guardrails = \"{}\", but NVIDIA's TransferPipeline runs without guardrails (disable_guardrail=True)", rt.guardrails.as_str()),
+                format!(
+                    "runtime.guardrails = \"{}\", but NVIDIA's TransferPipeline runs without guardrails (disable_guardrail=True)",
+                    rt.guardrails.as_str()
+                ),
             )
             .fix("nothing to fix here; set runtime.guardrails = \"off\" to say so, or use the transfer2_5 backend for guardrails"),
         );
@@ -248,7 +258,11 @@ fn checkpoints(config: &Config) -> Check {
         Backend::Transfer1 if rt.av_sample => T1_AV,
         Backend::Transfer1 => T1_BASE,
         Backend::Transfer2_5 => {
-            return Check::new("checkpoints", Verdict::Skip, "Transfer2.5 resolves its checkpoints by Hugging Face id: see the cache below");
+            return Check::new(
+                "checkpoints",
+                Verdict::Skip,
+                "Transfer2.5 resolves its checkpoints by Hugging Face id: see the cache below",
+            );
         }
         Backend::Sim => return Check::new("checkpoints", Verdict::Skip, "the sim backend has no model"),
     };
@@ -280,8 +294,12 @@ fn hf_cache(config: &Config) -> Check {
     let offline = rt.network == "none";
     if home.as_os_str().is_empty() {
         let verdict = if needed && offline { Verdict::Miss } else { Verdict::Warn };
-        return Check::new("Hugging Face cache", verdict, format!("runtime.hf_home is not set; with network = \"{}\" nothing can be downloaded", rt.network))
-            .fix(format!("fill a cache on a host with network (huggingface-cli download {}) and set runtime.hf_home to it", names.join(" ")));
+        return Check::new(
+            "Hugging Face cache",
+            verdict,
+            format!("runtime.hf_home is not set; with network = \"{}\" nothing can be downloaded", rt.network),
+        )
+        .fix(format!("fill a cache on a host with network (huggingface-cli download {}) and set runtime.hf_home to it", names.join(" ")));
     }
     let missing: Vec<String> = match rt.backend {
         Backend::Transfer2_5 => T25_CHECKPOINTS
@@ -299,8 +317,11 @@ fn hf_cache(config: &Config) -> Check {
     }
     let verdict = if needed { Verdict::Miss } else { Verdict::Warn };
     let why = if needed { "" } else { " (needed only by runs that make depth or seg controls on the fly)" };
-    Check::new("Hugging Face cache", verdict, format!("{}: missing {}{why}", home.display(), missing.join(", ")))
-        .fix(format!("HF_HOME={} huggingface-cli download {}", home.display(), missing.join(" ")))
+    Check::new("Hugging Face cache", verdict, format!("{}: missing {}{why}", home.display(), missing.join(", "))).fix(format!(
+        "HF_HOME={} huggingface-cli download {}",
+        home.display(),
+        missing.join(" ")
+    ))
 }
 
 fn disk(config: &Config) -> Vec<Check> {
@@ -308,14 +329,22 @@ fn disk(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     for (name, dir) in [("disk (outbox)", &config.paths.outbox), ("disk (state)", &config.paths.state)] {
         out.push(match crate::fsutil::free_bytes(dir) {
-            None => Check::new(name, Verdict::Miss, format!("cannot look at {}", dir.display())).fix("create the folder and give cosmosd's user write access"),
+            None => Check::new(name, Verdict::Miss, format!("cannot look at {}", dir.display()))
+                .fix("create the folder and give cosmosd's user write access"),
             Some(free) if free < need => Check::new(
                 name,
                 Verdict::Miss,
-                format!("{} free under {}, outbox.min_free is {}", crate::config::Size(free / (1 << 20) * (1 << 20)), dir.display(), config.outbox.min_free),
+                format!(
+                    "{} free under {}, outbox.min_free is {}",
+                    crate::config::Size(free / (1 << 20) * (1 << 20)),
+                    dir.display(),
+                    config.outbox.min_free
+                ),
             )
             .fix("free space there, or lower outbox.min_free; runs wait until there is room"),
-            Some(free) => Check::new(name, Verdict::Ok, format!("{} free under {}", crate::config::Size(free / (1 << 30) * (1 << 30)), dir.display())),
+            Some(free) => {
+                Check::new(name, Verdict::Ok, format!("{} free under {}", crate::config::Size(free / (1 << 30) * (1 << 30)), dir.display()))
+            }
         });
     }
     out
@@ -343,7 +372,11 @@ pub fn render(checks: &[Check]) -> (String, bool) {
     let _ = writeln!(
         text,
         "{}",
-        if missing == 0 { "the host has what the configuration needs".to_string() } else { format!("{missing} thing(s) the configuration needs are missing") }
+        if missing == 0 {
+            "the host has what the configuration needs".to_string()
+        } else {
+            format!("{missing} thing(s) the configuration needs are missing")
+        }
     );
     (text, missing > 0)
 }

@@ -301,12 +301,7 @@ pub struct Scheduler {
 
 impl Default for Scheduler {
     fn default() -> Self {
-        Scheduler {
-            max_attempts: 3,
-            run_timeout: Dur::secs(2 * 3600),
-            max_affinity_wait: Dur::secs(600),
-            cancel_grace: Dur::secs(30),
-        }
+        Scheduler { max_attempts: 3, run_timeout: Dur::secs(2 * 3600), max_affinity_wait: Dur::secs(600), cancel_grace: Dur::secs(30) }
     }
 }
 
@@ -505,10 +500,8 @@ pub struct Loaded {
 impl Config {
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_path_buf(),
-            message: one_line(&e.to_string()),
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: one_line(&e.to_string()) })?;
         config.check(&origin.display().to_string())?;
         Ok(config)
     }
@@ -530,9 +523,7 @@ impl Config {
         if self.daemon.status_interval.0.is_zero() {
             return Err(bad("daemon.status_interval", "expected a duration above 0".into()));
         }
-        if self.runtime.instance.is_empty()
-            || !self.runtime.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
+        if self.runtime.instance.is_empty() || !self.runtime.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(bad("runtime.instance", format!("expected letters, digits, '.', '_' or '-', got {:?}", self.runtime.instance)));
         }
         if let Gpus::Groups(groups) = &self.runtime.gpus {
@@ -560,10 +551,16 @@ impl Config {
         }
         for (hint, c) in &self.jobs.default_controls {
             if !CONTROL_NAMES.contains(&hint.as_str()) {
-                return Err(bad("jobs.default_controls", format!("{hint:?} is not a control; expected vis, edge, depth, seg, keypoint, hdmap, lidar or upscale")));
+                return Err(bad(
+                    "jobs.default_controls",
+                    format!("{hint:?} is not a control; expected vis, edge, depth, seg, keypoint, hdmap, lidar or upscale"),
+                ));
             }
             if !(0.0..=1.0).contains(&c.control_weight) {
-                return Err(bad("jobs.default_controls", format!("{hint}.control_weight: expected a number in [0, 1], got {}", c.control_weight)));
+                return Err(bad(
+                    "jobs.default_controls",
+                    format!("{hint}.control_weight: expected a number in [0, 1], got {}", c.control_weight),
+                ));
             }
             if c.input_control.as_ref().is_some_and(|p| !p.is_absolute()) {
                 return Err(bad("jobs.default_controls", format!("{hint}.input_control: expected an absolute path")));
@@ -689,7 +686,10 @@ mod tests {
         "#;
         let c = Config::from_toml(text, Path::new("t.toml")).unwrap();
         assert_eq!(c.runtime.guardrails, Guardrails::Offload);
-        assert_eq!(c.runtime.extra_mounts()[0], ExtraMount { host: "/srv/code".into(), container: "/workspace/code".into(), read_only: true });
+        assert_eq!(
+            c.runtime.extra_mounts()[0],
+            ExtraMount { host: "/srv/code".into(), container: "/workspace/code".into(), read_only: true }
+        );
         assert!(!c.runtime.extra_mounts()[1].read_only);
         assert_eq!(c.runtime.env["NCCL_DEBUG"], "WARN");
         assert_eq!(c.jobs.default_controls.len(), 2);

@@ -43,7 +43,10 @@ enum Msg {
     Fs(notify::Result<notify::Event>),
     Signal(i32),
     /// A scheduler's thread ended while the daemon was not stopping.
-    SchedulerEnded { slot: usize, error: String },
+    SchedulerEnded {
+        slot: usize,
+        error: String,
+    },
 }
 
 /// The watcher's events, into the loop.
@@ -70,7 +73,11 @@ impl Drop for SlotGuard {
             return;
         }
         let error = self.error.take().unwrap_or_else(|| {
-            if std::thread::panicking() { "it panicked".into() } else { "it returned while the daemon was running".into() }
+            if std::thread::panicking() {
+                "it panicked".into()
+            } else {
+                "it returned while the daemon was running".into()
+            }
         });
         let _ = self.tx.send(Msg::SchedulerEnded { slot: self.slot, error });
     }
@@ -106,7 +113,8 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         std::fs::create_dir_all(&config.paths.inbox)?;
         std::fs::canonicalize(&config.paths.inbox)
     });
-    config.paths.inbox = inbox.map_err(|source| DaemonError::Io { what: format!("cannot open the inbox {}", config.paths.inbox.display()), source })?;
+    config.paths.inbox =
+        inbox.map_err(|source| DaemonError::Io { what: format!("cannot open the inbox {}", config.paths.inbox.display()), source })?;
     std::fs::create_dir_all(&config.paths.state)
         .map_err(|source| DaemonError::Io { what: format!("cannot create {}", config.paths.state.display()), source })?;
     // One daemon per state folder: a second one would finish the first one's claims.
@@ -302,7 +310,13 @@ fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
     use std::os::fd::AsRawFd;
     let path = state.join("cosmosd.lock");
     let io_err = |what: &str, source| DaemonError::Io { what: format!("{what} {}", path.display()), source };
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io_err("cannot open", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("cannot open", e))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = std::io::Error::last_os_error();
@@ -317,7 +331,10 @@ fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
         // A filesystem without locks (some NFS setups): go on, and say so.
         tracing::warn!(path = %path.display(), error = %err, "cannot lock the state folder; make sure no other cosmosd uses it");
     }
-    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| writeln!(file, "{}", std::process::id())).map_err(|e| io_err("cannot write", e))?;
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| io_err("cannot write", e))?;
     Ok(file)
 }
 
@@ -355,8 +372,12 @@ fn bundle_validates(dir: &Path, roots: &[std::path::PathBuf], rules: &crate::spe
 
 fn log_taken(t: &crate::intake::Taken) {
     match &t.fate {
-        Fate::Accepted { runs } => tracing::info!(submission = %t.submission, file = %t.name, runs, receipt = %t.receipt.display(), "accepted"),
-        Fate::Duplicate { of } => tracing::info!(submission = %t.submission, file = %t.name, duplicate_of = %of, "duplicate: nothing runs again"),
+        Fate::Accepted { runs } => {
+            tracing::info!(submission = %t.submission, file = %t.name, runs, receipt = %t.receipt.display(), "accepted")
+        }
+        Fate::Duplicate { of } => {
+            tracing::info!(submission = %t.submission, file = %t.name, duplicate_of = %of, "duplicate: nothing runs again")
+        }
         Fate::Rejected { problems, same_as: None } => {
             tracing::warn!(submission = %t.submission, file = %t.name, problems, receipt = %t.receipt.display(), "rejected")
         }
@@ -436,7 +457,8 @@ pub fn diff(a: &Config, b: &Config) -> Vec<String> {
         flatten("", &vb, &mut fb);
     }
     // By key: tables such as runtime.env may gain or lose keys.
-    let (ma, mb): (std::collections::BTreeMap<_, _>, std::collections::BTreeMap<_, _>) = (fa.into_iter().collect(), fb.into_iter().collect());
+    let (ma, mb): (std::collections::BTreeMap<_, _>, std::collections::BTreeMap<_, _>) =
+        (fa.into_iter().collect(), fb.into_iter().collect());
     let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
     let none = "(none)".to_string();
     keys.into_iter()

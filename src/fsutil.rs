@@ -8,8 +8,8 @@
 //! the target's own filesystem.
 
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
 use std::fs::{File, Metadata};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 

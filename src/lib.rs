@@ -4,18 +4,18 @@
 //! This crate is the library both binaries share: `cosmosd` (the daemon) and `cosmos`
 //! (the command line).
 
-pub mod cli;
 pub mod checkhost;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod gpu;
 pub mod ids;
-pub mod layout;
-pub mod spec;
-pub mod store;
-pub mod time;
 pub mod intake;
+pub mod layout;
 pub mod outbox;
 pub mod runtime;
 pub mod scheduler;
+pub mod spec;
+pub mod store;
+pub mod time;

@@ -2,6 +2,7 @@
 //! `outbox/.staging/` and renamed into place, so a folder under its final name is complete;
 //! receipts and status.json are replaced atomically.
 
+use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, write_atomic, PathIo};
 use crate::layout::{run_files, Layout};
 use crate::runtime::protocol::Outputs;
 pub use crate::runtime::worker::WorkerInfo;
@@ -9,7 +10,6 @@ use crate::spec::nvidia;
 use crate::store::{Batch, ReceiptLine, Run, RunLink, Store, StoreError, Submission, SubmissionStatus};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
-use crate::fsutil::{at, link_or_copy, sha256_file, sync_dir, write_atomic, PathIo};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,8 @@ impl Outbox {
         let tmp = self.layout.outbox_staging().join(final_dir.file_name().unwrap_or_default());
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join(run_files::CONTROLS)).map_err(at("cannot create", &tmp))?;
-        let video = outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| self.layout.run_output(&run.id).join(run_files::OUTPUT_VIDEO));
+        let video =
+            outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| self.layout.run_output(&run.id).join(run_files::OUTPUT_VIDEO));
         link_or_copy(&video, &tmp.join(run_files::OUTPUT_VIDEO)).map_err(at("cannot place the output video", &video))?;
         for (hint, path) in &outputs.controls {
             let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
@@ -91,7 +92,8 @@ impl Outbox {
                 continue;
             }
             let src = Path::new(path);
-            link_or_copy(src, &tmp.join(run_files::CONTROLS).join(format!("{safe}.mp4"))).map_err(at("cannot place a control video", src))?;
+            link_or_copy(src, &tmp.join(run_files::CONTROLS).join(format!("{safe}.mp4")))
+                .map_err(at("cannot place a control video", src))?;
         }
         let log = self.layout.run_log(&run.id);
         if log.is_file() {
@@ -254,8 +256,8 @@ impl Outbox {
         }
         let path = self.layout.receipt(&sub.file, &sub.id);
         // Indented for people; one line when it lists thousands of runs (a tool reads it).
-        let mut text =
-            if receipt.runs.len() <= 1000 { serde_json::to_string_pretty(&receipt) } else { serde_json::to_string(&receipt) }.unwrap_or_default();
+        let mut text = if receipt.runs.len() <= 1000 { serde_json::to_string_pretty(&receipt) } else { serde_json::to_string(&receipt) }
+            .unwrap_or_default();
         text.push('\n');
         write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);

@@ -77,15 +77,24 @@ fn transfer1_runs_in_nvidias_checkout_with_nvidias_defaults_and_succeeds_by_its_
     let gen_of = |controls: &[&str]| gens.iter().find(|g| g["controls"] == serde_json::json!(controls)).unwrap().clone();
     let g = gen_of(&["edge"]);
     assert!(g["negative_prompt"].as_str().unwrap().starts_with("The video captures a game playing"), "{g}");
-    assert_eq!((g["seed"].clone(), g["guidance"].clone(), g["sigma_max"].clone()), (serde_json::json!(1), serde_json::json!(5.0), serde_json::json!(70.0)));
+    assert_eq!(
+        (g["seed"].clone(), g["guidance"].clone(), g["sigma_max"].clone()),
+        (serde_json::json!(1), serde_json::json!(5.0), serde_json::json!(70.0))
+    );
     let g = gen_of(&["depth", "vis"]);
-    assert_eq!((g["negative_prompt"].clone(), g["seed"].clone(), g["blur_strength"].clone()), (serde_json::json!(""), serde_json::json!(9), serde_json::json!("high")));
+    assert_eq!(
+        (g["negative_prompt"].clone(), g["seed"].clone(), g["blur_strength"].clone()),
+        (serde_json::json!(""), serde_json::json!(9), serde_json::json!("high"))
+    );
     // spec.json and the manifest say what the model got.
     assert!(spec_json(&home, &defaults)["negative_prompt"].as_str().unwrap().starts_with("The video captures"));
     let m = manifest(&home, &own);
     assert_eq!(m["settings"]["negative_prompt"], "");
     assert_eq!(m["settings"]["controlnet_specs"]["depth"]["control_weight"], 0.3);
-    assert!(home.outbox().join(format!("run_{}/controls/vis.mp4", own["id"].as_str().unwrap())).is_file(), "the generated control is published");
+    assert!(
+        home.outbox().join(format!("run_{}/controls/vis.mp4", own["id"].as_str().unwrap())).is_file(),
+        "the generated control is published"
+    );
     // The worker's environment: the Hugging Face cache, offline.
     assert!(daemon.log_text().contains(&format!("in {}", nvidia_fakes().display())), "{}", daemon.log_text());
     assert!(daemon.stop().success());
@@ -110,13 +119,25 @@ fn intake_refuses_what_the_configured_transfer1_model_cannot_run() {
     assert!(wait_until(LONG, || home.receipts_with("rejected").len() == 1), "{}", daemon.log_text());
     let receipt = &home.receipts_with("rejected")[0];
     let errors = std::fs::read_to_string(receipt["errors"].as_str().unwrap()).unwrap();
-    assert!(errors.contains("cannot.jsonl:1: control_overrides.hdmap: needs NVIDIA's Sample-AV base: set runtime.av_sample = true"), "{errors}");
+    assert!(
+        errors.contains("cannot.jsonl:1: control_overrides.hdmap: needs NVIDIA's Sample-AV base: set runtime.av_sample = true"),
+        "{errors}"
+    );
     assert!(errors.contains("cannot.jsonl:2: control_overrides.keypoint: NVIDIA's TransferPipeline does not serve keypoint"), "{errors}");
     assert!(errors.contains("cannot.jsonl:3: fps: NVIDIA's TransferPipeline writes 24 fps"), "{errors}");
     assert_eq!(runs(&home).len(), 0, "nothing reached the GPU");
     // `cosmos validate` applies the same rules as the daemon.
     let config = home.path().join("cosmosd.toml");
-    let out = home.cosmos().arg("--config").arg(&config).args(["validate", home.outbox().join("rejected").read_dir().unwrap().next().unwrap().unwrap().path().join("cannot.jsonl").to_str().unwrap()]).output().unwrap();
+    let out = home
+        .cosmos()
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "validate",
+            home.outbox().join("rejected").read_dir().unwrap().next().unwrap().unwrap().path().join("cannot.jsonl").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     drop(daemon);
 }
@@ -179,7 +200,11 @@ fn transfer2_5_gets_inference_arguments_with_its_own_defaults_and_one_multicontr
     assert_eq!(run["status"], "completed", "{}", daemon.log_text());
     let spec = spec_json(&home, run);
     assert_eq!(spec["sigma_max"], "80", "a string, as InferenceArguments wants: {spec}");
-    assert_eq!((spec["guidance"].clone(), spec["seed"].clone()), (serde_json::json!(4), serde_json::json!(2025)), "Transfer2.5's own seed default");
+    assert_eq!(
+        (spec["guidance"].clone(), spec["seed"].clone()),
+        (serde_json::json!(4), serde_json::json!(2025)),
+        "Transfer2.5's own seed default"
+    );
     assert_eq!(spec["vis"]["preset_blur_strength"], "low");
     assert!(spec["negative_prompt"].as_str().unwrap().starts_with("The video captures"));
     let inits = fake_calls(&calls, "Control2WorldInference.__init__");

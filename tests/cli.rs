@@ -35,7 +35,8 @@ fn seed_workflow_creates_lists_previews_and_queues() {
 
     // Dry run: NVIDIA's files, and nothing changes.
     let preview = home.ok(&["batch-inference", &r1, &r2, "--dry-run", "--batch-name", "urban_scenes_v1"]);
-    let lines: Vec<Value> = preview.lines().filter(|l| l.starts_with('{') && l.ends_with('}')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        preview.lines().filter(|l| l.starts_with('{') && l.ends_with('}')).map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{preview}");
     assert_eq!(lines[1]["control_overrides"]["seg"]["control_weight"], 0.0, "run 2 must not get run 1's seg");
     assert!(lines[0]["control_overrides"]["depth"]["input_control"].as_str().unwrap().ends_with("city1/depth.mp4"));
@@ -67,7 +68,13 @@ fn seed_scripts_grep_ids_from_output() {
     let out = home.ok(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0.1"]);
     // `grep -o 'rs_[a-z0-9]*'` must find exactly the run id.
     assert_eq!(out.matches("rs_").count(), 1, "{out}");
-    let ids: Vec<String> = home.json(&["list", "prompts", "--limit", "50", "--json"]).as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = home
+        .json(&["list", "prompts", "--limit", "50", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, vec![ps]);
 }
 
@@ -194,7 +201,11 @@ fn validate_reads_run_spec_files_of_both_styles() {
         r#"{"name": "a", "prompt": "p", "video_path": "videos/street1/color.mp4", "seg": {"control_path": "videos/street1/segmentation.mp4", "control_weight": 0.4}}"#,
     )
     .unwrap();
-    std::fs::write(home.path().join("bad.json"), r#"{"prompt": "p", "video_path": "videos/street1/color.mp4", "edge": {"control_weight": 0.4, "preset_edge_threshold": "huge"}}"#).unwrap();
+    std::fs::write(
+        home.path().join("bad.json"),
+        r#"{"prompt": "p", "video_path": "videos/street1/color.mp4", "edge": {"control_weight": 0.4, "preset_edge_threshold": "huge"}}"#,
+    )
+    .unwrap();
     let ok = home.ok(&["validate", "t1.json", "t25.json"]);
     assert!(ok.contains("t1.json: ok, 1 run") && ok.contains("t25.json: ok, 1 run"), "{ok}");
     let err = home.usage_error(&["validate", "bad.json", "missing.jsonl", "notes.txt"]);
@@ -209,7 +220,8 @@ fn input_roots_allow_absolute_paths_outside_the_file_folder() {
     let jobs_dir = home.path().join("jobs");
     std::fs::create_dir_all(&jobs_dir).unwrap();
     let video = home.path().join("videos/city1/color.mp4");
-    let line = format!(r#"{{"visual_input": "{}", "prompt": "p", "control_overrides": {{"vis": {{"control_weight": 0.3}}}}}}"#, video.display());
+    let line =
+        format!(r#"{{"visual_input": "{}", "prompt": "p", "control_overrides": {{"vis": {{"control_weight": 0.3}}}}}}"#, video.display());
     std::fs::write(jobs_dir.join("abs.jsonl"), line + "\n").unwrap();
     let err = home.usage_error(&["validate", "jobs/abs.jsonl"]);
     assert!(err.contains("outside the allowed folders"), "{err}");
@@ -265,7 +277,10 @@ fn a_100_mb_line_is_refused_without_being_read_whole() {
             f.write_all(&chunk).unwrap();
         }
         f.write_all(b"\"}\n").unwrap();
-        f.write_all(br#"{"visual_input": "videos/city1/color.mp4", "prompt": "ok", "control_overrides": {"vis": {"control_weight": 0.3}}}"#).unwrap();
+        f.write_all(
+            br#"{"visual_input": "videos/city1/color.mp4", "prompt": "ok", "control_overrides": {"vis": {"control_weight": 0.3}}}"#,
+        )
+        .unwrap();
         f.write_all(b"\n").unwrap();
     }
     let out = home.cosmos().args(["validate", "huge.jsonl"]).output().unwrap();

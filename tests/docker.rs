@@ -14,7 +14,8 @@ const IMAGE: &str = "cosmos-test-worker:latest";
 
 /// Whether the Docker tests can run here; builds the test image when it is missing.
 fn docker_ready() -> bool {
-    let engine = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let engine =
+        Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !engine {
         if std::env::var("COSMOS_REQUIRE_DOCKER").as_deref() == Ok("1") {
             panic!("COSMOS_REQUIRE_DOCKER=1 but no Docker engine answers (is dockerd running?)");
@@ -53,16 +54,13 @@ fn container_id(name: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-
 fn line(name: &str, extra: &str) -> String {
     format!("{{\"name\": \"{name}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{name}\", \"control_overrides\": {{\"edge\": {{\"control_weight\": 0.5}}}}{extra}}}\n")
 }
 
-
 fn completed(home: &Home) -> usize {
     runs(home).iter().filter(|r| r["status"] == "completed").count()
 }
-
 
 #[test]
 fn one_container_one_load_across_submissions_and_daemon_restarts() {
@@ -106,7 +104,9 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), me);
     // A bundle's relative paths reach the worker as container paths.
     let c = runs(&home).into_iter().find(|r| r["name"] == "c").unwrap();
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", c["id"].as_str().unwrap()))).unwrap()).unwrap();
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/spec.json", c["id"].as_str().unwrap()))).unwrap())
+            .unwrap();
     let seen = spec["input_video_path"].as_str().unwrap();
     assert!(seen.starts_with("/cosmos/work/inputs/") && seen.ends_with(".mp4"), "a staged input, by content: {spec}");
 }
@@ -188,7 +188,10 @@ fn two_gpus_get_two_containers_and_runs_spread_over_both() {
     assert_ne!(c0, c1);
     let mut used = std::collections::BTreeSet::new();
     for r in runs(&home) {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap()).unwrap();
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap(),
+        )
+        .unwrap();
         used.insert(m["worker"]["container_id"].as_str().unwrap().to_string());
     }
     assert_eq!(used.len(), 2, "runs spread over both containers: {used:?}");
@@ -221,7 +224,9 @@ fn a_daemon_killed_mid_run_finds_the_run_going_on_or_finished_in_the_container()
     // Finished while no daemon was attached: published from result.json.
     drop_file(&home, "b.jsonl", &line("finished", ", \"sim\": {\"seconds\": 2}"));
     assert!(
-        wait_until(LONG, || status(&home)["current"]["run_id"].as_str().is_some_and(|id| runs(&home).iter().any(|r| r["id"] == id && r["name"] == "finished"))
+        wait_until(LONG, || status(&home)["current"]["run_id"]
+            .as_str()
+            .is_some_and(|id| runs(&home).iter().any(|r| r["id"] == id && r["name"] == "finished"))
             && status(&home)["current"]["step"].as_u64().unwrap_or(0) >= 1),
         "{}",
         daemon.log_text()
@@ -276,7 +281,10 @@ fn seed_commands_run_in_the_container_from_staged_inputs() {
     let ps = common::grep_id(&home.ok(&["create", "prompt", "A city", "videos/city1"]), "ps_");
     let rs = common::grep_id(&home.ok(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0"]), "rs_");
     home.ok(&["batch-inference", &rs, "--batch-name", "seeded"]);
-    let (color, depth) = (std::fs::read(home.path().join("videos/city1/color.mp4")).unwrap(), std::fs::read(home.path().join("videos/city1/depth.mp4")).unwrap());
+    let (color, depth) = (
+        std::fs::read(home.path().join("videos/city1/color.mp4")).unwrap(),
+        std::fs::read(home.path().join("videos/city1/depth.mp4")).unwrap(),
+    );
     std::fs::remove_dir_all(home.path().join("videos")).unwrap();
     assert!(wait_until(LONG, || completed(&home) == 1), "{:?}\n{}", runs(&home), daemon.log_text());
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{rs}/spec.json"))).unwrap()).unwrap();
@@ -367,7 +375,11 @@ fn check_host_looks_inside_a_throwaway_container_as_the_worker_will() {
     let home = Home::new();
     let config = home.path().join("check.toml");
     let run = |image: &str| {
-        std::fs::write(&config, format!("[runtime]\nkind = \"docker\"\nbackend = \"sim\"\ngpus = []\nimage = \"{image}\"\n[outbox]\nmin_free = \"1MiB\"\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!("[runtime]\nkind = \"docker\"\nbackend = \"sim\"\ngpus = []\nimage = \"{image}\"\n[outbox]\nmin_free = \"1MiB\"\n"),
+        )
+        .unwrap();
         let out = home.cosmosd().arg("--config").arg(&config).arg("--root").arg(home.root()).arg("check-host").output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };

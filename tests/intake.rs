@@ -33,7 +33,11 @@ fn cp_mv_rsync_and_submit_are_all_taken_in_once() {
     std::fs::rename(outside.join("by-mv.jsonl"), home.inbox().join("by-mv.jsonl")).unwrap();
     // rsync: a hidden temp name, then a rename.
     write_file(&outside.join("by-rsync.jsonl"), &home.jobs("rsync", 4));
-    let status = std::process::Command::new("rsync").arg("-a").arg(outside.join("by-rsync.jsonl")).arg(format!("{}/", home.inbox().display())).status();
+    let status = std::process::Command::new("rsync")
+        .arg("-a")
+        .arg(outside.join("by-rsync.jsonl"))
+        .arg(format!("{}/", home.inbox().display()))
+        .status();
     assert!(status.expect("rsync is installed (.ci/run installs it)").success());
     // cosmos submit: a job file whose videos sit beside it travels as a bundle.
     std::fs::create_dir_all(outside.join("videos/city1")).unwrap();
@@ -319,7 +323,10 @@ fn inputs_on_another_filesystem_are_copied_not_linked() {
     std::fs::copy(home.path().join("videos/city1/color.mp4"), &video).unwrap();
     std::fs::create_dir_all(home.inbox()).unwrap();
     let daemon = Daemon::start(&home, &format!("[paths]\ninput_roots = [\"{}\"]\n", other.path().display()), &[]);
-    let line = format!("{{\"visual_input\": \"{}\", \"prompt\": \"x\", \"control_overrides\": {{\"vis\": {{\"control_weight\": 0.3}}}}}}\n", video.display());
+    let line = format!(
+        "{{\"visual_input\": \"{}\", \"prompt\": \"x\", \"control_overrides\": {{\"vis\": {{\"control_weight\": 0.3}}}}}}\n",
+        video.display()
+    );
     write_file(&home.inbox().join(".x.tmp"), &line);
     std::fs::rename(home.inbox().join(".x.tmp"), home.inbox().join("remote.jsonl")).unwrap();
     assert!(wait_until(LONG, || home.receipts_with("accepted").len() == 1), "{}", daemon.log_text());
@@ -334,7 +341,12 @@ fn a_file_identical_to_a_rejected_one_is_judged_again() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();
     let daemon = Daemon::start(&home, "", &[]);
-    let rejected_dirs = || std::fs::read_dir(home.outbox().join("rejected")).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+    let rejected_dirs = || {
+        std::fs::read_dir(home.outbox().join("rejected"))
+            .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .count()
+    };
     // The job names videos that are not there yet.
     let text = home.jobs("late", 2);
     common::drop_file(&home, "late.jsonl", &text);

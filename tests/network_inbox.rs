@@ -60,7 +60,8 @@ fn run(cmd: &mut std::process::Command) {
 }
 
 fn cosmos_at(root: &Path, args: &[&str]) -> String {
-    let out = assert_cmd::Command::cargo_bin("cosmos").unwrap().env_remove("COSMOS_CONFIG").arg("--root").arg(root).args(args).output().unwrap();
+    let out =
+        assert_cmd::Command::cargo_bin("cosmos").unwrap().env_remove("COSMOS_CONFIG").arg("--root").arg(root).args(args).output().unwrap();
     assert!(out.status.success(), "cosmos {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -181,7 +182,8 @@ fn two_daemons_on_one_network_inbox_take_200_files_each_exactly_once() {
     names.sort();
     assert_eq!(names, expected, "every file taken in exactly once across both daemons");
     assert!(receipts.iter().all(|r| r["status"] == "accepted"));
-    let runs = |root: &Path| serde_json::from_str::<Value>(&cosmos_at(root, &["list", "runs", "--json"])).unwrap().as_array().map_or(0, Vec::len);
+    let runs =
+        |root: &Path| serde_json::from_str::<Value>(&cosmos_at(root, &["list", "runs", "--json"])).unwrap().as_array().map_or(0, Vec::len);
     let (ra, rb) = (runs(&host_a), runs(&host_b));
     println!("host a took {ra}, host b took {rb}");
     assert_eq!(ra + rb, 200);
@@ -323,11 +325,7 @@ fn a_network_inbox_that_refuses_claims_is_retried_with_backoff_and_named_in_stat
     let log = daemon.log_text();
     assert!(log.contains("cannot claim") && log.contains("Read-only file system"), "{log}");
     // status.json and `cosmos status` name the file and the reason.
-    assert!(
-        wait_until(LONG, || common::status(&home)["intake"]["stuck"][0]["file"] == "remote.jsonl"),
-        "{}",
-        common::status(&home)
-    );
+    assert!(wait_until(LONG, || common::status(&home)["intake"]["stuck"][0]["file"] == "remote.jsonl"), "{}", common::status(&home));
     let stuck = &common::status(&home)["intake"]["stuck"][0];
     assert!(stuck["reason"].as_str().unwrap().contains("Read-only file system"), "{stuck}");
     assert_eq!(stuck["stage"], "claim");

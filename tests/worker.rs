@@ -10,7 +10,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(40);
 
-
 fn line(name: &str, controls: &str, extra: &str) -> String {
     format!(
         "{{\"name\": \"{name}\", \"visual_input\": \"videos/city1/color.mp4\", \"prompt\": \"{name}\", \"control_overrides\": {controls}{extra}}}\n"
@@ -18,7 +17,6 @@ fn line(name: &str, controls: &str, extra: &str) -> String {
 }
 
 const EDGE: &str = "{\"edge\": {\"control_weight\": 0.5}}";
-
 
 fn by_name<'a>(runs: &'a [Value], name: &str) -> &'a Value {
     runs.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no run named {name}"))
@@ -28,7 +26,6 @@ fn all_final(home: &Home, n: usize) -> bool {
     let r = runs(home);
     r.len() == n && r.iter().all(|r| ["completed", "failed", "cancelled"].contains(&r["status"].as_str().unwrap_or("")))
 }
-
 
 /// Checks every `size mtime sha256 path` line of a manifest.txt, as `sha256sum -c` would.
 fn verify_manifest(dir: &Path) -> usize {
@@ -56,7 +53,11 @@ fn three_lines_give_three_verified_run_folders_and_a_batch_folder() {
     let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.2\"]", &[]);
     let text = format!(
         "{}{}{}",
-        line("a", "{\"vis\": {\"control_weight\": 0.3}, \"depth\": {\"input_control\": \"videos/city1/depth.mp4\", \"control_weight\": 0.2}}", ""),
+        line(
+            "a",
+            "{\"vis\": {\"control_weight\": 0.3}, \"depth\": {\"input_control\": \"videos/city1/depth.mp4\", \"control_weight\": 0.2}}",
+            ""
+        ),
         line("b", EDGE, ", \"seed\": 7"),
         line("c", EDGE, ", \"priority\": 5"),
     );
@@ -87,7 +88,11 @@ fn three_lines_give_three_verified_run_folders_and_a_batch_folder() {
     let started = |n: &str| by_name(&runs, n)["started_at"].as_str().unwrap().to_string();
     assert!(started("c") < started("a") && started("c") < started("b"));
     // The batch folder, in NVIDIA's format.
-    let batch = std::fs::read_dir(home.outbox()).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("batch_three_")).expect("batch folder");
+    let batch = std::fs::read_dir(home.outbox())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("batch_three_"))
+        .expect("batch folder");
     for f in ["batch_spec.json", "batch_run.log", "three.jsonl"] {
         assert!(batch.join(f).is_file(), "{f}");
     }
@@ -154,7 +159,8 @@ fn cancel_a_queued_and_a_running_run() {
     drop_file(&home, "cancel.jsonl", &text);
     assert!(wait_until(LONG, || status(&home)["current"]["run_id"].is_string()), "{}", daemon.log_text());
     let all = runs(&home);
-    let (long, next) = (by_name(&all, "long")["id"].as_str().unwrap().to_string(), by_name(&all, "next")["id"].as_str().unwrap().to_string());
+    let (long, next) =
+        (by_name(&all, "long")["id"].as_str().unwrap().to_string(), by_name(&all, "next")["id"].as_str().unwrap().to_string());
     assert_eq!(status(&home)["current"]["run_id"], long.as_str());
     let out = home.ok(&["cancel", &next]);
     assert!(out.contains(&format!("Cancelled run {next}")), "{out}");
@@ -182,7 +188,11 @@ fn kill_9_mid_run_loses_nothing_and_completes_each_run_once() {
     let worker_pid = status(&home)["workers"][0]["pid"].as_u64().unwrap();
     daemon.kill9();
     // The worker notices its daemon is gone (stdin closed) and exits: no orphans.
-    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{worker_pid}")).exists() || std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)), "worker {worker_pid} outlived its daemon");
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{worker_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{worker_pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)),
+        "worker {worker_pid} outlived its daemon"
+    );
     let daemon = Daemon::start(&home, cfg, &[]);
     assert!(wait_until(LONG, || all_final(&home, 4)), "{:?}\n{}", runs(&home), daemon.log_text());
     for r in runs(&home) {
@@ -191,7 +201,8 @@ fn kill_9_mid_run_loses_nothing_and_completes_each_run_once() {
         let completions = show["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "completed").count();
         assert_eq!(completions, 1, "completed exactly once: {show}");
     }
-    let folders = std::fs::read_dir(home.outbox()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("run_")).count();
+    let folders =
+        std::fs::read_dir(home.outbox()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("run_")).count();
     assert_eq!(folders, 4);
     let staging = std::fs::read_dir(home.outbox().join(".staging")).unwrap().count();
     assert_eq!(staging, 0, "no half-built folder left");
@@ -333,11 +344,16 @@ fn gpu_samples_reach_status_and_manifests_and_gate_the_worker() {
     assert_eq!(st["gpus"][1]["memory_total_mib"], 81920);
     assert_eq!(st["workers"][0]["gpus"], serde_json::json!([0, 1]));
     let id = runs(&home)[0]["id"].as_str().unwrap().to_string();
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{id}/manifest.json"))).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{id}/manifest.json"))).unwrap()).unwrap();
     assert!(manifest["gpu"]["samples"].as_u64().unwrap() >= 1, "{manifest}");
     assert_eq!(manifest["gpu"]["gpus"][0]["peak_memory_mib"], 1024);
     assert_eq!(manifest["settings"]["world_size"], 2, "two ranks under torchrun: {manifest}");
-    assert!(daemon.log_text().contains("-m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m cosmos_worker"), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("-m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=2 -m cosmos_worker"),
+        "{}",
+        daemon.log_text()
+    );
     assert!(home.ok(&["status"]).contains("gpu 1 Fake GPU: 1024/81920 MiB"));
     drop(daemon);
 
@@ -371,7 +387,10 @@ fn a_worker_per_gpu_shares_the_queue_without_running_anything_twice() {
     for r in runs(&home) {
         assert_eq!(r["status"], "completed", "{r}\n{}", daemon.log_text());
         assert_eq!(r["attempts"], 1, "each run started once: {r}");
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap()).unwrap();
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(home.outbox().join(format!("run_{}/manifest.json", r["id"].as_str().unwrap()))).unwrap(),
+        )
+        .unwrap();
         pids.insert(m["worker"]["pid"].as_u64().unwrap());
     }
     assert_eq!(pids.len(), 2, "both workers ran runs: {pids:?}");

@@ -2,8 +2,8 @@
 //! the library (`cosmos_workflow::daemon`).
 
 use clap::{Parser, Subcommand};
-use cosmos_workflow::config::GlobalOpts;
 use cosmos_workflow::config::ConfigSource;
+use cosmos_workflow::config::GlobalOpts;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]

@@ -77,11 +77,7 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             s["daemon"]["state"].as_str().unwrap_or("?"),
             s["daemon"]["started_at"].as_str().unwrap_or("?")
         )?,
-        (Some(s), false) => writeln!(
-            out,
-            "cosmosd is not running (status.json last updated {})",
-            s["updated_at"].as_str().unwrap_or("?")
-        )?,
+        (Some(s), false) => writeln!(out, "cosmosd is not running (status.json last updated {})", s["updated_at"].as_str().unwrap_or("?"))?,
         (None, _) => writeln!(out, "cosmosd is not running (no {})", config.paths.outbox.join("status.json").display())?,
     }
     writeln!(
@@ -93,7 +89,15 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
         match s["current"].as_object() {
             Some(c) => {
                 let eta = c.get("eta_seconds").and_then(Value::as_f64).map_or(String::new(), |e| format!(", ETA {e:.0}s"));
-                writeln!(out, "current: {} step {}/{}{} (since {})", c["run_id"].as_str().unwrap_or("?"), c["step"], c["steps"], eta, c["started_at"].as_str().unwrap_or("?"))?;
+                writeln!(
+                    out,
+                    "current: {} step {}/{}{} (since {})",
+                    c["run_id"].as_str().unwrap_or("?"),
+                    c["step"],
+                    c["steps"],
+                    eta,
+                    c["started_at"].as_str().unwrap_or("?")
+                )?;
             }
             None => writeln!(out, "current: none")?,
         }
@@ -103,7 +107,11 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
         for w in s["workers"].as_array().into_iter().flatten() {
             let container = w["container_id"].as_str().map_or(String::new(), |c| format!(" container {}", &c[..c.len().min(12)]));
             let gpus = w["gpus"].as_array().map_or("all GPUs".to_string(), |g| {
-                if g.is_empty() { "no GPU".to_string() } else { format!("GPU {}", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")) }
+                if g.is_empty() {
+                    "no GPU".to_string()
+                } else {
+                    format!("GPU {}", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                }
             });
             writeln!(
                 out,
@@ -112,7 +120,11 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
                 w["backend"].as_str().unwrap_or("?"),
                 w["state"].as_str().unwrap_or("?"),
                 w["runtime"].as_str().unwrap_or("?"),
-                w["loaded_controls"].as_array().map_or("nothing".to_string(), |a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+                w["loaded_controls"].as_array().map_or("nothing".to_string(), |a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")),
                 w["loads"]
             )?;
         }
@@ -122,13 +134,23 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             writeln!(
                 out,
                 "  gpu {} {}: {}/{} MiB, {}% busy, {} C, {} W",
-                g["index"], g["name"].as_str().unwrap_or("?"), g["memory_used_mib"], g["memory_total_mib"],
-                g["utilization_pct"], g["temperature_c"], g["power_w"]
+                g["index"],
+                g["name"].as_str().unwrap_or("?"),
+                g["memory_used_mib"],
+                g["memory_total_mib"],
+                g["utilization_pct"],
+                g["temperature_c"],
+                g["power_w"]
             )?;
         }
         let stuck = s["intake"]["stuck"].as_array().cloned().unwrap_or_default();
         if !stuck.is_empty() {
-            writeln!(out, "intake: {} inbox entr{} cannot be taken in (retried with backoff):", stuck.len(), if stuck.len() == 1 { "y" } else { "ies" })?;
+            writeln!(
+                out,
+                "intake: {} inbox entr{} cannot be taken in (retried with backoff):",
+                stuck.len(),
+                if stuck.len() == 1 { "y" } else { "ies" }
+            )?;
             for e in stuck {
                 writeln!(
                     out,

@@ -24,8 +24,7 @@ pub fn run(r: &Run, model: crate::spec::Model) -> Value {
     }
     // The seed's four weights, 0 for a control that is off.
     let weight = |h: Hint| r.spec.controls.get(&h).map_or(0.0, |c| c.weight);
-    let settings: Map<String, Value> =
-        nvidia::model_settings(&r.spec, model).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let settings: Map<String, Value> = nvidia::model_settings(&r.spec, model).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     json!({
         "id": r.id,
         "prompt_id": r.prompt_id,

@@ -260,10 +260,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 Command::BatchInference { runs, batch_name, dry_run } => {
                     batch_inference(&mut store, &config, &runs, batch_name, dry_run, out)
                 }
-                Command::Inference { runs, upscale_weight, dry_run } => {
-                    inference(&mut store, &config, &runs, upscale_weight, dry_run, out)
+                Command::Inference { runs, upscale_weight, dry_run } => inference(&mut store, &config, &runs, upscale_weight, dry_run, out),
+                Command::List { what, status, limit, json } => {
+                    list(&store, spec::Model::from_config(&config), what, status, limit, json, out)
                 }
-                Command::List { what, status, limit, json } => list(&store, spec::Model::from_config(&config), what, status, limit, json, out),
                 Command::Show { id, json } => show(&store, spec::Model::from_config(&config), &id, json, out),
                 Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
                 Command::Cancel { runs } => control::cancel(&mut store, &runs, out),
@@ -343,13 +343,7 @@ fn create_prompt(
         }
     }
     let prompt = store.create_prompt(NewPrompt { name, text, negative_prompt: negative, inputs })?;
-    writeln!(
-        out,
-        "Created prompt {} (name {}; videos: {})",
-        prompt.id,
-        prompt.name.as_deref().unwrap_or("-"),
-        videos.join(", ")
-    )?;
+    writeln!(out, "Created prompt {} (name {}; videos: {})", prompt.id, prompt.name.as_deref().unwrap_or("-"), videos.join(", "))?;
     Ok(())
 }
 
@@ -399,10 +393,13 @@ fn create_run(store: &mut Store, a: CreateRun, out: &mut dyn Write) -> Result<()
             Hint::Edge => prompt.inputs.edge.clone(),
             _ => None,
         };
-        controls.insert(hint, match file {
-            Some(f) => Control::from_file(w, f),
-            None => Control::generated(w),
-        });
+        controls.insert(
+            hint,
+            match file {
+                Some(f) => Control::from_file(w, f),
+                None => Control::generated(w),
+            },
+        );
     }
     let spec = RunSpec {
         style: SpecStyle::Cli,
@@ -569,7 +566,12 @@ fn inference(
         writeln!(out, "# dry run: nothing was queued")?;
         for run in load_runs(store, &ids)? {
             writeln!(out, "# --- {} spec.json (what the {} worker gets) ---", run.id, config.runtime.backend.as_str())?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&crate::scheduler::worker_spec(&run.spec, spec::Model::from_config(config))).unwrap_or_default())?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&crate::scheduler::worker_spec(&run.spec, spec::Model::from_config(config)))
+                    .unwrap_or_default()
+            )?;
             if let Some(w) = upscale.or(run.spec.upscale_weight) {
                 writeln!(out, "# then an upscale run: control upscale at weight {w} on this run's output.mp4")?;
             }
@@ -591,7 +593,15 @@ fn inference(
     Ok(())
 }
 
-fn list(store: &Store, model: spec::Model, what: ListWhat, status: Option<RunStatus>, limit: Option<usize>, as_json: bool, out: &mut dyn Write) -> Result<()> {
+fn list(
+    store: &Store,
+    model: spec::Model,
+    what: ListWhat,
+    status: Option<RunStatus>,
+    limit: Option<usize>,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     match what {
         ListWhat::Prompts => {
             if status.is_some() {
@@ -752,7 +762,14 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
         };
         if report.is_ok() {
             ok += 1;
-            writeln!(out, "{}: ok, {} run{} for the {} backend", shown.display(), report.runs, if report.runs == 1 { "" } else { "s" }, rules.model.name())?;
+            writeln!(
+                out,
+                "{}: ok, {} run{} for the {} backend",
+                shown.display(),
+                report.runs,
+                if report.runs == 1 { "" } else { "s" },
+                rules.model.name()
+            )?;
         } else {
             problems_total += report.problem_count();
             write!(out, "{}", report.render(&shown))?;

@@ -108,7 +108,11 @@ fn plan(file: &Path, roots: &[PathBuf], rules: &spec::Rules) -> std::result::Res
     if file.is_dir() {
         let (report, layout) = spec::parse_bundle(file, roots, rules, &mut |_| {});
         let shown = layout.map_or_else(|| file.to_path_buf(), |l| l.jobs().to_path_buf());
-        return if report.is_ok() { Ok(Plan { source: file.to_path_buf(), carry: Vec::new(), bundle: true }) } else { Err(report.render(&shown)) };
+        return if report.is_ok() {
+            Ok(Plan { source: file.to_path_buf(), carry: Vec::new(), bundle: true })
+        } else {
+            Err(report.render(&shown))
+        };
     }
     let mut inputs: BTreeSet<PathBuf> = BTreeSet::new();
     let report = spec::parse_job_file(file, roots, rules, &mut |job| {
@@ -200,7 +204,12 @@ fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Res
 /// completed.
 fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()> {
     // A duplicate's runs are the original's. (A rejected one never gets here.)
-    let ids: Vec<String> = subs.iter().map(|s| if s.status == SubmissionStatus::Duplicate { s.duplicate_of.clone().unwrap_or_else(|| s.id.clone()) } else { s.id.clone() }).collect();
+    let ids: Vec<String> = subs
+        .iter()
+        .map(
+            |s| if s.status == SubmissionStatus::Duplicate { s.duplicate_of.clone().unwrap_or_else(|| s.id.clone()) } else { s.id.clone() },
+        )
+        .collect();
     let runs_of = |store: &Store| -> Result<Vec<crate::store::Run>> {
         let mut all = Vec::new();
         for id in &ids {

@@ -2,12 +2,12 @@
 
 use super::stuck::{Key, Retries, Stage};
 use super::{classify, stage, EntryKind};
-use crate::layout::{parse_claim_name, stem_of, Layout};
 use crate::config::Config;
 use crate::fsutil::{at, move_entry, remove_any, sha256_file, sync_dir, write_atomic, PathIo};
 use crate::ids::{self, IdKind};
-use crate::spec::{self, FileKind, Problem, Report, Rules};
+use crate::layout::{parse_claim_name, stem_of, Layout};
 use crate::outbox::ReceiptLock;
+use crate::spec::{self, FileKind, Problem, Report, Rules};
 use crate::store::{PreparedRuns, ReceiptLine, RunStatus, Store, StoreError, Submission, SubmissionStatus, Unaccepted};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -130,10 +130,17 @@ type Result<T> = std::result::Result<T, IntakeError>;
 /// What became of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
-    Accepted { runs: u64 },
-    Duplicate { of: String },
+    Accepted {
+        runs: u64,
+    },
+    Duplicate {
+        of: String,
+    },
     /// `same_as`: rejected before for the very same problems; its rejected/ folder says them.
-    Rejected { problems: u64, same_as: Option<String> },
+    Rejected {
+        problems: u64,
+        same_as: Option<String>,
+    },
 }
 
 /// One entry taken in.
@@ -174,7 +181,15 @@ impl Intake {
         std::fs::create_dir_all(layout.state()).map_err(at("cannot create", layout.state()))?;
         let daemon = super::daemon_id(&layout)?;
         layout.create_all(&daemon)?;
-        let mut intake = Intake { layout, daemon, store, roots: Vec::new(), rules: Rules::from_config(config), file_mode: 0o644, retries: Retries::default() };
+        let mut intake = Intake {
+            layout,
+            daemon,
+            store,
+            roots: Vec::new(),
+            rules: Rules::from_config(config),
+            file_mode: 0o644,
+            retries: Retries::default(),
+        };
         intake.set_config(config);
         Ok(intake)
     }
@@ -417,7 +432,15 @@ impl Intake {
     /// Two threads, so that a large file is taken in at the speed of the store: this one
     /// inserts; the other parses, validates and encodes the rows, then (the file being
     /// good) stores the inputs and keeps the receipt's lines, while the inserts go on.
-    fn judge(&mut self, claimed: &Path, sb: &str, name: &str, sha: &str, shape: &Claimed, rejected_before: Option<String>) -> Result<Taken> {
+    fn judge(
+        &mut self,
+        claimed: &Path,
+        sb: &str,
+        name: &str,
+        sha: &str,
+        shape: &Claimed,
+        rejected_before: Option<String>,
+    ) -> Result<Taken> {
         let (inbox, roots, rules) = (self.layout.inbox().to_path_buf(), self.roots.clone(), self.rules.clone());
         let stager = stage::Stager::new(&self.layout.inputs());
         let mut writer = self.store.begin_submission_with_id(sb, name, sha, &stem_of(name))?;

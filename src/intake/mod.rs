@@ -70,9 +70,7 @@ pub enum EntryKind {
 /// Names intake never touches (DESIGN.md section 3).
 pub fn is_ignored_name(name: &OsStr) -> bool {
     let Some(name) = name.to_str() else { return false };
-    name.starts_with('.')
-        || name.ends_with('~')
-        || [".tmp", ".part", ".partial", ".crdownload"].iter().any(|suffix| name.ends_with(suffix))
+    name.starts_with('.') || name.ends_with('~') || [".tmp", ".part", ".partial", ".crdownload"].iter().any(|suffix| name.ends_with(suffix))
 }
 
 /// Classifies an inbox entry without following symlinks.
@@ -118,5 +116,4 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         assert_ne!(daemon_id(&layout(other.path())).unwrap(), id, "another state folder, another daemon");
     }
-
 }

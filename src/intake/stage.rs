@@ -91,7 +91,11 @@ impl Stager {
     /// content it was planned under. Returns the paths it created (to remove should the
     /// submission not commit after all).
     pub fn commit(self) -> Result<Vec<PathBuf>, StageError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| StageError::Write { path: self.dir.clone(), staged: self.dir.clone(), source })?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| StageError::Write {
+            path: self.dir.clone(),
+            staged: self.dir.clone(),
+            source,
+        })?;
         let mut created = Vec::new();
         for (staged, p) in self.planned {
             if staged.is_file() {

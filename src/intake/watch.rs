@@ -121,7 +121,9 @@ mod tests {
     #[test]
     fn renames_and_close_write_are_whole_creates_are_not() {
         let inbox = Path::new("/in");
-        let moved = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both))).add_path("/in/.j.jsonl.X1".into()).add_path("/in/j.jsonl".into());
+        let moved = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/in/.j.jsonl.X1".into())
+            .add_path("/in/j.jsonl".into());
         assert_eq!(hints(inbox, &moved), vec![Hint::Entry { name: "j.jsonl".into(), whole: true }]);
         let closed = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write))).add_path("/in/k.jsonl".into());
         assert_eq!(hints(inbox, &closed), vec![Hint::Entry { name: "k.jsonl".into(), whole: true }]);

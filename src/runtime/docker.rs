@@ -10,11 +10,13 @@
 
 use super::launch::{Launch, Side, CONTAINER_CHECKPOINTS, CONTAINER_HF_HOME};
 use super::protocol::{parse_event, Event, Op, Outputs, PROTOCOL_VERSION};
-use super::worker::{await_event, log_worker_line, recv_msg, Awaited, Found, LocalizeError, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg};
+use super::worker::{
+    await_event, log_worker_line, recv_msg, Awaited, Found, LocalizeError, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg,
+};
 use crate::config::Config;
 use bollard::container::{
-    AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput,
-    RemoveContainerOptions, StartContainerOptions,
+    AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput, RemoveContainerOptions,
+    StartContainerOptions,
 };
 use bollard::models::{DeviceRequest, HostConfig};
 use bollard::{ClientVersion, Docker};
@@ -221,7 +223,8 @@ impl DockerWorker {
     ) -> Result<DockerWorker, DockerError> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(DockerError::Runtime)?;
         let socket = docker_socket();
-        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT, &API).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
+        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT, &API)
+            .map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
         rt.block_on(docker.ping()).map_err(|source| DockerError::Engine { socket: socket.clone(), source })?;
 
         let map = PathMap::for_config(config, worker_path);
@@ -239,9 +242,8 @@ impl DockerWorker {
         labels.insert("cosmos.slot".to_string(), slot.to_string());
         let filters: HashMap<String, Vec<String>> =
             HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}"), format!("cosmos.slot={slot}")])]);
-        let existing = rt
-            .block_on(docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })))
-            .map_err(api)?;
+        let existing =
+            rt.block_on(docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() }))).map_err(api)?;
         let mut reuse = None;
         for c in existing {
             let id = c.id.clone().unwrap_or_default();
@@ -270,7 +272,12 @@ impl DockerWorker {
                 let device_requests = match gpus {
                     _ if fake => None,
                     Some([]) => None,
-                    None => Some(vec![DeviceRequest { driver: Some("nvidia".into()), count: Some(-1), capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }]),
+                    None => Some(vec![DeviceRequest {
+                        driver: Some("nvidia".into()),
+                        count: Some(-1),
+                        capabilities: Some(vec![vec!["gpu".into()]]),
+                        ..Default::default()
+                    }]),
                     Some(ids) => Some(vec![DeviceRequest {
                         driver: Some("nvidia".into()),
                         device_ids: Some(ids.iter().map(u32::to_string).collect()),
@@ -313,7 +320,14 @@ impl DockerWorker {
         let attached = rt
             .block_on(docker.attach_container(
                 &container_id,
-                Some(AttachContainerOptions::<String> { stdin: Some(true), stdout: Some(true), stderr: Some(true), stream: Some(true), logs: Some(false), detach_keys: None }),
+                Some(AttachContainerOptions::<String> {
+                    stdin: Some(true),
+                    stdout: Some(true),
+                    stderr: Some(true),
+                    stream: Some(true),
+                    logs: Some(false),
+                    detach_keys: None,
+                }),
             ))
             .map_err(api)?;
         if fresh {
@@ -373,10 +387,15 @@ impl DockerWorker {
             found: None,
         };
         if fresh {
-            let hello = await_event(|t| w.recv(t), hello_timeout, stop, |ev| match ev {
-                Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
-                _ => None,
-            });
+            let hello = await_event(
+                |t| w.recv(t),
+                hello_timeout,
+                stop,
+                |ev| match ev {
+                    Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
+                    _ => None,
+                },
+            );
             return match hello {
                 Awaited::Got((protocol, _, _, _)) if protocol != PROTOCOL_VERSION => {
                     w.kill();
@@ -398,10 +417,15 @@ impl DockerWorker {
         }
         // Re-attached: the worker said hello long ago; ask what it is doing.
         w.send(&Op::Ping)?;
-        let pong = await_event(|t| w.recv(t), Duration::from_secs(15), stop, |ev| match ev {
-            Event::Pong { state, run_id, controls, version, pid } => Some((state, run_id, controls, version, pid)),
-            _ => None,
-        });
+        let pong = await_event(
+            |t| w.recv(t),
+            Duration::from_secs(15),
+            stop,
+            |ev| match ev {
+                Event::Pong { state, run_id, controls, version, pid } => Some((state, run_id, controls, version, pid)),
+                _ => None,
+            },
+        );
         let (state, run_id, controls) = match pong {
             Awaited::Got((state, run_id, controls, version, pid)) => {
                 w.version = version.unwrap_or_default();
@@ -419,11 +443,16 @@ impl DockerWorker {
         if state == "loading" {
             // A load the previous daemon asked for: let it finish and keep it. A stop
             // request ends the wait, the container keeps loading for the next daemon.
-            let loaded = await_event(|t| w.recv(t), load_limit, stop, |ev| match ev {
-                Event::Loaded { controls, .. } => Some(controls),
-                Event::LoadFailed { .. } => Some(Vec::new()),
-                _ => None,
-            });
+            let loaded = await_event(
+                |t| w.recv(t),
+                load_limit,
+                stop,
+                |ev| match ev {
+                    Event::Loaded { controls, .. } => Some(controls),
+                    Event::LoadFailed { .. } => Some(Vec::new()),
+                    _ => None,
+                },
+            );
             return match loaded {
                 Awaited::Got(controls) => {
                     w.found = Some(Found { running: None, controls });
@@ -458,7 +487,9 @@ impl DockerWorker {
 
     /// Removes the container (a dead or hung worker is replaced by a new one).
     pub fn kill(&mut self) {
-        let _ = self.rt.block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+        let _ = self
+            .rt
+            .block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
     }
 }
 
@@ -476,7 +507,12 @@ impl Worker for DockerWorker {
     }
 
     fn info(&self) -> WorkerInfo {
-        WorkerInfo { backend: self.backend.clone(), version: self.version.clone(), pid: self.pid, container_id: Some(self.container_id.clone()) }
+        WorkerInfo {
+            backend: self.backend.clone(),
+            version: self.version.clone(),
+            pid: self.pid,
+            container_id: Some(self.container_id.clone()),
+        }
     }
 
     /// The container keeps running, with its model, for the next daemon.
@@ -491,7 +527,11 @@ impl Worker for DockerWorker {
 
     fn to_host(&self, outputs: Outputs) -> Outputs {
         let back = |p: String| self.map.to_host(Path::new(&p)).map_or(p, |h| h.display().to_string());
-        Outputs { video: outputs.video.map(back), controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect(), settings: outputs.settings }
+        Outputs {
+            video: outputs.video.map(back),
+            controls: outputs.controls.into_iter().map(|(k, v)| (k, back(v))).collect(),
+            settings: outputs.settings,
+        }
     }
 
     fn take_found(&mut self) -> Option<Found> {
@@ -566,7 +606,8 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
         }),
         ..Default::default()
     };
-    let created = rt.block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body)).map_err(api)?;
+    let created =
+        rt.block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body)).map_err(api)?;
     let result = (|| {
         rt.block_on(docker.start_container(&created.id, None::<StartContainerOptions<String>>)).map_err(api)?;
         let waited = rt.block_on(async {

@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn on_the_host_paths_are_host_paths_and_nvidias_checkout_comes_first() {
-        let l = Launch::new(&config(), &Side::Host { worker_path: "/usr/share/cosmos/worker".into(), work: "/var/lib/cosmos/work".into() }, 1);
+        let l =
+            Launch::new(&config(), &Side::Host { worker_path: "/usr/share/cosmos/worker".into(), work: "/var/lib/cosmos/work".into() }, 1);
         assert_eq!(
             l.argv,
             ["python3", "-u", "-m", "cosmos_worker", "--backend", "transfer1", "--checkpoint-dir", "/srv/ckpt", "--guardrails", "offload"]

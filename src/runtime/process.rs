@@ -101,13 +101,18 @@ impl ProcessWorker {
             }
         });
         let mut worker = ProcessWorker { child, stdin, events, backend: rt.backend.as_str().to_string(), version: String::new(), pid: 0 };
-        let hello = await_event(|t| worker.recv(t), hello_timeout, stop, |ev| match ev {
-            Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
-            other => {
-                tracing::warn!(?other, "event before hello, ignored");
-                None
-            }
-        });
+        let hello = await_event(
+            |t| worker.recv(t),
+            hello_timeout,
+            stop,
+            |ev| match ev {
+                Event::Hello { protocol, backend, version, pid } => Some((protocol, backend, version, pid)),
+                other => {
+                    tracing::warn!(?other, "event before hello, ignored");
+                    None
+                }
+            },
+        );
         match hello {
             Awaited::Got((protocol, _, _, _)) if protocol != PROTOCOL_VERSION => {
                 worker.kill();

@@ -97,12 +97,41 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Hello { protocol: u32, backend: String, #[serde(default)] version: String, #[serde(default)] pid: u32 },
-    Loaded { controls: Vec<String>, #[serde(default)] seconds: f64 },
-    LoadFailed { #[serde(default)] controls: Vec<String>, message: String },
-    Progress { run_id: String, step: u64, steps: u64 },
-    Done { run_id: String, outputs: Outputs, #[serde(default)] seconds: f64 },
-    Failed { run_id: String, kind: FailureKind, retryable: bool, message: String },
+    Hello {
+        protocol: u32,
+        backend: String,
+        #[serde(default)]
+        version: String,
+        #[serde(default)]
+        pid: u32,
+    },
+    Loaded {
+        controls: Vec<String>,
+        #[serde(default)]
+        seconds: f64,
+    },
+    LoadFailed {
+        #[serde(default)]
+        controls: Vec<String>,
+        message: String,
+    },
+    Progress {
+        run_id: String,
+        step: u64,
+        steps: u64,
+    },
+    Done {
+        run_id: String,
+        outputs: Outputs,
+        #[serde(default)]
+        seconds: f64,
+    },
+    Failed {
+        run_id: String,
+        kind: FailureKind,
+        retryable: bool,
+        message: String,
+    },
     Pong {
         state: String,
         #[serde(default)]
@@ -158,7 +187,10 @@ mod tests {
         let op = Op::Run { run_id: "rs_a".into(), attempt: 2, spec: serde_json::json!({}), output_dir: "/w".into() };
         assert_eq!(op.to_line(), "{\"op\":\"run\",\"run_id\":\"rs_a\",\"attempt\":2,\"spec\":{},\"output_dir\":\"/w\"}\n");
         assert_eq!(Op::Ping.to_line(), "{\"op\":\"ping\"}\n");
-        let ev = parse_event(r#"{"event":"done","run_id":"rs_a","outputs":{"video":"/w/output.mp4","controls":{"edge":"/w/e.mp4"}},"seconds":1.5}"#).unwrap();
+        let ev = parse_event(
+            r#"{"event":"done","run_id":"rs_a","outputs":{"video":"/w/output.mp4","controls":{"edge":"/w/e.mp4"}},"seconds":1.5}"#,
+        )
+        .unwrap();
         assert!(matches!(ev, Event::Done { ref run_id, .. } if run_id == "rs_a"));
         let ev = parse_event(r#"{"event":"failed","run_id":"rs_a","kind":"oom","retryable":true,"message":"m","attempt":1}"#).unwrap();
         assert!(matches!(ev, Event::Failed { retryable: true, kind: FailureKind::Oom, .. }));

@@ -120,7 +120,12 @@ pub enum Awaited<T> {
 
 /// Reads `events` until `pick` returns something, the worker exits, `limit` passes or the
 /// daemon is asked to stop: no start-up wait outlasts a stop.
-pub fn await_event<T>(recv: impl Fn(Duration) -> Option<WorkerMsg>, limit: Duration, stop: &AtomicBool, mut pick: impl FnMut(Event) -> Option<T>) -> Awaited<T> {
+pub fn await_event<T>(
+    recv: impl Fn(Duration) -> Option<WorkerMsg>,
+    limit: Duration,
+    stop: &AtomicBool,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> Awaited<T> {
     let deadline = Instant::now() + limit;
     loop {
         if stop.load(Ordering::SeqCst) {

@@ -19,8 +19,15 @@ use std::time::Instant;
 
 /// How an attempt ended, as the scheduler sees it.
 pub enum Ending {
-    Done { outputs: Outputs, seconds: f64 },
-    Failed { kind: FailureKind, retryable: bool, message: String },
+    Done {
+        outputs: Outputs,
+        seconds: f64,
+    },
+    Failed {
+        kind: FailureKind,
+        retryable: bool,
+        message: String,
+    },
     Cancelled,
     /// The daemon is stopping: the run goes back to the queue.
     HandedBack,
@@ -55,7 +62,10 @@ impl Scheduler {
         std::fs::create_dir_all(&out).map_err(at("cannot create", &out))?;
         let _ = std::fs::remove_file(out.join(crate::layout::run_files::RESULT));
         self.open_run_log(&run.id);
-        self.run_log(&format!("attempt {} of run {} started (controls {}, priority {})", run.attempts, run.id, run.control_set, run.priority));
+        self.run_log(&format!(
+            "attempt {} of run {} started (controls {}, priority {})",
+            run.attempts, run.id, run.control_set, run.priority
+        ));
         let batch = match &run.batch_id {
             Some(b) => Some(self.store.batch(b)?),
             None => None,
@@ -204,10 +214,16 @@ impl Scheduler {
                             retryable: true,
                             message: match phase {
                                 Phase::Load { .. } => "model load exceeded scheduler.run_timeout".into(),
-                                Phase::Run { .. } => format!("the run exceeded scheduler.run_timeout ({})", self.config.scheduler.run_timeout),
+                                Phase::Run { .. } => {
+                                    format!("the run exceeded scheduler.run_timeout ({})", self.config.scheduler.run_timeout)
+                                }
                             },
                         },
-                        Stop::Hung => Ending::Failed { kind: FailureKind::Hang, retryable: true, message: "the worker stopped answering (no pong)".into() },
+                        Stop::Hung => Ending::Failed {
+                            kind: FailureKind::Hang,
+                            retryable: true,
+                            message: "the worker stopped answering (no pong)".into(),
+                        },
                         Stop::Cancelled => {
                             self.run_log("the worker did not stop within scheduler.cancel_grace: killing it");
                             Ending::Cancelled

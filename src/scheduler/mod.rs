@@ -120,7 +120,8 @@ impl Shared {
     fn due_receipts(&self, all: bool, every: Duration) -> Vec<String> {
         let Ok(mut r) = self.receipts.lock() else { return Vec::new() };
         let now = Instant::now();
-        let due: Vec<String> = r.iter().filter(|(_, since)| all || now.duration_since(**since) >= every).map(|(sb, _)| sb.clone()).collect();
+        let due: Vec<String> =
+            r.iter().filter(|(_, since)| all || now.duration_since(**since) >= every).map(|(sb, _)| sb.clone()).collect();
         for sb in &due {
             r.remove(sb);
         }
@@ -168,7 +169,18 @@ pub fn runtime_spawner() -> Spawner {
             RuntimeKind::Docker => {
                 let path = crate::runtime::process::worker_path(r.config);
                 let load_limit = r.config.scheduler.run_timeout.0;
-                let w = DockerWorker::start(r.config, &path, r.log.clone(), HELLO_TIMEOUT, load_limit, r.slot, r.slots, r.gpus, r.ranks, r.stop)?;
+                let w = DockerWorker::start(
+                    r.config,
+                    &path,
+                    r.log.clone(),
+                    HELLO_TIMEOUT,
+                    load_limit,
+                    r.slot,
+                    r.slots,
+                    r.gpus,
+                    r.ranks,
+                    r.stop,
+                )?;
                 Ok(Box::new(w))
             }
         }
@@ -233,7 +245,11 @@ impl Scheduler {
         store.relax_sync()?;
         let outbox = Outbox::new(&layout, config.outbox.mode.0);
         outbox.create_all().map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.outbox().to_path_buf(), source })?;
-        std::fs::create_dir_all(layout.work()).map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.work(), source })?;
+        std::fs::create_dir_all(layout.work()).map_err(|source| SchedulerError::Io {
+            what: "cannot create",
+            path: layout.work(),
+            source,
+        })?;
         Ok(Scheduler {
             slot,
             slot_gpus,

@@ -94,7 +94,11 @@ impl Scheduler {
     /// (`all`: the daemon stops).
     pub(super) fn flush_receipts(&self, all: bool) {
         for sb in self.shared.due_receipts(all, RECEIPT_EVERY) {
-            let written = self.store.submission(&sb).map_err(crate::outbox::OutboxError::from).and_then(|sub| self.outbox.write_receipt(&self.store, &sub));
+            let written = self
+                .store
+                .submission(&sb)
+                .map_err(crate::outbox::OutboxError::from)
+                .and_then(|sub| self.outbox.write_receipt(&self.store, &sub));
             if let Err(e) = written {
                 tracing::warn!(error = %e, submission = %sb, "cannot update the receipt");
             }

@@ -60,7 +60,11 @@ impl Scheduler {
             }
             map.to_host(Path::new(&p)).filter(|h| h.exists()).map_or(p, |h| h.display().to_string())
         };
-        Outputs { video: outputs.video.map(host), controls: outputs.controls.into_iter().map(|(k, v)| (k, host(v))).collect(), settings: outputs.settings }
+        Outputs {
+            video: outputs.video.map(host),
+            controls: outputs.controls.into_iter().map(|(k, v)| (k, host(v))).collect(),
+            settings: outputs.settings,
+        }
     }
 
     /// A run the re-attached worker is still running: waited for like any other.

@@ -22,7 +22,10 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq)]
 enum OnRun {
     Done,
-    Fail { kind: FailureKind, retryable: bool },
+    Fail {
+        kind: FailureKind,
+        retryable: bool,
+    },
     /// The process dies mid-run (its stream closes).
     Die,
 }
@@ -74,7 +77,13 @@ impl Worker for FakeWorker {
         match op {
             Op::Ping => {
                 self.note("ping".into());
-                self.emit(Event::Pong { state: self.state.into(), run_id: None, controls: self.loaded.clone(), version: None, pid: Some(1) });
+                self.emit(Event::Pong {
+                    state: self.state.into(),
+                    run_id: None,
+                    controls: self.loaded.clone(),
+                    version: None,
+                    pid: Some(1),
+                });
             }
             Op::Load { controls, .. } => {
                 self.note(format!("load:{}", controls.join(",")));
@@ -100,9 +109,15 @@ impl Worker for FakeWorker {
                     OnRun::Done => {
                         let video = Path::new(output_dir).join("output.mp4");
                         std::fs::write(&video, b"not really an mp4, but not empty").unwrap();
-                        Event::Done { run_id: run_id.clone(), outputs: Outputs { video: Some(video.display().to_string()), ..Default::default() }, seconds: 0.01 }
+                        Event::Done {
+                            run_id: run_id.clone(),
+                            outputs: Outputs { video: Some(video.display().to_string()), ..Default::default() },
+                            seconds: 0.01,
+                        }
                     }
-                    OnRun::Fail { kind, retryable } => Event::Failed { run_id: run_id.clone(), message: format!("scripted {kind}"), kind, retryable },
+                    OnRun::Fail { kind, retryable } => {
+                        Event::Failed { run_id: run_id.clone(), message: format!("scripted {kind}"), kind, retryable }
+                    }
                 };
                 self.emit(event);
             }
@@ -192,7 +207,8 @@ impl Bench {
         let script = self.script.clone();
         Box::new(move |_r: &SpawnRequest| {
             script.lock().unwrap().log.push("spawn".into());
-            Ok(Box::new(FakeWorker { script: script.clone(), events: Mutex::default(), state: "idle", loaded: None, dead: false }) as Box<dyn Worker>)
+            Ok(Box::new(FakeWorker { script: script.clone(), events: Mutex::default(), state: "idle", loaded: None, dead: false })
+                as Box<dyn Worker>)
         })
     }
 
@@ -227,7 +243,9 @@ impl Bench {
 }
 
 fn all_ended(ids: &[String]) -> impl Fn(&Store) -> bool + '_ {
-    move |s: &Store| ids.iter().all(|id| matches!(s.run(id).unwrap().status, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled))
+    move |s: &Store| {
+        ids.iter().all(|id| matches!(s.run(id).unwrap().status, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled))
+    }
 }
 
 #[test]

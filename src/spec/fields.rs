@@ -185,9 +185,5 @@ pub(crate) fn name<'k>(v: &Value, key: impl Into<Key<'k>>, p: &mut Problems) -> 
 }
 
 pub fn is_safe_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !s.is_empty() && s.len() <= 64 && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }

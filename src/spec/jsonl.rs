@@ -46,9 +46,13 @@ pub(crate) const MAX_PROMPT_CHARS: usize = 10_000;
 enum LineRead {
     Eof,
     /// A whole line is in the buffer (without its `\n`).
-    Line { newline: bool },
+    Line {
+        newline: bool,
+    },
     /// The line was longer than the cap; it was skipped up to its end.
-    TooLong { bytes: u64 },
+    TooLong {
+        bytes: u64,
+    },
 }
 
 /// Reads one line into `buf`, holding at most `max` bytes of it.
@@ -91,12 +95,7 @@ fn read_capped_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std:
 
 /// Validates a JSONL job stream, handing each good job to `sink` as it goes. Every bad line
 /// is reported; blank lines are skipped.
-pub fn parse_jsonl(
-    mut reader: impl BufRead,
-    policy: &mut PathPolicy,
-    rules: &Rules,
-    sink: &mut dyn FnMut(Job),
-) -> Report {
+pub fn parse_jsonl(mut reader: impl BufRead, policy: &mut PathPolicy, rules: &Rules, sink: &mut dyn FnMut(Job)) -> Report {
     let limits = &rules.limits;
     let mut report = Report::default();
     let mut buf = Vec::with_capacity(4096);
@@ -121,10 +120,7 @@ pub fn parse_jsonl(
                 report.add(Problem {
                     line: Some(line_no),
                     key: None,
-                    message: format!(
-                        "line is {bytes} bytes, over the limit of {} bytes; each line must be one job",
-                        limits.max_line_bytes
-                    ),
+                    message: format!("line is {bytes} bytes, over the limit of {} bytes; each line must be one job", limits.max_line_bytes),
                 });
                 continue;
             }
@@ -261,12 +257,7 @@ pub(crate) fn required_path(
     }
 }
 
-pub(crate) fn path_value<'k>(
-    v: &Value,
-    key: impl Into<Key<'k>>,
-    policy: &mut PathPolicy,
-    p: &mut Problems,
-) -> Option<std::path::PathBuf> {
+pub(crate) fn path_value<'k>(v: &Value, key: impl Into<Key<'k>>, policy: &mut PathPolicy, p: &mut Problems) -> Option<std::path::PathBuf> {
     let key = key.into();
     match v {
         Value::String(s) => match policy.resolve(s) {
@@ -431,11 +422,15 @@ mod tests {
     fn every_bad_line_and_key_is_reported() {
         let dir = videos();
         let text = concat!(
-            r#"{"visual_input": "city1/color.mp4", "promt": "typo", "control_overrides": {"edge": {"control_weight": 0.5}}}"#, "\n",
-            r#"{"visual_input": "city1/missing.mp4", "prompt": "x", "control_overrides": {"edge": {"control_weight": 1.5}}}"#, "\n",
+            r#"{"visual_input": "city1/color.mp4", "promt": "typo", "control_overrides": {"edge": {"control_weight": 0.5}}}"#,
+            "\n",
+            r#"{"visual_input": "city1/missing.mp4", "prompt": "x", "control_overrides": {"edge": {"control_weight": 1.5}}}"#,
+            "\n",
             "not json\n",
-            r#"[1, 2]"#, "\n",
-            r#"{"visual_input": "city1/color.mp4", "prompt": "", "control_overrides": {"hdmap": {"control_weight": 0.5}, "deph": {"control_weight": 0.1}}}"#, "\n",
+            r#"[1, 2]"#,
+            "\n",
+            r#"{"visual_input": "city1/color.mp4", "prompt": "", "control_overrides": {"hdmap": {"control_weight": 0.5}, "deph": {"control_weight": 0.1}}}"#,
+            "\n",
         );
         let (report, jobs) = run(text, dir.path());
         assert!(jobs.is_empty());
@@ -459,7 +454,9 @@ mod tests {
     fn duplicate_names_and_all_zero_weights_are_refused() {
         let dir = videos();
         let line = |name: &str, w: f64| {
-            format!(r#"{{"name": "{name}", "visual_input": "city1/color.mp4", "prompt": "p", "control_overrides": {{"vis": {{"control_weight": {w}}}}}}}"#)
+            format!(
+                r#"{{"name": "{name}", "visual_input": "city1/color.mp4", "prompt": "p", "control_overrides": {{"vis": {{"control_weight": {w}}}}}}}"#
+            )
         };
         let text = format!("{}\n{}\n{}\n", line("a", 0.5), line("a", 0.5), line("b", 0.0));
         let (report, jobs) = run(&text, dir.path());

@@ -41,8 +41,7 @@ pub enum Hint {
 
 impl Hint {
     /// Every control, in the order of [`crate::config::CONTROL_NAMES`] (a test holds them equal).
-    pub const ALL: [Hint; 8] =
-        [Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg, Hint::Keypoint, Hint::Hdmap, Hint::Lidar, Hint::Upscale];
+    pub const ALL: [Hint; 8] = [Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg, Hint::Keypoint, Hint::Hdmap, Hint::Lidar, Hint::Upscale];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -129,9 +128,7 @@ impl Level {
     }
 
     pub fn parse(text: &str) -> Option<Level> {
-        [Level::VeryLow, Level::Low, Level::Medium, Level::High, Level::VeryHigh]
-            .into_iter()
-            .find(|l| l.as_str() == text)
+        [Level::VeryLow, Level::Low, Level::Medium, Level::High, Level::VeryHigh].into_iter().find(|l| l.as_str() == text)
     }
 }
 
@@ -381,11 +378,7 @@ pub fn parse_job_file_at(path: &Path, base: &Path, roots: &[PathBuf], rules: &Ru
     let kind = match FileKind::of(path) {
         Some(k) => k,
         None => {
-            report.add(Problem {
-                line: None,
-                key: None,
-                message: "expected a .jsonl job file or a .json run-spec file".into(),
-            });
+            report.add(Problem { line: None, key: None, message: "expected a .jsonl job file or a .json run-spec file".into() });
             return report;
         }
     };

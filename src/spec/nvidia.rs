@@ -303,10 +303,13 @@ mod tests {
     fn run(controls: &[(Hint, f64, Option<&str>)], seed: Option<u64>) -> RunSpec {
         let mut map = BTreeMap::new();
         for (h, w, input) in controls {
-            map.insert(*h, match input {
-                Some(p) => Control::from_file(*w, p.into()),
-                None => Control::generated(*w),
-            });
+            map.insert(
+                *h,
+                match input {
+                    Some(p) => Control::from_file(*w, p.into()),
+                    None => Control::generated(*w),
+                },
+            );
         }
         RunSpec {
             style: SpecStyle::Cli,

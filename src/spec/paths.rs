@@ -2,8 +2,8 @@
 //! folder; every path, after `..` and symlinks are resolved, must lie under the job file's
 //! folder or one of `paths.input_roots`; every named file must be a regular file.
 
-pub use crate::fsutil::{normalize, open_regular_file};
 use crate::fsutil::{absolute, require_regular};
+pub use crate::fsutil::{normalize, open_regular_file};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -60,9 +60,7 @@ impl PathPolicy {
         }
         let canonical = match std::fs::canonicalize(&lexical) {
             Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!("no such file: {}", lexical.display()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("no such file: {}", lexical.display())),
             Err(e) => return Err(format!("cannot resolve {}: {e}", lexical.display())),
         };
         if !self.roots_canonical.iter().any(|r| canonical.starts_with(r)) {

@@ -147,7 +147,10 @@ impl Base {
                 }
                 None => None,
             };
-            controls.insert(hint, Control { weight: c.weight, input, control_prompt: c.control_prompt.clone(), ..Control::generated(c.weight) });
+            controls.insert(
+                hint,
+                Control { weight: c.weight, input, control_prompt: c.control_prompt.clone(), ..Control::generated(c.weight) },
+            );
         }
         if p.list.len() == before && controls.is_empty() {
             p.push(
@@ -212,7 +215,9 @@ pub(crate) fn parse_base_spec(obj: &Map<String, Value>, name: &str, p: &mut Prob
                 None
             }
         };
-        let control_prompt = h.get("input_control_prompt").and_then(|v| fields::text(v, Key::from(key).then("input_control_prompt"), MAX_PROMPT_CHARS, false, p));
+        let control_prompt = h
+            .get("input_control_prompt")
+            .and_then(|v| fields::text(v, Key::from(key).then("input_control_prompt"), MAX_PROMPT_CHARS, false, p));
         if let Some(weight) = weight {
             controls.insert(hint, BaseControl { weight, input, control_prompt });
         }
@@ -322,7 +327,10 @@ impl Model {
                 }
                 for (hint, c) in &spec.controls {
                     if c.mask_path.is_some() || c.mask_prompt.is_some() {
-                        p.push(control_key(*hint), "masks (mask_path, mask_prompt) are a Transfer2.5 feature; the transfer1 backend cannot use them");
+                        p.push(
+                            control_key(*hint),
+                            "masks (mask_path, mask_prompt) are a Transfer2.5 feature; the transfer1 backend cannot use them",
+                        );
                     }
                 }
             }
@@ -452,7 +460,10 @@ mod tests {
         config.jobs.default_controls.clear();
         let (report, _) = parse(dir.path(), &Rules::from_config(&config));
         let shown = report.render(std::path::Path::new("jobs.jsonl"));
-        assert!(shown.contains("jobs.jsonl:1: control_overrides: missing, and jobs.default_controls has no control with control_weight > 0"), "{shown}");
+        assert!(
+            shown.contains("jobs.jsonl:1: control_overrides: missing, and jobs.default_controls has no control with control_weight > 0"),
+            "{shown}"
+        );
     }
 
     #[test]

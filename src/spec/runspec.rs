@@ -9,8 +9,18 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::Read;
 
-const T1_SETTINGS: &[&str] =
-    &["prompt", "input_video_path", "negative_prompt", "seed", "num_steps", "guidance", "sigma_max", "fps", "blur_strength", "canny_threshold"];
+const T1_SETTINGS: &[&str] = &[
+    "prompt",
+    "input_video_path",
+    "negative_prompt",
+    "seed",
+    "num_steps",
+    "guidance",
+    "sigma_max",
+    "fps",
+    "blur_strength",
+    "canny_threshold",
+];
 const EXTENSION_KEYS: &[&str] = &["name", "priority", "upscale_weight", "sim"];
 const T1_HINT_KEYS: &[&str] = &["control_weight", "input_control", "input_control_prompt"];
 
@@ -38,12 +48,7 @@ const T25_KEYS: &[&str] = &[
 const T25_HINTS: [Hint; 4] = [Hint::Edge, Hint::Vis, Hint::Depth, Hint::Seg];
 
 /// Validates a run-spec file read from `reader` (at most `limits.max_line_bytes`).
-pub fn parse_run_spec_reader(
-    reader: impl Read,
-    policy: &mut PathPolicy,
-    rules: &Rules,
-    sink: &mut dyn FnMut(Job),
-) -> Report {
+pub fn parse_run_spec_reader(reader: impl Read, policy: &mut PathPolicy, rules: &Rules, sink: &mut dyn FnMut(Job)) -> Report {
     let mut report = Report::default();
     let mut bytes = Vec::new();
     let cap = rules.limits.max_line_bytes as u64;
@@ -133,7 +138,10 @@ fn parse_transfer1(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut Pr
         let input = match h.get("input_control") {
             None | Some(Value::Null) if hint.can_generate() => None,
             None | Some(Value::Null) => {
-                p.push(Key::from(key).then("input_control"), format!("missing; `{hint}` cannot be generated, expected the path of its control video"));
+                p.push(
+                    Key::from(key).then("input_control"),
+                    format!("missing; `{hint}` cannot be generated, expected the path of its control video"),
+                );
                 None
             }
             Some(v) => path_value(v, Key::from(key).then("input_control"), policy, p),
@@ -189,8 +197,10 @@ fn parse_transfer2_5(obj: &Map<String, Value>, policy: &mut PathPolicy, p: &mut 
             Some(v) => path_value(v, Key::from(key).then("control_path"), policy, p),
         };
         let mask_path = h.get("mask_path").and_then(|v| path_value(v, Key::from(key).then("mask_path"), policy, p));
-        let mask_prompt = h.get("mask_prompt").and_then(|v| fields::text(v, Key::from(key).then("mask_prompt"), MAX_PROMPT_CHARS, false, p));
-        let control_prompt = h.get("control_prompt").and_then(|v| fields::text(v, Key::from(key).then("control_prompt"), MAX_PROMPT_CHARS, false, p));
+        let mask_prompt =
+            h.get("mask_prompt").and_then(|v| fields::text(v, Key::from(key).then("mask_prompt"), MAX_PROMPT_CHARS, false, p));
+        let control_prompt =
+            h.get("control_prompt").and_then(|v| fields::text(v, Key::from(key).then("control_prompt"), MAX_PROMPT_CHARS, false, p));
         if let Some(v) = h.get("preset_edge_threshold") {
             settings.canny_threshold = fields::level(v, Key::from(key).then("preset_edge_threshold"), p);
         }

@@ -10,10 +10,10 @@ pub use status::{Change, RunStatus, SubmissionStatus};
 use crate::ids::{self, IdKind, IdSyntaxError};
 use crate::spec::{Hint, Job, RunSpec};
 use crate::time::Timestamp;
-use std::ops::Range;
 use rusqlite::{params, Connection, OptionalExtension, Statement, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -308,8 +308,7 @@ impl Store {
         }
         let table = table_of(kind);
         let mut stmt = self.conn.prepare_cached(&format!("SELECT id FROM {table} WHERE id GLOB ?1 ORDER BY id LIMIT 11"))?;
-        let matches: Vec<String> =
-            stmt.query_map([format!("{prefix}*")], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+        let matches: Vec<String> = stmt.query_map([format!("{prefix}*")], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
         match matches.len() {
             0 => Err(StoreError::NotFound { kind, prefix: prefix.to_string() }),
             1 => Ok(matches.into_iter().next().unwrap_or_default()),
@@ -354,9 +353,8 @@ impl Store {
     }
 
     pub fn list_prompts(&self, limit: Option<usize>) -> Result<Vec<Prompt>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts ORDER BY rowid DESC LIMIT ?1",
-        )?;
+        let mut stmt =
+            self.conn.prepare("SELECT id, name, text, negative_prompt, inputs, created_at FROM prompts ORDER BY rowid DESC LIMIT ?1")?;
         let rows = stmt.query_map([limit_value(limit)], prompt_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -399,9 +397,8 @@ impl Store {
             None => total,
         };
         let access = if matching.saturating_mul(4) < scan_reads { "INDEXED BY runs_queue" } else { "NOT INDEXED" };
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {access} WHERE status = ?1 ORDER BY rowid DESC LIMIT ?2"))?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {access} WHERE status = ?1 ORDER BY rowid DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![status.as_str(), limit_value(limit)], run_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -413,8 +410,7 @@ impl Store {
             RunLink::Submission => "submission_id",
             RunLink::Parent => "parent_id",
         };
-        let mut stmt =
-            self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {col} = ?1 ORDER BY line, rowid"))?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {col} = ?1 ORDER BY line, rowid"))?;
         let rows = stmt.query_map([id], run_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -457,7 +453,8 @@ impl Store {
         let now = Timestamp::now().rfc3339();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         check_queueable(&tx, run_ids)?;
-        let batch = Batch { id: ids::new_id(IdKind::Batch), name: name.to_string(), kind: "batch_inference".into(), created_at: now.clone() };
+        let batch =
+            Batch { id: ids::new_id(IdKind::Batch), name: name.to_string(), kind: "batch_inference".into(), created_at: now.clone() };
         tx.execute(
             "INSERT INTO batches (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![batch.id, batch.name, batch.kind, batch.created_at],
@@ -669,8 +666,7 @@ impl Store {
     }
 
     pub fn cancel_requested(&self, run_id: &str) -> Result<bool> {
-        let v: Option<i64> =
-            self.conn.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+        let v: Option<i64> = self.conn.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
         Ok(v == Some(1))
     }
 
@@ -710,8 +706,7 @@ impl Store {
     }
 
     pub fn paused(&self) -> Result<bool> {
-        let v: Option<String> =
-            self.conn.query_row("SELECT value FROM daemon_state WHERE key = 'paused'", [], |r| r.get(0)).optional()?;
+        let v: Option<String> = self.conn.query_row("SELECT value FROM daemon_state WHERE key = 'paused'", [], |r| r.get(0)).optional()?;
         Ok(v.as_deref() == Some("1"))
     }
 
@@ -728,11 +723,7 @@ impl Store {
 
     pub fn submission(&self, id: &str) -> Result<Submission> {
         self.conn
-            .query_row(
-                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
-                [id],
-                submission_from_row,
-            )
+            .query_row(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"), [id], submission_from_row)
             .optional()?
             .ok_or_else(|| StoreError::NotFound { kind: IdKind::Submission, prefix: id.to_string() })
     }
@@ -784,19 +775,14 @@ impl Store {
 
     /// [`Store::begin_submission`] with an id chosen by the caller: the intake names the
     /// claimed file after it, so that a restart can tell whether its commit happened.
-    pub fn begin_submission_with_id(
-        &mut self,
-        id: &str,
-        file: &str,
-        sha256: &str,
-        batch_name: &str,
-    ) -> Result<SubmissionWriter<'_>> {
+    pub fn begin_submission_with_id(&mut self, id: &str, file: &str, sha256: &str, batch_name: &str) -> Result<SubmissionWriter<'_>> {
         let now = Timestamp::now().rfc3339();
         // The transaction and the writer's two statements share the connection by
         // reference (`&mut self` keeps anyone else off it while the writer lives).
         let conn: &Connection = &self.conn;
         let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        let batch = Batch { id: ids::new_id(IdKind::Batch), name: batch_name.to_string(), kind: "submission".into(), created_at: now.clone() };
+        let batch =
+            Batch { id: ids::new_id(IdKind::Batch), name: batch_name.to_string(), kind: "submission".into(), created_at: now.clone() };
         tx.execute(
             "INSERT INTO submissions (id, file, sha256, status, received_at) VALUES (?1, ?2, ?3, 'accepted', ?4)",
             params![id, file, sha256, now],
@@ -806,7 +792,8 @@ impl Store {
             params![batch.id, batch.name, batch.kind, batch.created_at],
         )?;
         let (insert_prompt, insert_run) = (conn.prepare(&insert_prompts_sql(1))?, conn.prepare(&insert_runs_sql(1))?);
-        let (insert_prompts, insert_runs) = (conn.prepare(&insert_prompts_sql(ROWS_PER_INSERT))?, conn.prepare(&insert_runs_sql(ROWS_PER_INSERT))?);
+        let (insert_prompts, insert_runs) =
+            (conn.prepare(&insert_prompts_sql(ROWS_PER_INSERT))?, conn.prepare(&insert_runs_sql(ROWS_PER_INSERT))?);
         Ok(SubmissionWriter { insert_prompt, insert_run, insert_prompts, insert_runs, tx, id: id.to_string(), batch, now, runs: 0 })
     }
 
@@ -817,7 +804,17 @@ impl Store {
         self.conn.execute(
             "INSERT INTO submissions (id, file, sha256, status, duplicate_of, problems, problems_digest, rejected_before, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id, sub.file, sub.sha256, sub.status.as_str(), sub.duplicate_of, sub.problems as i64, sub.problems_digest, sub.rejected_before, now],
+            params![
+                id,
+                sub.file,
+                sub.sha256,
+                sub.status.as_str(),
+                sub.duplicate_of,
+                sub.problems as i64,
+                sub.problems_digest,
+                sub.rejected_before,
+                now
+            ],
         )?;
         self.submission(&id)
     }
@@ -869,7 +866,15 @@ impl SubmissionWriter<'_> {
             bind_rows(&mut self.insert_prompts, &mut self.insert_runs, &batch.text, chunk, &self.batch.id, &self.id, &self.now)?;
         }
         for row in chunks.remainder() {
-            bind_rows(&mut self.insert_prompt, &mut self.insert_run, &batch.text, std::slice::from_ref(row), &self.batch.id, &self.id, &self.now)?;
+            bind_rows(
+                &mut self.insert_prompt,
+                &mut self.insert_run,
+                &batch.text,
+                std::slice::from_ref(row),
+                &self.batch.id,
+                &self.id,
+                &self.now,
+            )?;
         }
         self.runs += batch.rows.len() as u64;
         Ok(())
@@ -886,11 +891,7 @@ impl SubmissionWriter<'_> {
         drop((insert_prompt, insert_run, insert_prompts, insert_runs));
         tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![runs as i64, id])?;
         count_inserted(&tx, RunStatus::Queued, runs)?;
-        let sub = tx.query_row(
-            &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
-            [&id],
-            submission_from_row,
-        )?;
+        let sub = tx.query_row(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"), [&id], submission_from_row)?;
         tx.commit()?;
         Ok((sub, batch))
     }
@@ -967,7 +968,8 @@ impl PreparedRuns {
 const ROWS_PER_INSERT: usize = 32;
 
 fn insert_prompts_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows).map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{}, ?1)", 6 * i + 2, 6 * i + 3, 6 * i + 4, 6 * i + 5, 6 * i + 6)).collect();
+    let values: Vec<String> =
+        (0..rows).map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{}, ?1)", 6 * i + 2, 6 * i + 3, 6 * i + 4, 6 * i + 5, 6 * i + 6)).collect();
     format!("INSERT INTO prompts (id, name, text, negative_prompt, inputs, created_at) VALUES {}", values.join(", "))
 }
 
@@ -1049,11 +1051,16 @@ fn spec_json(spec: &RunSpec) -> Result<String> {
 fn insert_prompt(conn: &Connection, new: NewPrompt, now: &str) -> Result<Prompt> {
     let id = ids::new_id(IdKind::Prompt);
     let inputs = serde_json::to_string(&new.inputs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.prepare_cached(
-        "INSERT INTO prompts (id, name, text, negative_prompt, inputs, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![id, new.name, new.text, new.negative_prompt, inputs, now])?;
-    Ok(Prompt { id, name: new.name, prompt: new.text, negative_prompt: new.negative_prompt, inputs: new.inputs, created_at: now.to_string() })
+    conn.prepare_cached("INSERT INTO prompts (id, name, text, negative_prompt, inputs, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![id, new.name, new.text, new.negative_prompt, inputs, now])?;
+    Ok(Prompt {
+        id,
+        name: new.name,
+        prompt: new.text,
+        negative_prompt: new.negative_prompt,
+        inputs: new.inputs,
+        created_at: now.to_string(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1154,10 +1161,10 @@ fn cancel_children(conn: &Connection, parent_id: &str, now: &str) -> Result<()> 
 
 fn check_deletable(run: &Run, force: bool) -> Result<()> {
     match run.status {
-        RunStatus::Running => Err(StoreError::Refused(format!("run {} is running; a running run is never deleted (cancel it first)", run.id))),
-        RunStatus::Queued if !force => {
-            Err(StoreError::Refused(format!("run {} is queued; cancel it first or pass --force", run.id)))
+        RunStatus::Running => {
+            Err(StoreError::Refused(format!("run {} is running; a running run is never deleted (cancel it first)", run.id)))
         }
+        RunStatus::Queued if !force => Err(StoreError::Refused(format!("run {} is queued; cancel it first or pass --force", run.id))),
         _ => Ok(()),
     }
 }
@@ -1229,7 +1236,9 @@ fn apply_change(conn: &Connection, run_id: &str, change: &Change, now: &str) -> 
             conn.execute("UPDATE runs SET outputs = ?2 WHERE id = ?1", params![run_id, outputs.to_string()])?;
             ("UPDATE runs SET status = ?2, finished_at = ?3, error = NULL, updated_at = ?3 WHERE id = ?1", String::new())
         }
-        Change::Fail { error } => ("UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, updated_at = ?3 WHERE id = ?1", error.clone()),
+        Change::Fail { error } => {
+            ("UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, updated_at = ?3 WHERE id = ?1", error.clone())
+        }
         Change::Cancel { reason } => {
             ("UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, updated_at = ?3 WHERE id = ?1", reason.clone())
         }
@@ -1309,7 +1318,11 @@ fn submission_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
         status: {
             let text: String = r.get(3)?;
             SubmissionStatus::parse(&text).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, format!("unknown submission status {text:?}").into())
+                rusqlite::Error::FromSqlConversionFailure(
+                    3,
+                    rusqlite::types::Type::Text,
+                    format!("unknown submission status {text:?}").into(),
+                )
             })?
         },
         duplicate_of: r.get(4)?,

@@ -71,9 +71,7 @@ impl fmt::Display for RunStatus {
 impl std::str::FromStr for RunStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        RunStatus::parse(s).ok_or_else(|| {
-            format!("expected one of {}, got {s:?}", RunStatus::ALL.map(|s| s.as_str()).join(", "))
-        })
+        RunStatus::parse(s).ok_or_else(|| format!("expected one of {}, got {s:?}", RunStatus::ALL.map(|s| s.as_str()).join(", ")))
     }
 }
 
@@ -81,14 +79,24 @@ impl std::str::FromStr for RunStatus {
 /// event row, in one transaction, and refuses it when the run's status does not allow it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Queue { detail: String },
+    Queue {
+        detail: String,
+    },
     Start,
-    Complete { outputs: serde_json::Value },
-    Fail { error: String },
-    Cancel { reason: String },
+    Complete {
+        outputs: serde_json::Value,
+    },
+    Fail {
+        error: String,
+    },
+    Cancel {
+        reason: String,
+    },
     /// Back to the queue from running (hand-back, retryable failure) or from failed or
     /// cancelled (`cosmos retry`).
-    Requeue { reason: String },
+    Requeue {
+        reason: String,
+    },
 }
 
 impl Change {

@@ -116,7 +116,10 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let log = home.path().join(format!("cosmosd.{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let log = home.path().join(format!(
+            "cosmosd.{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cosmosd"));
         cmd.current_dir(home.path())
@@ -298,7 +301,10 @@ pub fn runs(home: &Home) -> Vec<serde_json::Value> {
 
 /// The daemon's status.json (null before it exists).
 pub fn status(home: &Home) -> serde_json::Value {
-    std::fs::read_to_string(home.outbox().join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+    std::fs::read_to_string(home.outbox().join("status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A FUSE mount of `backing` at `mount` made with bindfs: what an NFS or sshfs inbox looks
