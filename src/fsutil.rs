@@ -264,6 +264,17 @@ pub fn copy_synced(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Returns the allocator's free memory to the system: after a burst (a large submission
+/// parsed and inserted) glibc keeps it in its free lists, and an idle daemon would go on
+/// holding hundreds of MiB.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,16 +321,5 @@ mod tests {
         assert_eq!(std::fs::read(&dst).unwrap(), b"line\n");
         assert_eq!(std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777, 0o640);
         assert!(!move_temp(&dst).exists(), "no temp left behind");
-    }
-}
-
-/// Returns the allocator's free memory to the system: after a burst (a large submission
-/// parsed and inserted) glibc keeps it in its free lists, and an idle daemon would go on
-/// holding hundreds of MiB.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -250,7 +250,7 @@ impl Intake {
     /// under the claim's submission id and retried.
     fn finish_claim(&mut self, sb: &str, name: &str) -> Result<Taken> {
         let key = Key::Claim(sb.to_string());
-        let result = self.into_state(sb, name).and_then(|claimed| self.process(&claimed, sb, name));
+        let result = self.move_into_state(sb, name).and_then(|claimed| self.process(&claimed, sb, name));
         match &result {
             Ok(_) => {
                 if self.retries.cleared(&key) {
@@ -272,7 +272,7 @@ impl Intake {
     /// claim folder first where needed. Idempotent: a crash between the copy and the removal
     /// of the inbox's copy leaves both, and the state's copy (complete, since it appeared by
     /// rename) wins.
-    fn into_state(&mut self, sb: &str, name: &str) -> Result<PathBuf> {
+    fn move_into_state(&mut self, sb: &str, name: &str) -> Result<PathBuf> {
         let in_state = self.layout.claimed_entry(sb, name);
         let in_inbox = self.layout.inbox_claim(&self.daemon, sb, name);
         let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();

@@ -91,9 +91,9 @@ impl Scheduler {
         let spec_path = self.layout.run_spec(&run.id);
         std::fs::write(&spec_path, spec_text.as_bytes()).map_err(at("cannot write", &spec_path))?;
         let ending = match (self.load_for(&run), localized) {
-            (Err(ending), _) => ending,
-            (Ok(()), Err(message)) => Ending::Failed { kind: FailureKind::Input, retryable: false, message },
-            (Ok(()), Ok(output_dir)) => {
+            (Some(ending), _) => ending,
+            (None, Err(message)) => Ending::Failed { kind: FailureKind::Input, retryable: false, message },
+            (None, Ok(output_dir)) => {
                 let op = Op::Run { run_id: run.id.clone(), attempt: run.attempts, spec, output_dir };
                 match self.hand.worker.as_mut().map(|w| w.send(&op)) {
                     Some(Ok(())) => {
@@ -129,9 +129,10 @@ impl Scheduler {
     }
 
     /// Makes the worker hold the run's control set: one load per set, not per run.
-    fn load_for(&mut self, run: &Run) -> std::result::Result<(), Ending> {
+    /// `Some`: how the attempt ended instead (the load failed, was cancelled, ...).
+    fn load_for(&mut self, run: &Run) -> Option<Ending> {
         if self.hand.loaded.as_deref() == Some(run.control_set.as_str()) {
-            return Ok(());
+            return None;
         }
         let controls: Vec<String> = run.spec.controls.keys().map(|h| h.as_str().to_string()).collect();
         self.hand.state = WorkerState::Loading;
@@ -140,11 +141,11 @@ impl Scheduler {
         let sent = self.hand.worker.as_mut().map(|w| w.send(&Op::Load { controls, options: json!({}) }));
         if !matches!(sent, Some(Ok(()))) {
             self.drop_worker();
-            return Err(Ending::Failed { kind: FailureKind::Crash, retryable: true, message: "the worker is gone".into() });
+            return Some(Ending::Failed { kind: FailureKind::Crash, retryable: true, message: "the worker is gone".into() });
         }
         match self.wait(Phase::Load { set: &run.control_set }, run) {
-            Ending::Done { .. } => Ok(()),
-            other => Err(other),
+            Ending::Done { .. } => None,
+            other => Some(other),
         }
     }
 

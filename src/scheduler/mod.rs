@@ -80,13 +80,16 @@ impl WorkerState {
     }
 }
 
+/// One worker's entry in status.json and its current run's.
+type WorkerEntry = (Value, Option<Value>);
+
 /// What the schedulers of one daemon share: one per worker (GPU or GPU group), all taking
 /// runs from the same store.
 #[derive(Clone)]
 pub struct Shared {
     /// Each worker's entry (and current run) for status.json, by slot; the lock also
     /// serialises writes of status.json.
-    board: Arc<Mutex<std::collections::BTreeMap<usize, (Value, Option<Value>)>>>,
+    board: Arc<Mutex<std::collections::BTreeMap<usize, WorkerEntry>>>,
     /// Runs a re-attached worker is still running: start-up recovery leaves them alone.
     adopted: Arc<Mutex<std::collections::HashSet<String>>>,
     barrier: Arc<std::sync::Barrier>,

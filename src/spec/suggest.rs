@@ -9,7 +9,7 @@ pub fn closest<'a>(typed: &str, allowed: &[&'a str]) -> Option<&'a str> {
         // A third of the length, at least 1 and at most 3 edits: `promt` -> `prompt`,
         // `control_wieght` -> `control_weight`, but `xyz` suggests nothing.
         let limit = (candidate.len().max(typed.len()) / 3).clamp(1, 3);
-        if d <= limit && best.map_or(true, |(bd, _)| d < bd) {
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, candidate));
         }
     }
@@ -25,8 +25,8 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=m {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=n {
         for j in 1..=m {

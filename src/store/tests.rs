@@ -72,7 +72,7 @@ fn every_transition_writes_an_event_and_illegal_ones_are_refused() {
     assert!(r.finished_at.is_some());
     // A completed run never runs again.
     assert!(store.change(&run.id, Change::Requeue { reason: "again".into() }).is_err());
-    assert!(store.queue_batch("again", &[run.id.clone()]).is_err());
+    assert!(store.queue_batch("again", std::slice::from_ref(&run.id)).is_err());
     let kinds: Vec<String> = store.events(&run.id).unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["created", "queued", "running", "completed"]);
     // Events are append-only.
@@ -107,12 +107,12 @@ fn batches_queue_all_or_nothing() {
     let p = prompt(&mut store);
     let a = store.create_run(&p.id, spec("a")).unwrap();
     let b = store.create_run(&p.id, spec("b")).unwrap();
-    store.queue_single(&[b.id.clone()], Some(0.7)).unwrap();
+    store.queue_single(std::slice::from_ref(&b.id), Some(0.7)).unwrap();
     let err = store.queue_batch("mixed", &[a.id.clone(), b.id.clone()]).unwrap_err();
     assert!(err.to_string().contains("already queued"), "{err}");
     assert_eq!(store.run(&a.id).unwrap().status, RunStatus::Pending, "nothing was queued");
     assert_eq!(store.run(&b.id).unwrap().spec.upscale_weight, Some(0.7));
-    let batch = store.queue_batch("urban", &[a.id.clone()]).unwrap();
+    let batch = store.queue_batch("urban", std::slice::from_ref(&a.id)).unwrap();
     let a = store.run(&a.id).unwrap();
     assert_eq!(a.status, RunStatus::Queued);
     assert_eq!(a.batch_id.as_deref(), Some(batch.id.as_str()));
@@ -126,13 +126,13 @@ fn running_runs_are_never_deleted() {
     let p = prompt(&mut store);
     let a = store.create_run(&p.id, spec("a")).unwrap();
     store.change(&a.id, Change::Queue { detail: String::new() }).unwrap();
-    assert!(store.delete_runs(&[a.id.clone()], false).unwrap_err().to_string().contains("--force"));
+    assert!(store.delete_runs(std::slice::from_ref(&a.id), false).unwrap_err().to_string().contains("--force"));
     store.change(&a.id, Change::Start).unwrap();
-    assert!(store.delete_runs(&[a.id.clone()], true).unwrap_err().to_string().contains("never deleted"));
-    assert!(store.delete_prompts(&[p.id.clone()], true).is_err());
+    assert!(store.delete_runs(std::slice::from_ref(&a.id), true).unwrap_err().to_string().contains("never deleted"));
+    assert!(store.delete_prompts(std::slice::from_ref(&p.id), true).is_err());
     store.change(&a.id, Change::Fail { error: "boom".into() }).unwrap();
-    assert!(store.delete_prompts(&[p.id.clone()], false).unwrap_err().to_string().contains("--force"));
-    store.delete_prompts(&[p.id.clone()], true).unwrap();
+    assert!(store.delete_prompts(std::slice::from_ref(&p.id), false).unwrap_err().to_string().contains("--force"));
+    store.delete_prompts(std::slice::from_ref(&p.id), true).unwrap();
     assert!(store.run(&a.id).is_err());
     assert!(store.prompt(&p.id).is_err());
     let kinds: Vec<String> = store.events(&a.id).unwrap().into_iter().map(|e| e.kind).collect();
