@@ -37,31 +37,7 @@ const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 }
 const REQUEST_TIMEOUT: u64 = 7 * 24 * 3600;
 pub const WORKER_MOUNT: &str = "/opt/cosmos/worker";
 
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("cannot reach the Docker engine at {socket}: {source}")]
-    Engine { socket: String, source: bollard::errors::Error },
-    #[error("the image {image} is not on this host; build it (see packaging/docker/README.md) or set runtime.image")]
-    MissingImage { image: String },
-    #[error("docker: {0}")]
-    Api(#[from] bollard::errors::Error),
-    #[error("cannot start an async runtime for the Docker client: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("the worker in the container did not say hello within {0:?}")]
-    NoHello(Duration),
-    #[error("the worker in the container speaks protocol {0}; this daemon speaks {}", PROTOCOL_VERSION)]
-    Protocol(u32),
-    #[error("the worker in the container did not answer a ping after re-attaching")]
-    NoPong,
-    #[error("cannot write to the worker in the container: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("the container's stream ended")]
-    Exited,
-    #[error("the daemon is stopping")]
-    Stopped,
-    #[error("the check did not finish within {0:?}")]
-    CheckTimeout(Duration),
-}
+pub use super::error::DockerError;
 
 fn api(e: bollard::errors::Error) -> DockerError {
     DockerError::Api(e)

@@ -2,6 +2,7 @@
 //! persistent container). Both start it as [`launch`] says and speak [`protocol`].
 
 pub mod docker;
+pub mod error;
 pub mod launch;
 pub mod process;
 pub mod protocol;

@@ -2,6 +2,7 @@
 //! process and the container (and, in tests, a scripted fake), the messages it sends, and the
 //! errors of starting and speaking to it.
 
+pub use super::error::{LocalizeError, WorkerError};
 use super::protocol::{Event, Op, Outputs};
 use serde_json::Value;
 use std::io::Write;
@@ -33,33 +34,6 @@ pub struct WorkerInfo {
 pub struct Found {
     pub running: Option<String>,
     pub controls: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("cannot start the worker ({command}): {source}")]
-    Spawn { command: String, source: std::io::Error },
-    #[error("the worker did not say hello within {0:?}")]
-    NoHello(Duration),
-    #[error("the worker exited")]
-    Exited,
-    #[error("the worker speaks protocol {0}; this daemon speaks {}", super::protocol::PROTOCOL_VERSION)]
-    Protocol(u32),
-    #[error("cannot write to the worker: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("the daemon is stopping")]
-    Stopped,
-    #[error(transparent)]
-    Docker(#[from] super::docker::DockerError),
-}
-
-/// A path in a run the worker cannot see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LocalizeError {
-    #[error("{0} is not in a folder mounted into the container; add its folder to paths.input_roots")]
-    Unmounted(String),
-    #[error("the work folder is not mounted into the container")]
-    WorkNotMounted,
 }
 
 /// A worker the scheduler drives with protocol ops.

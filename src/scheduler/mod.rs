@@ -361,7 +361,9 @@ impl Scheduler {
 
     /// The next run, by [`policy::choose_next`] over the store's candidates.
     fn pick(&self) -> Result<Option<crate::store::Run>> {
-        Ok(self.store.next_run(self.hand.loaded.as_deref(), self.config.scheduler.max_affinity_wait.0)?)
+        let (loaded, now) = (self.hand.loaded.as_deref(), crate::time::Timestamp::now());
+        let candidates = self.store.queue_candidates(loaded, now)?;
+        Ok(policy::choose_next(candidates, loaded, now, self.config.scheduler.max_affinity_wait.0))
     }
 
     fn idle_wait(&mut self) {

@@ -354,3 +354,43 @@ fn receipts_of_large_submissions_wait_and_are_all_written_at_stop() {
     shared.mark_receipt("sb_big");
     assert_eq!(shared.due_receipts(true, Duration::from_secs(60)), ["sb_big"], "at stop, all at once");
 }
+
+/// The scheduler's pick: the store's candidates, then the policy's choice.
+fn pick(store: &Store, loaded: Option<&str>, max_wait: Duration) -> Result<Option<crate::store::Run>> {
+    let now = crate::time::Timestamp::now();
+    Ok(policy::choose_next(store.queue_candidates(loaded, now)?, loaded, now, max_wait))
+}
+
+#[test]
+fn pick_prefers_the_loaded_control_set_but_never_starves_the_oldest() {
+    let mut b = bench();
+    let store = &mut b.store;
+    let inputs = PromptInputs { color: "/videos/color.mp4".into(), depth: None, seg: None, edge: None };
+    let p = store.create_prompt(NewPrompt { name: None, text: "t".into(), negative_prompt: None, inputs }).unwrap();
+    let with = |hint: Hint, priority: i32| {
+        let mut s = spec("x", Hint::Edge);
+        s.controls.clear();
+        s.controls.insert(hint, Control::generated(0.5));
+        s.priority = priority;
+        s
+    };
+    let a = store.create_run(&p.id, with(Hint::Edge, 0)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let b = store.create_run(&p.id, with(Hint::Vis, 0)).unwrap();
+    let hi = store.create_run(&p.id, with(Hint::Depth, 9)).unwrap();
+    for id in [&a.id, &b.id] {
+        store.change(id, Change::Queue { detail: String::new() }).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let long = std::time::Duration::from_secs(600);
+    assert_eq!(pick(store, None, long).unwrap().unwrap().id, a.id, "oldest first");
+    assert_eq!(pick(store, Some("vis"), long).unwrap().unwrap().id, b.id, "the loaded set first");
+    assert_eq!(pick(store, Some("vis"), std::time::Duration::ZERO).unwrap().unwrap().id, a.id, "unless the oldest waited too long");
+    store.change(&hi.id, Change::Queue { detail: String::new() }).unwrap();
+    assert_eq!(pick(store, Some("vis"), long).unwrap().unwrap().id, hi.id, "priority beats affinity");
+    // A run waiting out its retry backoff is not eligible.
+    store.change(&hi.id, Change::Start).unwrap();
+    let later = crate::time::Timestamp(crate::time::Timestamp::now().0 + 60_000);
+    store.retry_later(&hi.id, "oom", later).unwrap();
+    assert_eq!(pick(store, Some("vis"), long).unwrap().unwrap().id, b.id);
+}

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod rules;
 pub mod runspec;
 mod suggest;
+mod values;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,8 +21,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use fields::is_safe_name;
-pub use jsonl::{parse_jsonl, JsonlLimits};
+pub use jsonl::parse_jsonl;
 pub use paths::PathPolicy;
+pub use rules::JsonlLimits;
 pub use rules::{Base, BaseOrigin, Model, Rules};
 
 /// A control ("hint") of NVIDIA Cosmos Transfer. Declaration order is the canonical order

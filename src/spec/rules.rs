@@ -7,11 +7,24 @@
 //!   the reason, never failed on the GPU minutes later.
 
 use super::fields::{self, check_keys, Key, Problems};
-use super::jsonl::{path_value, read_settings, JsonlLimits, MAX_PROMPT_CHARS};
+use super::values::{parse_overrides, path_value, read_settings, MAX_PROMPT_CHARS};
 use super::{Control, Hint, PathPolicy, RunSpec, Settings, SpecStyle};
 use crate::config::{Backend, Config};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+/// Limits that keep validation bounded.
+#[derive(Debug, Clone)]
+pub struct JsonlLimits {
+    /// The longest line accepted; a longer one is skipped (never held in memory) and reported.
+    pub max_line_bytes: usize,
+}
+
+impl Default for JsonlLimits {
+    fn default() -> Self {
+        JsonlLimits { max_line_bytes: 1 << 20 }
+    }
+}
 
 /// Everything a job file is validated against.
 #[derive(Debug, Clone)]
@@ -94,7 +107,7 @@ impl Base {
     ) -> Option<BTreeMap<Hint, Control>> {
         let merge = match (overrides, &self.origin) {
             (None, _) => None,
-            (Some(v), BaseOrigin::Config) => return super::jsonl::parse_overrides(v, policy, p),
+            (Some(v), BaseOrigin::Config) => return parse_overrides(v, policy, p),
             (Some(v), BaseOrigin::Spec(_)) => Some(fields::object(v, "control_overrides", p)?),
         };
         let before = p.list.len();

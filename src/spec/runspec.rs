@@ -3,7 +3,8 @@
 //! JSONL-style job (`visual_input`) is accepted too.
 
 use super::fields::{self, check_keys, describe, Key, Problems};
-use super::jsonl::{self, path_value, read_extensions, read_settings, required_path, required_prompt, MAX_PROMPT_CHARS};
+use super::jsonl;
+use super::values::{path_value, read_extensions, read_settings, required_path, required_prompt, MAX_PROMPT_CHARS};
 use super::{Control, Hint, Job, PathPolicy, Problem, Report, Rules, RunSpec, SpecStyle};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

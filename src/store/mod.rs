@@ -570,16 +570,6 @@ impl Store {
 
     // ---- scheduling ------------------------------------------------------------------
 
-    /// The queued run to start next: the first by priority then age among those whose
-    /// backoff has passed and whose parent (if any) completed; with `prefer` (the loaded
-    /// control set), the oldest run of that set in the same priority tier, unless the head
-    /// has waited longer than `max_wait` (no starvation).
-    pub fn next_run(&self, prefer: Option<&str>, max_wait: Duration) -> Result<Option<Run>> {
-        let now = Timestamp::now();
-        let candidates = self.queue_candidates(prefer, now)?;
-        Ok(crate::scheduler::policy::choose_next(candidates, prefer, now, max_wait))
-    }
-
     /// The lines of a submission's receipt, in line order (its runs' specs are not read).
     pub fn receipt_lines(&self, submission: &str) -> Result<Vec<ReceiptLine>> {
         let mut stmt = self.conn.prepare_cached(

@@ -162,39 +162,6 @@ fn a_submission_is_visible_whole_or_not_at_all() {
 }
 
 #[test]
-fn next_run_prefers_the_loaded_control_set_but_never_starves_the_oldest() {
-    let (_d, mut store) = store();
-    let p = prompt(&mut store);
-    let with = |hint: Hint, priority: i32| {
-        let mut s = spec("x");
-        s.controls.clear();
-        s.controls.insert(hint, Control::generated(0.5));
-        s.priority = priority;
-        s
-    };
-    let a = store.create_run(&p.id, with(Hint::Edge, 0)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    let b = store.create_run(&p.id, with(Hint::Vis, 0)).unwrap();
-    let hi = store.create_run(&p.id, with(Hint::Depth, 0)).unwrap();
-    for id in [&a.id, &b.id] {
-        store.change(id, Change::Queue { detail: String::new() }).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let long = std::time::Duration::from_secs(600);
-    assert_eq!(store.next_run(None, long).unwrap().unwrap().id, a.id, "oldest first");
-    assert_eq!(store.next_run(Some("vis"), long).unwrap().unwrap().id, b.id, "the loaded set first");
-    assert_eq!(store.next_run(Some("vis"), std::time::Duration::ZERO).unwrap().unwrap().id, a.id, "unless the oldest waited too long");
-    store.change(&hi.id, Change::Queue { detail: String::new() }).unwrap();
-    store.conn.execute("UPDATE runs SET priority = 9 WHERE id = ?1", [&hi.id]).unwrap();
-    assert_eq!(store.next_run(Some("vis"), long).unwrap().unwrap().id, hi.id, "priority beats affinity");
-    // A run waiting out its retry backoff is not eligible.
-    store.change(&hi.id, Change::Start).unwrap();
-    let later = crate::time::Timestamp(crate::time::Timestamp::now().0 + 60_000);
-    store.retry_later(&hi.id, "oom", later).unwrap();
-    assert_eq!(store.next_run(Some("vis"), long).unwrap().unwrap().id, b.id);
-}
-
-#[test]
 fn listing_by_status_is_newest_first_whether_the_status_is_common_or_rare() {
     let (_d, mut store) = store();
     let p = prompt(&mut store);
