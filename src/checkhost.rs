@@ -211,10 +211,11 @@ fn gpus_text(g: &crate::config::Gpus) -> String {
 
 /// `python3 -c IMPORT_CHECK` as the process runtime would start the worker.
 fn run_on_host(config: &Config, worker_path: &Path) -> Result<(i64, String), String> {
-    let side = crate::runtime::launch::Side::Host { worker_path: worker_path.to_path_buf(), work: config.paths.state.join("work") };
+    let work = crate::layout::Layout::of(&config.paths).work();
+    let side = crate::runtime::launch::Side::Host { worker_path: worker_path.to_path_buf(), work: work.clone() };
     let launch = crate::runtime::launch::Launch::new(config, &side, 1);
     // The daemon makes the work folder at start; the check may come first.
-    if launch.cwd == config.paths.state.join("work") {
+    if launch.cwd == work {
         let _ = std::fs::create_dir_all(&launch.cwd);
     }
     let cwd = launch.cwd.clone();

@@ -118,7 +118,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&config.paths.state)
         .map_err(|source| DaemonError::Io { what: format!("cannot create {}", config.paths.state.display()), source })?;
     // One daemon per state folder: a second one would finish the first one's claims.
-    let _state_lock = lock_state(&config.paths.state)?;
+    let _state_lock = lock_state(&crate::layout::Layout::of(&config.paths))?;
     let store = Store::open(&config.paths.database())?;
     let mut intake = Intake::new(&config, store)?;
     tracing::info!(
@@ -305,10 +305,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
 /// Holds `<state>/cosmosd.lock` (flock) for the daemon's life, with its pid in it; another
 /// daemon on the same state folder is refused with that pid. (Daemons that share only an
 /// inbox, each with its own state, are fine: claims keep them apart.)
-fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
+fn lock_state(layout: &crate::layout::Layout) -> Result<std::fs::File, DaemonError> {
+    let (path, state) = (layout.lock_file(), layout.state());
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
-    let path = state.join("cosmosd.lock");
     let io_err = |what: &str, source| DaemonError::Io { what: format!("{what} {}", path.display()), source };
     let mut file = std::fs::OpenOptions::new()
         .read(true)

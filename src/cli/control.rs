@@ -49,7 +49,7 @@ pub fn pause(store: &mut Store, paused: bool, out: &mut dyn Write) -> Result<()>
 }
 
 fn read_status(config: &Config) -> Option<Value> {
-    let text = std::fs::read_to_string(config.paths.outbox.join("status.json")).ok()?;
+    let text = std::fs::read_to_string(crate::layout::Layout::of(&config.paths).status_json()).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -78,7 +78,7 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             s["daemon"]["started_at"].as_str().unwrap_or("?")
         )?,
         (Some(s), false) => writeln!(out, "cosmosd is not running (status.json last updated {})", s["updated_at"].as_str().unwrap_or("?"))?,
-        (None, _) => writeln!(out, "cosmosd is not running (no {})", config.paths.outbox.join("status.json").display())?,
+        (None, _) => writeln!(out, "cosmosd is not running (no {})", crate::layout::Layout::of(&config.paths).status_json().display())?,
     }
     writeln!(
         out,
@@ -169,11 +169,12 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
 
 /// The execution.log of a run: the published one, else the one being written.
 fn log_path(config: &Config, run_id: &str) -> PathBuf {
-    let published = config.paths.outbox.join(format!("run_{run_id}")).join("execution.log");
+    let layout = crate::layout::Layout::of(&config.paths);
+    let published = layout.run_dir(run_id).join(crate::layout::run_files::EXECUTION_LOG);
     if published.is_file() {
         published
     } else {
-        config.paths.state.join("work").join(run_id).join("execution.log")
+        layout.run_log(run_id)
     }
 }
 

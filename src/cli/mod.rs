@@ -468,7 +468,7 @@ fn batch_inference(
         let batch = nvidia::nvidia_batch(&pairs);
         let folder = format!("batch_{name}_{}", crate::time::Timestamp::now().compact());
         writeln!(out, "# dry run: nothing was queued")?;
-        writeln!(out, "# batch {name}: {} runs -> {}", runs.len(), config.paths.outbox.join(&folder).display())?;
+        writeln!(out, "# batch {name}: {} runs -> {}", runs.len(), crate::layout::Layout::of(&config.paths).batch_dir(&folder).display())?;
         for (i, r) in runs.iter().enumerate() {
             writeln!(out, "# line {}: {} ({}; controls {})", i + 1, r.id, r.status, r.control_set)?;
         }
@@ -499,7 +499,12 @@ fn batch_inference(
     for id in &ids {
         writeln!(out, "  {id}")?;
     }
-    writeln!(out, "Outputs: {}/run_<id>/ and {}/", config.paths.outbox.display(), config.paths.outbox.join(batch.folder_name()).display())?;
+    writeln!(
+        out,
+        "Outputs: {}/run_<id>/ and {}/",
+        config.paths.outbox.display(),
+        crate::layout::Layout::of(&config.paths).batch_dir(&batch.folder_name()).display()
+    )?;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ pub struct PathMap {
 impl PathMap {
     pub fn for_config(config: &Config, worker_path: &Path) -> PathMap {
         let mut mounts = vec![
-            Mount { host: config.paths.state.join("work"), container: "/cosmos/work".into(), read_only: false },
+            Mount { host: crate::layout::Layout::of(&config.paths).work(), container: "/cosmos/work".into(), read_only: false },
             Mount { host: config.paths.outbox.clone(), container: "/cosmos/outbox".into(), read_only: true },
             Mount { host: config.paths.inbox.clone(), container: "/cosmos/inbox".into(), read_only: true },
             Mount { host: worker_path.to_path_buf(), container: WORKER_MOUNT.into(), read_only: true },

@@ -59,7 +59,7 @@ impl ProcessWorker {
         stop: &AtomicBool,
     ) -> Result<ProcessWorker, WorkerError> {
         let rt = &config.runtime;
-        let side = Side::Host { worker_path: worker_path(config), work: config.paths.state.join("work") };
+        let side = Side::Host { worker_path: worker_path(config), work: crate::layout::Layout::of(&config.paths).work() };
         let launch = Launch::new(config, &side, ranks);
         let command = format!("{} (in {})", launch.command_line(), launch.cwd.display());
         tracing::info!(%command, "starting the worker");

@@ -174,7 +174,7 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
 /// What a `result.json` in a run's output folder says (the worker writes it before it
 /// reports): how a daemon that was down learns a result.
 pub fn read_result(output_dir: &std::path::Path) -> Option<Event> {
-    let text = std::fs::read_to_string(output_dir.join("result.json")).ok()?;
+    let text = std::fs::read_to_string(output_dir.join(crate::layout::run_files::RESULT)).ok()?;
     parse_event(&text).ok()
 }
 

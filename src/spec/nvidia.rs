@@ -218,7 +218,7 @@ impl NvidiaBatch {
     /// Writes `<name>.jsonl` and `batch_spec.json` into `dir`, each by temp file + rename.
     pub fn write_to(&self, dir: &Path, name: &str) -> std::io::Result<()> {
         crate::fsutil::write_atomic(&dir.join(format!("{name}.jsonl")), self.jsonl().as_bytes())?;
-        crate::fsutil::write_atomic(&dir.join("batch_spec.json"), self.base_spec_text().as_bytes())
+        crate::fsutil::write_atomic(&dir.join(crate::layout::run_files::BATCH_SPEC), self.base_spec_text().as_bytes())
     }
 }
 

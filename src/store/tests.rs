@@ -1,3 +1,6 @@
+//! The store against a real SQLite file: transitions and their events, prefixes, batches,
+//! deletion, submissions seen whole or not at all, listing by status.
+
 use super::*;
 use crate::spec::{Control, Settings, SpecStyle};
 use std::collections::BTreeMap;
