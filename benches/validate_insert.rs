@@ -9,9 +9,10 @@
 //!   the inbox): claim, hash, validate, stage the inputs (once per distinct video), insert
 //!   every run in one transaction, receipt, archive.
 //!
-//! Then, with `BIG_RUNS` runs in one store: `cosmos list runs --status queued --limit 50`
-//! (the real binary), a running cosmosd's resident memory once idle, and how long its
-//! status.json write takes (from its debug log).
+//! Then a running cosmosd (queue paused) takes in `BIG_RUNS` runs as files of `LINES` lines
+//! dropped into its inbox; once idle: its resident memory and how long its status.json
+//! writes take (from its debug log); and `cosmos list runs --status queued|failed --limit 50`
+//! on that store (the real binary; queued is the common status, failed the rare one).
 
 use cosmos_workflow::config::Config;
 use cosmos_workflow::intake::{Fate, Intake};
