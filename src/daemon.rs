@@ -135,6 +135,8 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
+    // Another process holding the store (a `sqlite3` shell, a backup) is waited for.
+    intake.store().wait_while_busy(Arc::clone(&stop))?;
     // One scheduler (and worker) per GPU or GPU group; they share the queue in the store.
     let groups = crate::scheduler::worker_groups(&config.runtime.gpus);
     let shared = crate::scheduler::Shared::new(groups.len());

@@ -264,6 +264,12 @@ pub fn copy_synced(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// An I/O failure that passes by itself: a full disk or quota (space may be freed), an I/O
+/// error (a network filesystem that comes back). Waited out, not failed.
+pub fn is_transient_io(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::ESTALE | libc::ETIMEDOUT))
+}
+
 /// Returns the allocator's free memory to the system: after a burst (a large submission
 /// parsed and inserted) glibc keeps it in its free lists, and an idle daemon would go on
 /// holding hundreds of MiB.

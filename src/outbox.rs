@@ -22,6 +22,16 @@ pub enum OutboxError {
     Store(#[from] StoreError),
 }
 
+impl OutboxError {
+    /// See [`StoreError::is_transient`] and [`crate::fsutil::is_transient_io`].
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OutboxError::Io(e) => crate::fsutil::is_transient_io(&e.source),
+            OutboxError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, OutboxError>;
 
 #[derive(Debug, Clone)]

@@ -29,6 +29,9 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Another process held the store past the busy timeout: exit 1, try again.
+    #[error("the store {} is busy: another process holds it (a long transaction, a backup?); nothing was changed, try again in a moment", .0.display())]
+    Busy(PathBuf),
 }
 
 impl CliError {
@@ -247,7 +250,16 @@ pub enum DeleteWhat {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let loaded = cli.global.load()?;
     let config = loaded.config;
-    match cli.command {
+    let database = config.paths.database();
+    run_command(cli.command, &config, out).map_err(|e| match e {
+        CliError::Store(e) if e.is_busy() => CliError::Busy(database),
+        other => other,
+    })
+}
+
+fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result<()> {
+    let config = config.clone();
+    match command {
         Command::Validate { files } => validate(&config, &files, out),
         Command::Submit { files, inbox, wait } => submit::submit(&config, &files, inbox, wait, out),
         command => {

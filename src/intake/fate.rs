@@ -31,6 +31,10 @@ pub enum IntakeError {
     Outbox(#[from] crate::outbox::OutboxError),
     #[error(transparent)]
     Stage(#[from] stage::StageError),
+    /// Nothing is claimed while the state folder is nearly full (see `INTAKE_FLOOR`): an
+    /// entry waits in the inbox under its own name rather than half-way.
+    #[error("the state folder {path} has {free} free, under {need}: files wait in the inbox until there is room")]
+    StateFull { path: PathBuf, free: crate::config::Size, need: crate::config::Size },
     /// The parsing thread stopped because the inserting one failed (whose error is told).
     #[error("intake stopped")]
     Stopped,
@@ -109,6 +113,11 @@ fn parse_and_stage(
     Parsed { report, display, failure, staged, lines }
 }
 
+/// Below this much free space in the state folder (or `outbox.min_free`, if smaller),
+/// nothing is claimed: a submission's rows and staged inputs need room, and SQLite failing
+/// half-way with "disk full" helps nobody.
+pub const INTAKE_FLOOR: u64 = 256 << 20;
+
 /// Rows sent from the parsing thread to the inserting one at a time, and how many such
 /// batches may wait: about 4,000 rows (a few MiB) in flight at most.
 const ROWS_PER_BATCH: usize = 256;
@@ -118,7 +127,7 @@ impl IntakeError {
     /// How far the entry got, so the log and status.json say where it waits.
     pub fn stage(&self) -> Stage {
         match self {
-            IntakeError::Claim { .. } => Stage::Claim,
+            IntakeError::Claim { .. } | IntakeError::StateFull { .. } => Stage::Claim,
             IntakeError::Copy { .. } => Stage::Copy,
             _ => Stage::Decide,
         }
@@ -163,6 +172,10 @@ pub struct Intake {
     file_mode: u32,
     /// Entries that failed, waiting for their next try.
     retries: Retries,
+    /// Free space the state folder must have for anything to be claimed: `outbox.min_free`,
+    /// at most [`INTAKE_FLOOR`] (runs already wait below `outbox.min_free`; submissions are
+    /// still taken in until the disk is nearly full).
+    min_free: u64,
 }
 
 /// The shape of a claimed entry.
@@ -189,6 +202,7 @@ impl Intake {
             rules: Rules::from_config(config),
             file_mode: 0o644,
             retries: Retries::default(),
+            min_free: 0,
         };
         intake.set_config(config);
         Ok(intake)
@@ -202,6 +216,7 @@ impl Intake {
         self.roots = roots;
         self.file_mode = config.outbox.mode.0;
         self.rules = Rules::from_config(config);
+        self.min_free = config.outbox.min_free.0.min(INTAKE_FLOOR);
     }
 
     pub fn layout(&self) -> &Layout {
@@ -219,6 +234,15 @@ impl Intake {
         let key = Key::Inbox(name.to_string());
         if self.retries.waiting(&key, Instant::now()) {
             return Ok(None);
+        }
+        if let Some(free) = crate::fsutil::free_bytes(self.layout.state()).filter(|f| *f < self.min_free) {
+            let err = IntakeError::StateFull {
+                path: self.layout.state().to_path_buf(),
+                free: crate::config::Size(free),
+                need: crate::config::Size(self.min_free),
+            };
+            self.note_failure(key, name, &err);
+            return Err(err);
         }
         let sb = ids::new_id(IdKind::Submission);
         let source = self.layout.inbox_entry(name);

@@ -297,17 +297,17 @@ impl Scheduler {
             Ending::Done { outputs, seconds } => {
                 self.publish_pending();
                 let gpu = self.run_gpu.to_json();
-                self.pending = Some(Finished { run_id: run.id.clone(), outputs, seconds, gpu });
+                self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, gpu });
                 note(self, "done");
             }
             Ending::Cancelled => {
                 self.run_log("cancelled");
-                let r = self.store.finish_unsuccessfully(&run.id, Change::Cancel { reason: "cancelled by request".into() })?;
+                let r = self.persist(|s| s.finish_unsuccessfully(&run.id, Change::Cancel { reason: "cancelled by request".into() }))?;
                 self.after_end(&r);
                 note(self, "cancelled");
             }
             Ending::HandedBack => {
-                self.store.change(&run.id, Change::Requeue { reason: "handed back: the daemon stopped".into() })?;
+                self.persist(|s| s.change(&run.id, Change::Requeue { reason: "handed back: the daemon stopped".into() }))?;
                 note(self, "handed back");
             }
             Ending::Failed { kind, retryable, message } => {
@@ -316,12 +316,13 @@ impl Scheduler {
                     Verdict::Retry { after } => {
                         let when = Timestamp(Timestamp::now().0 + after.as_millis() as i64);
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, retry_in = ?after, "run failed; retrying");
-                        self.store.retry_later(&run.id, &format!("attempt {} failed ({kind}): {message}", run.attempts), when)?;
+                        let why = format!("attempt {} failed ({kind}): {message}", run.attempts);
+                        self.persist(|s| s.retry_later(&run.id, &why, when))?;
                         note(self, &format!("attempt {} failed ({kind}), retrying", run.attempts));
                     }
                     Verdict::Fail { error } => {
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, "run failed");
-                        let r = self.store.finish_unsuccessfully(&run.id, Change::Fail { error })?;
+                        let r = self.persist(|s| s.finish_unsuccessfully(&run.id, Change::Fail { error: error.clone() }))?;
                         self.after_end(&r);
                         note(self, &format!("failed ({kind})"));
                     }

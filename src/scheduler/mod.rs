@@ -56,7 +56,22 @@ impl From<crate::fsutil::PathIo> for SchedulerError {
     }
 }
 
+impl SchedulerError {
+    /// A failure the scheduler waits out (the store busy or its disk full, an I/O error):
+    /// it says so in status.json and tries again; anything else ends its thread (and
+    /// the daemon).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SchedulerError::Store(e) => e.is_transient(),
+            SchedulerError::Io { source, .. } => crate::fsutil::is_transient_io(source),
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, SchedulerError>;
+
+/// How long the scheduler waits before trying again after a transient failure.
+const TROUBLE_RETRY: Duration = Duration::from_secs(1);
 
 /// The worker as status.json shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,8 +236,11 @@ pub struct Scheduler {
     adopt: Option<String>,
     log: LogSink,
     board: board::Board,
-    /// A finished run, published once the next run is on its way.
-    pending: Option<publish::Finished>,
+    /// Finished runs, published once the next run is on its way (in order; more than one
+    /// only while publication fails for a reason that passes, a full disk say).
+    pending: std::collections::VecDeque<publish::Finished>,
+    /// Why the last publication could not be done, while it cannot: no new run starts.
+    publish_blocked: Option<String>,
     /// When the worker last reported a run done: the dispatch gap runs from here to the
     /// next `run` op.
     last_done: Option<Instant>,
@@ -276,7 +294,8 @@ impl Scheduler {
             adopt: None,
             log: Arc::new(Mutex::new(None)),
             board: board::Board::new(),
-            pending: None,
+            pending: std::collections::VecDeque::new(),
+            publish_blocked: None,
             last_done: None,
             run_gpu: crate::gpu::RunGpuStats::default(),
         })
@@ -290,6 +309,8 @@ impl Scheduler {
 
     /// Runs until the stop flag is set; then hands back or finishes the run in hand.
     pub fn run(mut self) -> Result<()> {
+        // Another process holding the store is waited for (here, on this thread).
+        self.store.wait_while_busy(self.stop.clone())?;
         // Start (or re-attach to) the worker first: a container may still be running a run.
         self.ensure_worker();
         if let Some(run) = self.adopt.clone() {
@@ -302,27 +323,31 @@ impl Scheduler {
         self.shared.barrier.wait();
         let recovered = self.recover();
         self.shared.barrier.wait();
-        recovered?;
-        while !self.stopping() {
-            self.take_reload();
-            self.write_status_if_due(false);
-            if let Some(reason) = self.gate()?.reason() {
-                self.publish_pending();
-                self.set_waiting(Some(reason));
-                std::thread::sleep(POLL);
-                continue;
+        if let Err(e) = recovered {
+            if !e.is_transient() {
+                return Err(e);
             }
-            match self.pick()? {
-                Some(run) => {
-                    self.set_waiting(None);
-                    self.attempt(run)?;
+            // Recovery is done again at the next start; running runs stay as they are.
+            tracing::warn!(error = %e, "start-up recovery could not finish; it is tried again at the next start");
+        }
+        let mut trouble: Option<String> = None;
+        while !self.stopping() {
+            match self.turn() {
+                Ok(()) => {
+                    if trouble.take().is_some() {
+                        tracing::info!("the store and the disks answer again: going on");
+                    }
                 }
-                None => {
-                    self.last_done = None;
-                    self.publish_pending();
-                    self.set_waiting(None);
-                    self.idle_wait();
+                Err(e) if e.is_transient() => {
+                    let why = e.to_string();
+                    if trouble.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(error = %why, "waiting for this to pass (nothing is lost meanwhile)");
+                    }
+                    self.set_waiting(Some(format!("{why}; retrying")));
+                    trouble = Some(why);
+                    self.sleep_unless_stopping(TROUBLE_RETRY);
                 }
+                Err(e) => return Err(e),
             }
         }
         self.publish_pending();
@@ -335,8 +360,61 @@ impl Scheduler {
         Ok(())
     }
 
+    /// One turn of the loop: take a reloaded configuration, write status.json when due,
+    /// check the gates, then attempt the next run or wait for one.
+    fn turn(&mut self) -> Result<()> {
+        self.take_reload();
+        self.write_status_if_due(false);
+        self.publish_pending();
+        if let Some(reason) = self.gate()?.reason().or_else(|| self.publish_blocked.clone()) {
+            self.set_waiting(Some(reason));
+            std::thread::sleep(POLL);
+            return Ok(());
+        }
+        match self.pick()? {
+            Some(run) => {
+                self.set_waiting(None);
+                self.attempt(run)?;
+            }
+            None => {
+                self.last_done = None;
+                self.publish_pending();
+                self.set_waiting(None);
+                self.idle_wait();
+            }
+        }
+        Ok(())
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    fn sleep_unless_stopping(&self, total: Duration) {
+        let until = Instant::now() + total;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Runs a store write until it is done, waiting out transient failures (a full disk,
+    /// an I/O error; a busy store is already waited for) unless the daemon stops. What a
+    /// stop leaves undone, start-up recovery finds (a run still `running`).
+    fn persist<T>(&mut self, mut write: impl FnMut(&mut Store) -> std::result::Result<T, StoreError>) -> Result<T> {
+        let mut told = false;
+        loop {
+            match write(&mut self.store) {
+                Err(e) if e.is_transient() && !self.stopping() => {
+                    if !told {
+                        tracing::warn!(error = %e, "cannot record this yet; retrying until it can be");
+                        told = true;
+                    }
+                    self.set_waiting(Some(format!("{e}; retrying")));
+                    self.sleep_unless_stopping(TROUBLE_RETRY);
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Takes the newest configuration a SIGHUP sent, keeping the folders (they move only on

@@ -29,14 +29,46 @@ pub enum PublishError {
     Outbox(#[from] crate::outbox::OutboxError),
 }
 
+impl PublishError {
+    /// A full disk, a busy store, an I/O error: the run is published once it passes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PublishError::Store(e) => e.is_transient(),
+            PublishError::Outbox(e) => e.is_transient(),
+        }
+    }
+}
+
 impl Scheduler {
-    /// Publishes the finished run waiting for it, if any. A run that cannot be published
-    /// fails with the reason (it never shows as completed without its folder).
+    /// Publishes the finished runs waiting for it, in order. One that cannot be published
+    /// for a reason that passes (a full disk) stays waiting, and no new run starts until it
+    /// is out (`publish_blocked` says why in status.json); for any other reason the run
+    /// fails with it. A run never shows as completed without its folder.
     pub(super) fn publish_pending(&mut self) {
-        let Some(f) = self.pending.take() else { return };
-        if let Err(e) = self.publish(&f) {
-            tracing::error!(run = %f.run_id, error = %e, "cannot publish the run");
-            let _ = self.store.finish_unsuccessfully(&f.run_id, Change::Fail { error: format!("cannot publish the run folder: {e}") });
+        while let Some(f) = self.pending.pop_front() {
+            match self.publish(&f) {
+                Ok(()) => {
+                    if self.publish_blocked.take().is_some() {
+                        tracing::info!(run = %f.run_id, "published after waiting");
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    let why = format!("cannot publish run {} yet: {e}", f.run_id);
+                    if self.publish_blocked.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(run = %f.run_id, error = %e, "cannot publish the run yet; it waits (its outputs are kept)");
+                    }
+                    self.publish_blocked = Some(why);
+                    self.pending.push_front(f);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(run = %f.run_id, error = %e, "cannot publish the run");
+                    let error = format!("cannot publish the run folder: {e}");
+                    if let Err(e) = self.persist(|s| s.finish_unsuccessfully(&f.run_id, Change::Fail { error: error.clone() })) {
+                        tracing::error!(run = %f.run_id, error = %e, "cannot record the failure; start-up recovery will find the run");
+                    }
+                }
+            }
         }
     }
 

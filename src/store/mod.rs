@@ -41,6 +41,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A failure that passes by itself: another process holds the database (busy,
+    /// locked), its disk is full, or an I/O error (a network filesystem hiccup). The daemon
+    /// waits and tries again; everything else is a bug or damage and stops what it was doing.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        let code = match self {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+            | StoreError::Open { source: rusqlite::Error::SqliteFailure(e, _), .. } => e.code,
+            _ => return false,
+        };
+        matches!(code, DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure)
+    }
+
+    /// Another process holds the database.
+    pub fn is_busy(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error { code: DatabaseBusy | DatabaseLocked, .. }, _))
+                | StoreError::Open {
+                    source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error { code: DatabaseBusy | DatabaseLocked, .. }, _),
+                    ..
+                }
+        )
+    }
+
     /// Errors in what a person asked for (exit 2), as opposed to failures (exit 1).
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -227,6 +253,13 @@ impl Store {
         configure_sqlite();
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        // Read before anything writes: a store from a newer version (or not a database at
+        // all) is refused as it is, not converted first.
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let known = schema::MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found, known });
+        }
         // WAL: readers (cosmos) never block the writer (cosmosd). FULL: a commit survives
         // power loss, since a lost submission is the one thing we must never do.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
@@ -239,7 +272,10 @@ impl Store {
         // thrash the default 2 MiB cache.
         conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
         let mut store = Store { conn, path: path.to_path_buf() };
-        store.migrate()?;
+        // Up to date: no write lock taken (another process may hold it; reading goes on).
+        if found < known {
+            store.migrate()?;
+        }
         Ok(store)
     }
 
@@ -265,6 +301,18 @@ impl Store {
     pub fn tune_for_intake(&self) -> Result<()> {
         self.conn.pragma_update(None, "foreign_keys", "OFF")?;
         self.conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
+        Ok(())
+    }
+
+    /// The daemon's connections: while another process holds the database (a `sqlite3`
+    /// shell in a long transaction, a backup tool), wait for it as long as it takes instead
+    /// of failing after the busy timeout, unless `stop` is set (then the statement fails
+    /// with "busy", and the caller hands its work back). Waits are logged every 30 s, and
+    /// systemd's watchdog is fed meanwhile: waiting on another process is not a hang.
+    /// `stop` is consulted on the thread that runs the statements: call this there.
+    pub fn wait_while_busy(&self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+        PATIENCE.with(|p| *p.borrow_mut() = Some(Patience { stop, since: None, told: None }));
+        self.conn.busy_handler(Some(patient_busy_handler))?;
         Ok(())
     }
 
@@ -1165,6 +1213,60 @@ fn delete_run_row(conn: &Connection, run: &Run, now: &str) -> Result<()> {
     let created = creation_event(run);
     insert_event(conn, Some(&run.id), &created.time, "created", created.detail.as_deref())?;
     insert_event(conn, Some(&run.id), now, "deleted", Some(&format!("was {}", run.status)))
+}
+
+/// What the busy handler of this thread's patient connection consults (see
+/// [`Store::wait_while_busy`]); SQLite's handler is a plain function, so it lives here.
+struct Patience {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When the current wait began (reset by the first retry of the next one).
+    since: Option<std::time::Instant>,
+    /// When the wait was last logged.
+    told: Option<std::time::Instant>,
+}
+
+thread_local! {
+    static PATIENCE: std::cell::RefCell<Option<Patience>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How long a patient connection sleeps between tries, by try number: soon at first (most
+/// holds are short), then every 100 ms.
+fn busy_sleep(tries: i32) -> Duration {
+    Duration::from_millis(match tries {
+        0..=2 => 1,
+        3..=5 => 5,
+        6..=9 => 20,
+        _ => 100,
+    })
+}
+
+fn patient_busy_handler(tries: i32) -> bool {
+    let now = std::time::Instant::now();
+    let keep_waiting = PATIENCE.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(p) = p.as_mut() else {
+            // Not a patient thread: SQLite's default timeout, about 10 s.
+            return tries < 110;
+        };
+        if p.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        if tries == 0 || p.since.is_none() {
+            p.since = Some(now);
+            p.told = None;
+        }
+        let waited = p.since.map_or(Duration::ZERO, |s| now.duration_since(s));
+        if waited >= Duration::from_secs(10) && p.told.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30)) {
+            p.told = Some(now);
+            tracing::warn!(waited_s = waited.as_secs(), "the store is held by another process; waiting for it (nothing is lost meanwhile)");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+        true
+    });
+    if keep_waiting {
+        std::thread::sleep(busy_sleep(tries));
+    }
+    keep_waiting
 }
 
 /// Process-wide SQLite settings, made once before the first connection: no memory
