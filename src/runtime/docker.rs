@@ -9,9 +9,9 @@
 //! the worker's output paths back.
 
 use super::launch::{Launch, Side, CONTAINER_CHECKPOINTS, CONTAINER_HF_HOME};
-use super::protocol::{parse_event, Event, Op, Outputs, PROTOCOL_VERSION};
+use super::protocol::{Event, EventLines, Op, Outputs, WorkerLine, PROTOCOL_VERSION};
 use super::worker::{
-    await_event, log_worker_line, recv_msg, Awaited, Found, LocalizeError, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg,
+    await_event, forward_line, recv_msg, Awaited, Found, LocalizeError, LogLines, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg,
 };
 use crate::config::Config;
 use bollard::container::{
@@ -315,39 +315,19 @@ impl DockerWorker {
         let (tx, events) = mpsc::channel();
         let mut output = attached.output;
         rt.spawn(async move {
-            let (mut out_buf, mut err_buf) = (Vec::<u8>::new(), Vec::<u8>::new());
+            let mut lines = EventLines::default();
+            let mut err_lines = LogLines::default();
+            let mut each = |line: WorkerLine| forward_line(line, &tx, &log);
             while let Some(item) = output.next().await {
                 let Ok(item) = item else { break };
                 match item {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        out_buf.extend_from_slice(&message);
-                        while let Some(i) = out_buf.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = out_buf.drain(..=i).collect();
-                            let text = String::from_utf8_lossy(&line);
-                            let text = text.trim();
-                            if text.is_empty() {
-                                continue;
-                            }
-                            match parse_event(text) {
-                                Ok(ev) => {
-                                    if tx.send(WorkerMsg::Event(ev)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => tracing::warn!(error = %e, "worker wrote a line that is not an event"),
-                            }
-                        }
-                    }
-                    LogOutput::StdErr { message } => {
-                        err_buf.extend_from_slice(&message);
-                        while let Some(i) = err_buf.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = err_buf.drain(..=i).collect();
-                            log_worker_line(&log, String::from_utf8_lossy(&line).trim_end());
-                        }
-                    }
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => lines.push(&message, &mut each),
+                    LogOutput::StdErr { message } => err_lines.push(&message, &log),
                     LogOutput::StdIn { .. } => {}
                 }
             }
+            lines.finish(&mut each);
+            err_lines.finish(&log);
             let _ = tx.send(WorkerMsg::Exited);
         });
         let mut w = DockerWorker {

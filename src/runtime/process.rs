@@ -6,10 +6,10 @@
 //! with the daemon: its stdin closes and it exits.
 
 use super::launch::{Launch, Side};
-use super::protocol::{parse_event, Event, Op, PROTOCOL_VERSION};
-use super::worker::{await_event, log_worker_line, recv_msg, Awaited, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg};
+use super::protocol::{Event, EventLines, Op, WorkerLine, PROTOCOL_VERSION};
+use super::worker::{await_event, forward_line, recv_msg, Awaited, LogLines, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg};
 use crate::config::Config;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -77,28 +77,29 @@ impl ProcessWorker {
             return Err(WorkerError::Spawn { command, source: std::io::Error::other("no pipes") });
         };
         let (tx, events) = mpsc::channel();
+        let event_log = log.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match parse_event(&line) {
-                    Ok(ev) => {
-                        if tx.send(WorkerMsg::Event(ev)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "worker wrote a line that is not an event"),
+            let mut stdout = stdout;
+            let mut lines = EventLines::default();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut each = |line: WorkerLine| forward_line(line, &tx, &event_log);
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => lines.push(&buf[..n], &mut each),
                 }
             }
+            lines.finish(&mut each);
             let _ = tx.send(WorkerMsg::Exited);
         });
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log_worker_line(&log, &line);
+            let mut stderr = stderr;
+            let mut lines = LogLines::default();
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                lines.push(&buf[..n], &log);
             }
+            lines.finish(&log);
         });
         let mut worker = ProcessWorker { child, stdin, events, backend: rt.backend.as_str().to_string(), version: String::new(), pid: 0 };
         let hello = await_event(

@@ -171,6 +171,90 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
     serde_json::from_str(line).map_err(|e| format!("{e}: {}", line.chars().take(200).collect::<String>()))
 }
 
+/// The longest event line taken from a worker. Events are small (a `done` with its
+/// outputs and settings is a few KiB); a longer line is garbage, dropped as it streams by.
+pub const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// What one line of a worker's event stream turned out to be.
+#[derive(Debug)]
+pub enum WorkerLine {
+    Event(Event),
+    /// Not an event (a library printing on the wrong stream, invalid UTF-8, a broken
+    /// line): what to say about it, with the start of the line.
+    Garbage(String),
+}
+
+/// Splits a worker's event stream (bytes, in any chunks) into lines, holding at most
+/// [`MAX_EVENT_LINE`] bytes of one: a longer line is skipped as it arrives, never held, and
+/// a line cut off by the worker's exit is reported as such. The same for both runtimes.
+#[derive(Debug, Default)]
+pub struct EventLines {
+    buf: Vec<u8>,
+    /// Bytes of the over-long line being skipped, if one is.
+    skipping: Option<u64>,
+}
+
+impl EventLines {
+    /// Feeds `chunk`; each whole line found goes to `each`.
+    pub fn push(&mut self, mut chunk: &[u8], each: &mut dyn FnMut(WorkerLine)) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|b| *b == b'\n');
+            let (part, rest) = match newline {
+                Some(i) => (&chunk[..i], &chunk[i + 1..]),
+                None => (chunk, &[][..]),
+            };
+            if let Some(skipped) = self.skipping.as_mut() {
+                *skipped += part.len() as u64;
+            } else if self.buf.len() + part.len() > MAX_EVENT_LINE {
+                self.skipping = Some((self.buf.len() + part.len()) as u64);
+                self.buf = Vec::new();
+            } else {
+                self.buf.extend_from_slice(part);
+            }
+            if newline.is_some() {
+                match self.skipping.take() {
+                    Some(bytes) => each(WorkerLine::Garbage(format!("a line of {bytes} bytes (over {MAX_EVENT_LINE}), skipped"))),
+                    None => {
+                        let line = std::mem::take(&mut self.buf);
+                        if let Some(l) = classify(&line) {
+                            each(l);
+                        }
+                    }
+                }
+            }
+            chunk = rest;
+        }
+    }
+
+    /// The stream ended: a line without its end means the worker died mid-write.
+    pub fn finish(self, each: &mut dyn FnMut(WorkerLine)) {
+        match self.skipping {
+            Some(bytes) => each(WorkerLine::Garbage(format!("a line of {bytes} bytes, cut off by the worker's exit"))),
+            None if !self.buf.iter().all(u8::is_ascii_whitespace) => each(WorkerLine::Garbage(format!(
+                "a line cut off by the worker's exit: {}",
+                String::from_utf8_lossy(&self.buf).chars().take(200).collect::<String>()
+            ))),
+            None => {}
+        }
+    }
+}
+
+/// One whole line: an event, garbage, or nothing (blank).
+fn classify(line: &[u8]) -> Option<WorkerLine> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
+        return Some(WorkerLine::Garbage(format!("a line that is not UTF-8: {shown}")));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(match parse_event(text) {
+        Ok(ev) => WorkerLine::Event(ev),
+        Err(e) => WorkerLine::Garbage(format!("a line that is not an event ({e})")),
+    })
+}
+
 /// What a `result.json` in a run's output folder says (the worker writes it before it
 /// reports): how a daemon that was down learns a result.
 pub fn read_result(output_dir: &std::path::Path) -> Option<Event> {
@@ -197,5 +281,43 @@ mod tests {
         let ev = parse_event(r#"{"event":"failed","run_id":"rs_a","kind":"exotic","retryable":false,"message":"m"}"#).unwrap();
         assert!(matches!(ev, Event::Failed { kind: FailureKind::Other(ref k), .. } if k == "exotic"), "unknown kinds are kept");
         assert!(parse_event("loading model...").is_err());
+    }
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut lines = EventLines::default();
+        let mut got = Vec::new();
+        let mut each = |l: WorkerLine| {
+            got.push(match l {
+                WorkerLine::Event(e) => format!("event {e:?}").chars().take(20).collect(),
+                WorkerLine::Garbage(g) => g,
+            })
+        };
+        for c in chunks {
+            lines.push(c, &mut each);
+        }
+        lines.finish(&mut each);
+        got
+    }
+
+    #[test]
+    fn event_lines_survive_garbage_huge_lines_bad_utf8_and_a_cut() {
+        let pong = br#"{"event":"pong","state":"idle"}"#;
+        // An event split across chunks, a blank line, garbage, invalid UTF-8.
+        let got = split(&[&pong[..10], &pong[10..], b"\n\nloading weights...\n", b"\xff\xfe{\n"]);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("event Pong"), "{got:?}");
+        assert!(got[1].starts_with("a line that is not an event"), "{got:?}");
+        assert!(got[2].starts_with("a line that is not UTF-8"), "{got:?}");
+        // A line over the cap, fed in pieces: skipped with its size, and the next line is whole.
+        let big = vec![b'x'; 300_000];
+        let mut chunks: Vec<&[u8]> = (0..5).map(|_| &big[..]).collect();
+        chunks.push(b"\n");
+        chunks.push(pong);
+        chunks.push(b"\n{\"event\":\"do");
+        let got = split(&chunks);
+        assert_eq!(got[0], "a line of 1500000 bytes (over 1048576), skipped");
+        assert!(got[1].starts_with("event Pong"), "{got:?}");
+        assert_eq!(got[2], "a line cut off by the worker's exit: {\"event\":\"do");
+        assert_eq!(got.len(), 3);
     }
 }

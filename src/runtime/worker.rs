@@ -74,6 +74,59 @@ pub fn log_worker_line(log: &LogSink, line: &str) {
     }
 }
 
+/// A worker's stderr (log text) as lines into the daemon log and the run's log, in any
+/// chunks: invalid UTF-8 is shown lossily, and an endless line is cut every
+/// [`MAX_EVENT_LINE`](super::protocol::MAX_EVENT_LINE) bytes rather than held.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    buf: Vec<u8>,
+}
+
+impl LogLines {
+    pub fn push(&mut self, mut chunk: &[u8], log: &LogSink) {
+        while let Some(i) = chunk.iter().position(|b| *b == b'\n') {
+            self.buf.extend_from_slice(&chunk[..i]);
+            self.flush(log);
+            chunk = &chunk[i + 1..];
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() > super::protocol::MAX_EVENT_LINE {
+            self.flush(log);
+        }
+    }
+
+    pub fn finish(mut self, log: &LogSink) {
+        if !self.buf.is_empty() {
+            self.flush(log);
+        }
+    }
+
+    fn flush(&mut self, log: &LogSink) {
+        log_worker_line(log, String::from_utf8_lossy(&self.buf).trim_end());
+        self.buf.clear();
+    }
+}
+
+/// One line of a worker's event stream, from either runtime's reader: an event goes to the
+/// scheduler; garbage is said in the daemon log and the current run's execution.log, and
+/// otherwise ignored (a library printing on the wrong stream must not end a run).
+pub fn forward_line(line: super::protocol::WorkerLine, tx: &std::sync::mpsc::Sender<WorkerMsg>, log: &LogSink) {
+    match line {
+        super::protocol::WorkerLine::Event(ev) => {
+            // Nobody listens once the worker was let go: the rest is drained, unread.
+            let _ = tx.send(WorkerMsg::Event(ev));
+        }
+        super::protocol::WorkerLine::Garbage(what) => {
+            tracing::warn!(%what, "the worker wrote something that is not an event; ignored");
+            if let Ok(mut sink) = log.lock() {
+                if let Some(f) = sink.as_mut() {
+                    let _ = writeln!(f, "{} cosmosd: the worker wrote {what}; ignored", crate::time::Timestamp::now().rfc3339());
+                }
+            }
+        }
+    }
+}
+
 /// The next message from a worker's reader, or `None` after `timeout`; a reader that is
 /// gone means the worker is.
 pub fn recv_msg(events: &Receiver<WorkerMsg>, timeout: Duration) -> Option<WorkerMsg> {

@@ -282,6 +282,11 @@ impl Scheduler {
             (Phase::Run { .. }, Event::Failed { run_id, kind, retryable, message }) if run_id == run.id => {
                 Some(Ending::Failed { kind, retryable, message })
             }
+            (_, Event::Progress { run_id, .. } | Event::Done { run_id, .. } | Event::Failed { run_id, .. }) if run_id != run.id => {
+                tracing::warn!(run = %run.id, other = %run_id, "the worker reported on a run it was not given; ignored");
+                self.run_log(&format!("the worker reported on run {run_id}, which it was not given; ignored"));
+                None
+            }
             _ => None,
         }
     }
