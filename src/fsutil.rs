@@ -97,6 +97,74 @@ pub fn open_regular_file(path: &Path) -> Result<File, String> {
     Ok(file)
 }
 
+/// Opens the regular file at the absolute, already resolved `path` for reading without
+/// following a symbolic link anywhere on the way: each folder is opened from the one
+/// before (`openat` with `O_NOFOLLOW`), so a link swapped in after the path was checked
+/// (say, to lead out of the allowed folders) is refused, not followed. What was checked
+/// is what is read.
+pub fn open_exact(path: &Path) -> io::Result<File> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let refuse = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    if !path.is_absolute() {
+        return Err(refuse(format!("{} is not an absolute path", path.display())));
+    }
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => names.push(CString::new(n.as_bytes()).map_err(|_| refuse(format!("{} holds a NUL", path.display())))?),
+            _ => return Err(refuse(format!("{} is not a resolved path", path.display()))),
+        }
+    }
+    let root = CString::new("/").map_err(io::Error::other)?;
+    // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned at once.
+    let fd = unsafe { libc::open(root.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    let mut at = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut walked = PathBuf::from("/");
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        walked.push(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        // Folders as O_PATH (search permission is enough); the file itself read-only and
+        // non-blocking, so that a fifo swapped in cannot block the open.
+        let flags = libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if last { libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY } else { libc::O_PATH | libc::O_DIRECTORY };
+        // SAFETY: openat(2) relative to a descriptor we own, with a NUL-terminated name.
+        let fd = unsafe { libc::openat(at.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            let is_link = std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                return Err(refuse(format!(
+                    "{} is a symbolic link (it was not when the path was checked, or it leads elsewhere): refused",
+                    walked.display()
+                )));
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        at = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let file = File::from(at);
+    let meta = file.metadata()?;
+    require_regular(&meta, path).map_err(refuse)?;
+    // Reads block as usual from here (O_NONBLOCK means nothing for a regular file anyway).
+    // SAFETY: fcntl(2) on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
+}
+
 /// Resolves `.` and `..` without touching the filesystem. `..` above `/` stays at `/`.
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -283,6 +351,37 @@ pub fn trim_heap() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn open_exact_reads_what_was_checked_and_refuses_a_link_anywhere_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("inbox/videos")).unwrap();
+        std::fs::create_dir_all(base.join("secret")).unwrap();
+        std::fs::write(base.join("inbox/videos/a.mp4"), b"mine").unwrap();
+        std::fs::write(base.join("secret/key.mp4"), b"not yours").unwrap();
+        let mut f = open_exact(&base.join("inbox/videos/a.mp4")).unwrap();
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "mine");
+        // The file swapped for a link after the check.
+        std::fs::remove_file(base.join("inbox/videos/a.mp4")).unwrap();
+        std::os::unix::fs::symlink(base.join("secret/key.mp4"), base.join("inbox/videos/a.mp4")).unwrap();
+        let e = open_exact(&base.join("inbox/videos/a.mp4")).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        // A folder on the way swapped for a link.
+        std::fs::rename(base.join("inbox/videos"), base.join("inbox/old")).unwrap();
+        std::os::unix::fs::symlink(base.join("secret"), base.join("inbox/videos")).unwrap();
+        let e = open_exact(&base.join("inbox/videos/key.mp4")).unwrap_err();
+        assert!(e.to_string().contains(&format!("{} is a symbolic link", base.join("inbox/videos").display())), "{e}");
+        // Neither a fifo (which would block) nor a relative path.
+        let fifo = base.join("pipe.mp4");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_exact(&fifo).unwrap_err().to_string().contains("a fifo"));
+        assert!(open_exact(Path::new("inbox/a.mp4")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -543,7 +543,7 @@ fn check_model(store: &Store, config: &Config, ids: &[String]) -> Result<()> {
 /// them there, and the user may change, move or delete the originals.
 fn stage_inputs(store: &mut Store, config: &Config, ids: &[String]) -> Result<()> {
     let inputs = crate::layout::Layout::of(&config.paths).inputs();
-    let mut stager = crate::intake::stage::Stager::new(&inputs);
+    let mut stager = crate::intake::stage::Stager::following_links(&inputs);
     let mut restaged = Vec::new();
     for id in ids {
         let run = store.run(id)?;

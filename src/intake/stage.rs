@@ -8,9 +8,11 @@
 //! Two steps, so that nothing is written for a file that is rejected: [`Stager::plan`]
 //! hashes each distinct input when first seen and points the spec at its content-addressed
 //! name; [`Stager::commit`], once the whole file is valid, copies what is not stored yet,
-//! checking each copy against the hash it was planned under.
+//! checking each copy against the hash it was planned under. Both open the input with
+//! [`open_exact`]: the path intake checked (resolved, inside the allowed folders) is the
+//! file read, never a symbolic link swapped in since.
 
-use crate::fsutil::{hex, sync_dir};
+use crate::fsutil::{hex, open_exact, sync_dir};
 use crate::spec::RunSpec;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -40,12 +42,21 @@ pub struct Stager {
     by_source: HashMap<PathBuf, PathBuf>,
     /// Staged path -> what to copy there at commit.
     planned: HashMap<PathBuf, Planned>,
+    /// Resolve links in a source first (the CLI, on the user's own files); intake's paths
+    /// were resolved and checked already, and a link found now is refused.
+    follow_links: bool,
 }
 
 impl Stager {
     /// `dir`: the content-addressed store (`Layout::inputs`).
     pub fn new(dir: &Path) -> Stager {
-        Stager { dir: dir.to_path_buf(), by_source: HashMap::new(), planned: HashMap::new() }
+        Stager { dir: dir.to_path_buf(), by_source: HashMap::new(), planned: HashMap::new(), follow_links: false }
+    }
+
+    /// A stager for `cosmos batch-inference` and `inference`: a prompt's videos may be links
+    /// (resolved here); what they resolve to is what is read.
+    pub fn following_links(dir: &Path) -> Stager {
+        Stager { follow_links: true, ..Stager::new(dir) }
     }
 
     /// Points every input of `spec` at its content-addressed name (hashing each distinct
@@ -71,10 +82,17 @@ impl Stager {
             // Already a staged input (a run queued again).
             return Ok(source.to_path_buf());
         }
-        let sha256 = crate::fsutil::sha256_file(source).map_err(|e| StageError::Read { path: source.to_path_buf(), source: e })?;
+        let read_err = |e| StageError::Read { path: source.to_path_buf(), source: e };
+        let exact = match self.follow_links {
+            true => std::fs::canonicalize(source).map_err(read_err)?,
+            false => source.to_path_buf(),
+        };
+        let mut h = Sha256::new();
+        hash_into(&mut open_exact(&exact).map_err(read_err)?, &mut h).map_err(read_err)?;
+        let sha256 = hex(&h.finalize());
         let staged = self.dir.join(staged_name(source, &sha256));
         self.by_source.insert(source.to_path_buf(), staged.clone());
-        self.planned.entry(staged.clone()).or_insert(Planned { source: source.to_path_buf(), sha256 });
+        self.planned.entry(staged.clone()).or_insert(Planned { source: exact, sha256 });
         Ok(staged)
     }
 
@@ -140,7 +158,7 @@ enum CopyError {
 /// Copies `src` to `dst` (made new), fsynced, and returns the sha256 of what was written: a
 /// reflink where the filesystem offers one (then hashed), else a copy hashed on the way.
 fn copy_hashing(src: &Path, dst: &Path) -> Result<String, CopyError> {
-    let mut from = crate::fsutil::open_regular_file(src).map_err(|e| CopyError::Read(io::Error::other(e)))?;
+    let mut from = open_exact(src).map_err(CopyError::Read)?;
     let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(CopyError::Write)?;
     let mut h = Sha256::new();
     if reflink(&from, &to) {
@@ -247,6 +265,30 @@ mod tests {
         let mut s = spec(&src.join("same-as-color.mp4"), &src.join("d.mp4"));
         again.plan(&mut s).unwrap();
         assert_eq!(again.commit().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_input_swapped_for_a_link_after_its_check_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(base.join("v.mp4"), b"the video").unwrap();
+        std::fs::write(base.join("secret.mp4"), b"the video").unwrap();
+        let mut stager = Stager::new(&base.join("inputs"));
+        let mut s = spec(&base.join("v.mp4"), &base.join("v.mp4"));
+        stager.plan(&mut s).unwrap();
+        // Same bytes, so only the link itself can give it away.
+        std::fs::remove_file(base.join("v.mp4")).unwrap();
+        std::os::unix::fs::symlink(base.join("secret.mp4"), base.join("v.mp4")).unwrap();
+        match stager.commit() {
+            Err(StageError::Read { source, .. }) => assert!(source.to_string().contains("is a symbolic link"), "{source}"),
+            Err(e) => panic!("{e}"),
+            Ok(created) => panic!("followed the link: {created:?}"),
+        }
+        assert_eq!(std::fs::read_dir(base.join("inputs")).unwrap().count(), 0);
+        // Planned over a link: refused at once.
+        let mut again = Stager::new(&base.join("inputs"));
+        let mut s = spec(&base.join("v.mp4"), &base.join("v.mp4"));
+        assert!(matches!(again.plan(&mut s), Err(StageError::Read { .. })));
     }
 
     #[test]
