@@ -168,6 +168,9 @@ pub struct Runtime {
     pub network: String,
     pub shm_size: Size,
     pub ipc_host: bool,
+    /// The most processes and threads the worker's container may have (docker): a fork
+    /// bomb in a model's code stops there. 0: no limit.
+    pub pids_limit: u64,
     pub min_free_gpu_mib: u64,
     pub instance: String,
     /// NVIDIA's checkout (cosmos-transfer1 or cosmos-transfer2.5): the worker's working
@@ -278,6 +281,7 @@ impl Default for Runtime {
             network: "none".into(),
             shm_size: Size(8 << 30),
             ipc_host: false,
+            pids_limit: 16384,
             min_free_gpu_mib: 0,
             instance: "default".into(),
             model_code: PathBuf::new(),

@@ -102,6 +102,28 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
     // SAFETY: getuid/getgid cannot fail.
     let me = format!("{}:{} none", unsafe { libc::getuid() }, unsafe { libc::getgid() });
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), me);
+    // Confined: no capabilities, no privilege gain, a process limit; the inputs, inbox and
+    // outbox read-only (only the work folder is writable).
+    let out = Command::new("docker").args(["inspect", &id]).output().unwrap();
+    let inspected: Value = serde_json::from_slice(&out.stdout).expect("docker inspect");
+    let hc = &inspected[0]["HostConfig"];
+    assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]), "{hc}");
+    assert!(hc["SecurityOpt"].as_array().is_some_and(|o| o.iter().any(|x| x == "no-new-privileges")), "{hc}");
+    assert_eq!(hc["PidsLimit"], 16384, "{hc}");
+    assert_eq!(hc["NetworkMode"], "none");
+    let mounts = inspected[0]["Mounts"].as_array().expect("mounts").clone();
+    let rw = |dest: &str| mounts.iter().find(|m| m["Destination"] == dest).map(|m| m["RW"].as_bool() == Some(true));
+    assert_eq!(rw("/cosmos/work"), Some(true));
+    for dest in ["/cosmos/work/inputs", "/cosmos/inbox", "/cosmos/outbox"] {
+        assert_eq!(rw(dest), Some(false), "{dest} read-only: {mounts:?}");
+    }
+    // And from inside: a write to an input is refused.
+    let staged = std::fs::read_dir(home.root().join("state/work/inputs")).unwrap().flatten().next().expect("a staged input");
+    let target = format!("/cosmos/work/inputs/{}", staged.file_name().to_string_lossy());
+    let out = Command::new("docker").args(["exec", &id, "python3", "-c", &format!("open('{target}', 'ab').write(b'x')")]).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(!out.status.success(), "an input was writable from the container: {said}");
+    assert!(said.contains("Read-only file system"), "{said}");
     // A bundle's relative paths reach the worker as container paths.
     let c = runs(&home).into_iter().find(|r| r["name"] == "c").unwrap();
     let spec: Value =

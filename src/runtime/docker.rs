@@ -61,6 +61,8 @@ impl PathMap {
     pub fn for_config(config: &Config, worker_path: &Path) -> PathMap {
         let mut mounts = vec![
             Mount { host: crate::layout::Layout::of(&config.paths).work(), container: "/cosmos/work".into(), read_only: false },
+            // The staged inputs inside it, read-only: a run cannot change what later runs read.
+            Mount { host: crate::layout::Layout::of(&config.paths).inputs(), container: "/cosmos/work/inputs".into(), read_only: true },
             Mount { host: config.paths.outbox.clone(), container: "/cosmos/outbox".into(), read_only: true },
             Mount { host: config.paths.inbox.clone(), container: "/cosmos/inbox".into(), read_only: true },
             Mount { host: worker_path.to_path_buf(), container: WORKER_MOUNT.into(), read_only: true },
@@ -139,12 +141,28 @@ fn rewrite(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>) {
     }
 }
 
+/// The container's confinement, for the worker and for check-host's throwaway container
+/// alike: every capability dropped, no privilege gained through setuid files, a process
+/// limit, `runtime.network` ("none" by default), the inputs, inbox and outbox mounted
+/// read-only. The worker needs none of what is taken away.
+fn hardened(config: &Config, map: &PathMap) -> HostConfig {
+    HostConfig {
+        binds: Some(map.binds()),
+        network_mode: Some(config.runtime.network.clone()),
+        shm_size: Some(config.runtime.shm_size.0 as i64),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        pids_limit: (config.runtime.pids_limit > 0).then_some(config.runtime.pids_limit as i64),
+        ..Default::default()
+    }
+}
+
 /// What shapes the container: a change to any of it means a new container.
 fn config_hash(config: &Config, map: &PathMap, user: &str, launch: &Launch, gpus: Option<&[u32]>) -> String {
     use sha2::{Digest, Sha256};
     let rt = &config.runtime;
     let text = format!(
-        "{}|{:?}|{:?}|{}|{:?}|{}|{}|{}|{:?}|{}",
+        "{}|{:?}|{:?}|{}|{:?}|{}|{}|{}|{:?}|{}|hardened:{}",
         rt.image,
         launch.argv,
         launch.env,
@@ -154,7 +172,8 @@ fn config_hash(config: &Config, map: &PathMap, user: &str, launch: &Launch, gpus
         rt.network,
         rt.shm_size.0,
         gpus,
-        rt.ipc_host
+        rt.ipc_host,
+        rt.pids_limit
     );
     crate::fsutil::hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
 }
@@ -262,12 +281,9 @@ impl DockerWorker {
                     }]),
                 };
                 let host_config = HostConfig {
-                    binds: Some(map.binds()),
-                    network_mode: Some(config.runtime.network.clone()),
-                    shm_size: Some(config.runtime.shm_size.0 as i64),
                     ipc_mode: config.runtime.ipc_host.then(|| "host".to_string()),
                     device_requests,
-                    ..Default::default()
+                    ..hardened(config, &map)
                 };
                 let body = ContainerConfig {
                     image: Some(image),
@@ -554,12 +570,7 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
         user: Some(user),
         working_dir: Some(launch.cwd.display().to_string()),
         labels: Some(HashMap::from([("cosmos.check-host".to_string(), "1".to_string())])),
-        host_config: Some(HostConfig {
-            binds: Some(map.binds()),
-            network_mode: Some(config.runtime.network.clone()),
-            shm_size: Some(config.runtime.shm_size.0 as i64),
-            ..Default::default()
-        }),
+        host_config: Some(hardened(config, &map)),
         ..Default::default()
     };
     let created =
