@@ -92,71 +92,86 @@ impl Outbox {
         }
         let tmp = self.layout.outbox_staging().join(final_dir.file_name().unwrap_or_default());
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join(run_files::CONTROLS)).map_err(at("cannot create", &tmp))?;
-        let video =
-            outputs.video.as_deref().map(PathBuf::from).unwrap_or_else(|| self.layout.run_output(&run.id).join(run_files::OUTPUT_VIDEO));
-        link_or_copy(&video, &tmp.join(run_files::OUTPUT_VIDEO)).map_err(at("cannot place the output video", &video))?;
-        for (hint, path) in &outputs.controls {
-            let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if safe.is_empty() {
-                continue;
+        // Built aside; what a failure (a full disk) leaves half-made is removed, so that a
+        // retry starts clean and nothing partial lingers even in the hidden staging folder.
+        let built = (|| -> Result<()> {
+            std::fs::create_dir_all(tmp.join(run_files::CONTROLS)).map_err(at("cannot create", &tmp))?;
+            let video = outputs
+                .video
+                .as_deref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.layout.run_output(&run.id).join(run_files::OUTPUT_VIDEO));
+            link_or_copy(&video, &tmp.join(run_files::OUTPUT_VIDEO)).map_err(at("cannot place the output video", &video))?;
+            for (hint, path) in &outputs.controls {
+                let safe: String = hint.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if safe.is_empty() {
+                    continue;
+                }
+                let src = Path::new(path);
+                link_or_copy(src, &tmp.join(run_files::CONTROLS).join(format!("{safe}.mp4")))
+                    .map_err(at("cannot place a control video", src))?;
             }
-            let src = Path::new(path);
-            link_or_copy(src, &tmp.join(run_files::CONTROLS).join(format!("{safe}.mp4")))
-                .map_err(at("cannot place a control video", src))?;
-        }
-        let log = self.layout.run_log(&run.id);
-        if log.is_file() {
-            std::fs::copy(&log, tmp.join(run_files::EXECUTION_LOG)).map_err(at("cannot copy", &log))?;
-        } else {
-            std::fs::write(tmp.join(run_files::EXECUTION_LOG), b"").map_err(at("cannot write", &tmp))?;
-        }
-        let spec = self.layout.run_spec(&run.id);
-        std::fs::copy(&spec, tmp.join(run_files::SPEC)).map_err(at("cannot copy", &spec))?;
-        std::fs::write(tmp.join(run_files::PROMPT), format!("{}\n", run.spec.prompt)).map_err(at("cannot write", &tmp))?;
+            let log = self.layout.run_log(&run.id);
+            if log.is_file() {
+                std::fs::copy(&log, tmp.join(run_files::EXECUTION_LOG)).map_err(at("cannot copy", &log))?;
+            } else {
+                std::fs::write(tmp.join(run_files::EXECUTION_LOG), b"").map_err(at("cannot write", &tmp))?;
+            }
+            let spec = self.layout.run_spec(&run.id);
+            std::fs::copy(&spec, tmp.join(run_files::SPEC)).map_err(at("cannot copy", &spec))?;
+            std::fs::write(tmp.join(run_files::PROMPT), format!("{}\n", run.spec.prompt)).map_err(at("cannot write", &tmp))?;
 
-        // The manifest covers every other file.
-        let mut files = Vec::new();
-        collect(&tmp, &tmp, &mut files).map_err(at("cannot read", &tmp))?;
-        files.sort();
-        let mut text = String::new();
-        let mut entries = Vec::new();
-        for rel in &files {
-            let path = tmp.join(rel);
-            self.set_mode(&path);
-            let meta = std::fs::metadata(&path).map_err(at("cannot read", &path))?;
-            let mtime = meta.modified().map(Timestamp::from_system_time).unwrap_or(Timestamp(0)).rfc3339();
-            let digest = sha256_file(&path).map_err(at("cannot hash", &path))?;
-            text.push_str(&format!("{} {} {} {}\n", meta.len(), mtime, digest, rel));
-            entries.push(json!({"path": rel, "size": meta.len(), "mtime": mtime, "sha256": digest}));
+            // The manifest covers every other file.
+            let mut files = Vec::new();
+            collect(&tmp, &tmp, &mut files).map_err(at("cannot read", &tmp))?;
+            files.sort();
+            let mut text = String::new();
+            let mut entries = Vec::new();
+            for rel in &files {
+                let path = tmp.join(rel);
+                self.set_mode(&path);
+                let meta = std::fs::metadata(&path).map_err(at("cannot read", &path))?;
+                let mtime = meta.modified().map(Timestamp::from_system_time).unwrap_or(Timestamp(0)).rfc3339();
+                let digest = sha256_file(&path).map_err(at("cannot hash", &path))?;
+                text.push_str(&format!("{} {} {} {}\n", meta.len(), mtime, digest, rel));
+                entries.push(json!({"path": rel, "size": meta.len(), "mtime": mtime, "sha256": digest}));
+            }
+            let finished = Timestamp::now().rfc3339();
+            let manifest = json!({
+                "run_id": run.id,
+                "prompt_id": run.prompt_id,
+                "name": run.name,
+                "batch": batch.map(|b| json!({"id": b.id, "name": b.name, "folder": b.folder_name()})),
+                "submission": run.submission_id,
+                "line": run.line,
+                "parent": run.parent_id,
+                "children": child.map(|c| vec![c]).unwrap_or_default(),
+                "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
+                "gpu": gpu,
+                "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
+                "attempts": run.attempts,
+                // What the model was called with, as the worker reported it (defaults included).
+                "settings": outputs.settings,
+                "files": entries,
+            });
+            std::fs::write(tmp.join(run_files::MANIFEST_TXT), text).map_err(at("cannot write", &tmp))?;
+            let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+            mj.push('\n');
+            std::fs::write(tmp.join(run_files::MANIFEST_JSON), mj).map_err(at("cannot write", &tmp))?;
+            for f in [run_files::MANIFEST_TXT, run_files::MANIFEST_JSON] {
+                self.set_mode(&tmp.join(f));
+            }
+            sync_tree(&tmp);
+            Ok(())
+        })();
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        let finished = Timestamp::now().rfc3339();
-        let manifest = json!({
-            "run_id": run.id,
-            "prompt_id": run.prompt_id,
-            "name": run.name,
-            "batch": batch.map(|b| json!({"id": b.id, "name": b.name, "folder": b.folder_name()})),
-            "submission": run.submission_id,
-            "line": run.line,
-            "parent": run.parent_id,
-            "children": child.map(|c| vec![c]).unwrap_or_default(),
-            "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
-            "gpu": gpu,
-            "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
-            "attempts": run.attempts,
-            // What the model was called with, as the worker reported it (defaults included).
-            "settings": outputs.settings,
-            "files": entries,
-        });
-        std::fs::write(tmp.join(run_files::MANIFEST_TXT), text).map_err(at("cannot write", &tmp))?;
-        let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-        mj.push('\n');
-        std::fs::write(tmp.join(run_files::MANIFEST_JSON), mj).map_err(at("cannot write", &tmp))?;
-        for f in [run_files::MANIFEST_TXT, run_files::MANIFEST_JSON] {
-            self.set_mode(&tmp.join(f));
+        if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(at("cannot publish", &final_dir)(e).into());
         }
-        sync_tree(&tmp);
-        std::fs::rename(&tmp, &final_dir).map_err(at("cannot publish", &final_dir))?;
         sync_dir(self.layout.outbox());
         Ok(final_dir)
     }

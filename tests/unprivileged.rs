@@ -99,7 +99,9 @@ fn the_daemon_runs_end_to_end_as_an_unprivileged_user() {
         d.log_text()
     );
     let folders = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(home.outbox()).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.join("manifest.json").is_file()).collect()).unwrap_or_default()
+        std::fs::read_dir(home.outbox())
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.join("manifest.json").is_file()).collect())
+            .unwrap_or_default()
     };
     assert!(wait_until(Duration::from_secs(60), || folders().len() == 2), "{}", d.log_text());
     for f in folders() {

@@ -280,11 +280,8 @@ impl DockerWorker {
                         ..Default::default()
                     }]),
                 };
-                let host_config = HostConfig {
-                    ipc_mode: config.runtime.ipc_host.then(|| "host".to_string()),
-                    device_requests,
-                    ..hardened(config, &map)
-                };
+                let host_config =
+                    HostConfig { ipc_mode: config.runtime.ipc_host.then(|| "host".to_string()), device_requests, ..hardened(config, &map) };
                 let body = ContainerConfig {
                     image: Some(image),
                     cmd: Some(launch.argv.clone()),

@@ -39,6 +39,9 @@ pub struct Board {
     pub current: Option<Current>,
     /// Why runs wait (pause, disk, GPU memory), if they do.
     pub waiting: Option<String>,
+    /// The last failure to write status.json and when it was logged: said once, then
+    /// every minute while it lasts (a full outbox would fill the log otherwise).
+    write_failure: Option<(String, Instant)>,
 }
 
 impl Board {
@@ -50,6 +53,7 @@ impl Board {
             samples: Vec::new(),
             current: None,
             waiting: None,
+            write_failure: None,
         }
     }
 }
@@ -111,8 +115,23 @@ impl Scheduler {
             "updated_at": Timestamp::now().rfc3339(),
         });
         match self.outbox.write_status(&status) {
-            Ok(()) => tracing::debug!(took_us = started.elapsed().as_micros() as u64, "status.json written"),
-            Err(e) => tracing::warn!(error = %e, "cannot write status.json"),
+            Ok(()) => {
+                if self.board.write_failure.take().is_some() {
+                    tracing::info!("status.json is written again");
+                }
+                tracing::debug!(took_us = started.elapsed().as_micros() as u64, "status.json written");
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let due = match &self.board.write_failure {
+                    Some((last, at)) => *last != why || at.elapsed() >= std::time::Duration::from_secs(60),
+                    None => true,
+                };
+                if due {
+                    tracing::warn!(error = %why, "cannot write status.json (said again each minute while it lasts)");
+                    self.board.write_failure = Some((why, Instant::now()));
+                }
+            }
         }
     }
 }
