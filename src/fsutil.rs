@@ -245,10 +245,40 @@ pub fn move_temp(dst: &Path) -> PathBuf {
     dst.with_file_name(format!(".{name}.copying"))
 }
 
-/// A hidden temp name beside `path` (`.name.tmp`), for building it before a rename.
+/// A hidden temp name beside `path` (`.name.<pid>.tmp`), for building it before a rename;
+/// the pid lets [`remove_dead_temps`] tell a crashed process's leftover from work under way.
 pub fn temp_beside(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// The pid in a temp name made by [`temp_beside`] (`.name.<pid>.tmp`) or [`write_atomic`]
+/// (`.name.<pid>.<n>.tmp`).
+fn temp_owner(name: &str) -> Option<i32> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = inner.rsplit('.');
+    let last = parts.next()?;
+    let before = parts.next()?;
+    match (before.parse::<i32>(), last.parse::<i32>()) {
+        (Ok(pid), Ok(_)) => Some(pid),
+        (Err(_), Ok(pid)) => Some(pid),
+        _ => None,
+    }
+}
+
+/// Removes, directly in `dir`, the temps ([`temp_beside`], [`write_atomic`]) of processes
+/// that no longer run: what a crash (kill -9) left half-written. A live process's are kept.
+pub fn remove_dead_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_owner(&name).filter(|p| *p > 0) else { continue };
+        // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = remove_any(&e.path());
+        }
+    }
 }
 
 /// Whether a name in a folder is a half-made copy of [`move_entry`].
@@ -351,6 +381,34 @@ pub fn trim_heap() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_temps_of_dead_processes_are_removed_and_the_living_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that cannot be running: above the kernel's pid limit.
+        let dead = 4_194_304 + 17;
+        let mine = std::process::id();
+        for name in [
+            format!(".status.json.{dead}.3.tmp"),
+            format!(".status.json.{mine}.4.tmp"),
+            format!(".jobs.sb_abc.{dead}.tmp"),
+            "status.json".to_string(),
+            ".hidden".to_string(),
+            format!(".x.{dead}.copying"),
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(format!(".batch_x.{dead}.tmp"))).unwrap();
+        assert_eq!(temp_owner(&format!(".a.b.{mine}.9.tmp")), Some(mine as i32));
+        assert_eq!(temp_owner(".a.tmp"), None);
+        remove_dead_temps(dir.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want = vec![format!(".status.json.{mine}.4.tmp"), ".hidden".into(), format!(".x.{dead}.copying"), "status.json".into()];
+        want.sort();
+        assert_eq!(left, want);
+    }
+
     #[test]
     fn open_exact_reads_what_was_checked_and_refuses_a_link_anywhere_on_the_way() {
         let dir = tempfile::tempdir().unwrap();

@@ -121,6 +121,12 @@ impl Layout {
         self.work().join("inputs")
     }
 
+    /// The process group of worker `slot` (process runtime), so that a worker a dead
+    /// daemon left running is ended before a new one takes its GPUs.
+    pub fn worker_pid_file(&self, slot: usize) -> PathBuf {
+        self.work().join(format!("worker-{slot}.pid"))
+    }
+
     pub fn run_work(&self, run_id: &str) -> PathBuf {
         self.work().join(run_id)
     }

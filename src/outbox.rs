@@ -53,11 +53,17 @@ impl Outbox {
     }
 
     /// Removes half-built folders a crash left in staging: they were never visible.
-    pub fn clear_staging(&self) {
+    /// At start-up: what a crash left half-made where users sync is removed (the staging
+    /// folder's contents; the temps of dead processes beside status.json, receipts and
+    /// rejected folders).
+    pub fn clear_leftovers(&self) {
         if let Ok(entries) = std::fs::read_dir(self.layout.outbox_staging()) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
+        }
+        for dir in [self.layout.outbox().to_path_buf(), self.layout.receipts(), self.layout.rejected()] {
+            crate::fsutil::remove_dead_temps(&dir);
         }
     }
 

@@ -194,6 +194,8 @@ impl Intake {
         std::fs::create_dir_all(layout.state()).map_err(at("cannot create", layout.state()))?;
         let daemon = super::daemon_id(&layout)?;
         layout.create_all(&daemon)?;
+        // Copies of inputs a crash cut short.
+        crate::fsutil::remove_dead_temps(&layout.inputs());
         let mut intake = Intake {
             layout,
             daemon,

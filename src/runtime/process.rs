@@ -46,14 +46,33 @@ pub fn worker_path(config: &Config) -> PathBuf {
     PathBuf::from("/usr/share/cosmos/worker")
 }
 
+/// Ends the worker process group a daemon before this one recorded in `pid_file`, if it is
+/// still there and still a worker (its command line names cosmos_worker or torchrun: a pid
+/// reused by something else is left alone).
+fn end_leftover(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()).filter(|p| *p > 1) else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&cmdline);
+    if text.contains("cosmos_worker") || text.contains("torch.distributed.run") || text.contains("torchrun") {
+        tracing::warn!(pid, "a worker left by a daemon before this one is still running: ending it");
+        // SAFETY: kill(2) on the process group the earlier daemon made for its worker.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
 impl ProcessWorker {
     /// Starts the worker and waits for its `hello` (no longer than a stop request).
     /// `gpus`: this worker's GPUs (`None`: all), given to it as CUDA_VISIBLE_DEVICES;
     /// `ranks`: its processes (more than one: under torchrun).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         config: &Config,
         log: LogSink,
         hello_timeout: Duration,
+        slot: usize,
         gpus: Option<&[u32]>,
         ranks: usize,
         stop: &AtomicBool,
@@ -71,7 +90,23 @@ impl ProcessWorker {
         if let Some(gpus) = gpus {
             cmd.env("CUDA_VISIBLE_DEVICES", gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
         }
+        // The worker dies with the daemon (a daemon killed with -9 must not leave a worker on
+        // its GPUs, still running a run the next daemon starts again).
+        // SAFETY: prctl(2) only, between fork and exec: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        // And should one outlive it anyway (its ranks under torchrun, a daemon that died
+        // between fork and prctl), the group is ended before this one starts.
+        let pid_file = crate::layout::Layout::of(&config.paths).worker_pid_file(slot);
+        end_leftover(&pid_file);
         let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn { command: command.clone(), source })?;
+        if let Err(e) = crate::fsutil::write_atomic(&pid_file, child.id().to_string().as_bytes()) {
+            tracing::warn!(path = %pid_file.display(), error = %e, "cannot record the worker's process group");
+        }
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             return Err(WorkerError::Spawn { command, source: std::io::Error::other("no pipes") });

@@ -183,7 +183,9 @@ pub type Spawner = Box<dyn FnMut(&SpawnRequest) -> std::result::Result<Box<dyn W
 pub fn runtime_spawner() -> Spawner {
     Box::new(|r: &SpawnRequest| -> std::result::Result<Box<dyn Worker>, WorkerError> {
         match r.config.runtime.kind {
-            RuntimeKind::Process => Ok(Box::new(ProcessWorker::spawn(r.config, r.log.clone(), HELLO_TIMEOUT, r.gpus, r.ranks, r.stop)?)),
+            RuntimeKind::Process => {
+                Ok(Box::new(ProcessWorker::spawn(r.config, r.log.clone(), HELLO_TIMEOUT, r.slot, r.gpus, r.ranks, r.stop)?))
+            }
             RuntimeKind::Docker => {
                 let path = crate::runtime::process::worker_path(r.config);
                 let load_limit = r.config.scheduler.run_timeout.0;

@@ -25,7 +25,7 @@ impl Scheduler {
         if self.slot != 0 {
             return Ok(());
         }
-        self.outbox.clear_staging();
+        self.outbox.clear_leftovers();
         let adopted = self.shared.adopted.lock().map(|a| a.clone()).unwrap_or_default();
         for run in self.store.list_runs(Some(RunStatus::Running), None)? {
             if adopted.contains(&run.id) {
