@@ -327,11 +327,24 @@ impl Default for Outbox {
 pub struct Daemon {
     pub stop_grace: Dur,
     pub status_interval: Dur,
+    /// `"127.0.0.1:9464"`: `/metrics`, `/status.json` and `/` (the status page); empty: off.
+    pub listen: String,
+    /// node_exporter textfile output (`*.prom`), rewritten atomically; empty: off.
+    pub metrics_file: PathBuf,
+    /// Work folders, archived originals and old logs of runs finished longer ago are removed;
+    /// empty: never.
+    pub prune_after: OptDur,
 }
 
 impl Default for Daemon {
     fn default() -> Self {
-        Daemon { stop_grace: Dur::secs(300), status_interval: Dur::secs(2) }
+        Daemon {
+            stop_grace: Dur::secs(300),
+            status_interval: Dur::secs(2),
+            listen: String::new(),
+            metrics_file: PathBuf::new(),
+            prune_after: OptDur(None),
+        }
     }
 }
 
@@ -340,11 +353,13 @@ impl Default for Daemon {
 pub struct Log {
     pub level: String,
     pub dir: PathBuf,
+    /// Log files under `dir` older than this are removed (`"14d"`); empty: kept forever.
+    pub keep: OptDur,
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into(), dir: PathBuf::new() }
+        Log { level: "info".into(), dir: PathBuf::new(), keep: OptDur(Some(Duration::from_secs(14 * 86_400))) }
     }
 }
 
@@ -398,6 +413,35 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         parse_duration(&text).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration that may be left empty (`""`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptDur(pub Option<Duration>);
+
+impl fmt::Display for OptDur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => Dur(d).fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for OptDur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OptDur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(OptDur(None));
+        }
+        parse_duration(&text).map(|d| OptDur(Some(d))).map_err(serde::de::Error::custom)
     }
 }
 
@@ -633,6 +677,17 @@ mod tests {
         assert_eq!(c.outbox.mode.0, 0o644);
         assert_eq!(c.runtime.gpus, Gpus::Named(AllGpus::All));
         assert_eq!(c.runtime.kind, RuntimeKind::Docker);
+        assert_eq!(c.daemon.listen, "");
+        assert_eq!(c.daemon.prune_after, OptDur(None));
+    }
+
+    #[test]
+    fn optional_durations_may_be_empty() {
+        let c: Config = toml::from_str("[daemon]\nprune_after = \"30d\"\nlisten = \"127.0.0.1:9464\"\n[log]\nkeep = \"\"\n").expect("parses");
+        assert_eq!(c.daemon.prune_after, OptDur(Some(Duration::from_secs(30 * 86_400))));
+        assert_eq!(c.log.keep, OptDur(None));
+        let err = toml::from_str::<Config>("[daemon]\nprune_after = \"soon\"\n").expect_err("refused");
+        assert!(err.to_string().contains("expected a duration"), "{err}");
     }
 
     #[test]
