@@ -161,6 +161,7 @@ fn transfer1_outside_nvidias_checkout_fails_with_the_fix_in_the_message() {
 }
 
 #[test]
+#[ignore = "needs pydantic for python3 (pip install pydantic); cargo nextest run --run-ignored all runs it, as CI does"]
 fn transfer2_5_gets_inference_arguments_with_its_own_defaults_and_one_multicontrol_model() {
     if std::process::Command::new("python3").args(["-c", "import pydantic"]).status().map(|s| !s.success()).unwrap_or(true) {
         assert!(std::env::var("COSMOS_REQUIRE_PYDANTIC").as_deref() != Ok("1"), "COSMOS_REQUIRE_PYDANTIC=1 but python3 has no pydantic");

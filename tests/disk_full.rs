@@ -89,6 +89,7 @@ fn outbox_is_clean(outbox: &Path) {
 }
 
 #[test]
+#[ignore = "needs root, to mount small tmpfs filesystems; cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_full_outbox_holds_runs_with_the_reason_and_a_cut_publication_waits_for_space() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();
@@ -138,6 +139,7 @@ fn a_full_outbox_holds_runs_with_the_reason_and_a_cut_publication_waits_for_spac
 }
 
 #[test]
+#[ignore = "needs root, to mount small tmpfs filesystems; cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_full_state_folder_leaves_files_in_the_inbox_and_the_daemon_up_until_space_returns() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();

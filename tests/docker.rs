@@ -63,6 +63,7 @@ fn completed(home: &Home) -> usize {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn one_container_one_load_across_submissions_and_daemon_restarts() {
     if !docker_ready() {
         return;
@@ -134,6 +135,7 @@ fn one_container_one_load_across_submissions_and_daemon_restarts() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_killed_or_removed_container_is_recreated_and_nothing_is_lost() {
     if !docker_ready() {
         return;
@@ -162,6 +164,7 @@ fn a_killed_or_removed_container_is_recreated_and_nothing_is_lost() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_missing_image_is_named_and_runs_wait_for_it() {
     if !docker_ready() {
         return;
@@ -190,6 +193,7 @@ fn a_missing_image_is_named_and_runs_wait_for_it() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn two_gpus_get_two_containers_and_runs_spread_over_both() {
     if !docker_ready() {
         return;
@@ -223,6 +227,7 @@ fn two_gpus_get_two_containers_and_runs_spread_over_both() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_daemon_killed_mid_run_finds_the_run_going_on_or_finished_in_the_container() {
     if !docker_ready() {
         return;
@@ -263,6 +268,7 @@ fn a_daemon_killed_mid_run_finds_the_run_going_on_or_finished_in_the_container()
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn an_engine_that_is_away_holds_runs_and_is_found_again() {
     if !docker_ready() {
         return;
@@ -291,6 +297,7 @@ fn an_engine_that_is_away_holds_runs_and_is_found_again() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn seed_commands_run_in_the_container_from_staged_inputs() {
     if !docker_ready() {
         return;
@@ -318,6 +325,7 @@ fn seed_commands_run_in_the_container_from_staged_inputs() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_load_under_way_when_the_daemon_died_is_kept() {
     if !docker_ready() {
         return;
@@ -339,6 +347,7 @@ fn a_load_under_way_when_the_daemon_died_is_kept() {
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn nvidias_checkout_cache_env_and_mounts_reach_the_container_and_a_transfer1_run_completes() {
     if !docker_ready() {
         return;
@@ -390,6 +399,7 @@ fn nvidias_checkout_cache_env_and_mounts_reach_the_container_and_a_transfer1_run
 }
 
 #[test]
+#[ignore = "needs a running dockerd (the test image is built on first use); cargo nextest run --run-ignored all runs it, as CI does"]
 fn check_host_looks_inside_a_throwaway_container_as_the_worker_will() {
     if !docker_ready() {
         return;

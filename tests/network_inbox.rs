@@ -73,6 +73,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs bindfs and /dev/fuse (FUSE mounts); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_fuse_inbox_takes_in_rsync_cp_mv_and_bundles_written_behind_the_mount() {
     let home = Home::new();
     let share = home.path().join("share");
@@ -138,6 +139,7 @@ fn a_fuse_inbox_takes_in_rsync_cp_mv_and_bundles_written_behind_the_mount() {
 }
 
 #[test]
+#[ignore = "needs bindfs and /dev/fuse (FUSE mounts); cargo nextest run --run-ignored all runs it, as CI does"]
 fn two_daemons_on_one_network_inbox_take_200_files_each_exactly_once() {
     let home = Home::new();
     let share = home.path().join("share");
@@ -194,6 +196,7 @@ fn two_daemons_on_one_network_inbox_take_200_files_each_exactly_once() {
 }
 
 #[test]
+#[ignore = "needs bindfs and /dev/fuse (FUSE mounts); cargo nextest run --run-ignored all runs it, as CI does"]
 fn kill_9_during_a_claim_on_the_mount_takes_the_file_exactly_once() {
     let home = Home::new();
     let share = home.path().join("share");
@@ -237,6 +240,7 @@ fn kill_9_during_a_claim_on_the_mount_takes_the_file_exactly_once() {
 }
 
 #[test]
+#[ignore = "needs bindfs and /dev/fuse (FUSE mounts); cargo nextest run --run-ignored all runs it, as CI does"]
 fn an_outbox_on_fuse_gets_run_folders_whole_and_rejections_too() {
     let home = Home::new();
     let out_share = home.path().join("out-share");
@@ -309,6 +313,7 @@ fn an_outbox_on_fuse_gets_run_folders_whole_and_rejections_too() {
 }
 
 #[test]
+#[ignore = "needs bindfs and /dev/fuse (FUSE mounts); cargo nextest run --run-ignored all runs it, as CI does"]
 fn a_network_inbox_that_refuses_claims_is_retried_with_backoff_and_named_in_status() {
     let home = Home::new();
     let share = home.path().join("share");

@@ -3,6 +3,7 @@
 //! store. Every command that creates something prints its id.
 
 mod control;
+mod demo;
 pub mod json;
 mod submit;
 
@@ -152,6 +153,12 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// The main job in one command: the daemon with the sim backend under ./cosmos-home (or
+    /// --root), the examples submitted and followed, the finished run folders listed
+    Demo,
+    /// Run cosmosd in this process (what `cosmos demo` starts); `cosmosd` is the daemon to use
+    #[command(hide = true)]
+    Daemon,
     /// Delete prompts or runs (never a running run)
     Delete {
         what: DeleteWhat,
@@ -248,6 +255,18 @@ pub enum DeleteWhat {
 
 /// Runs one `cosmos` command, printing to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    match cli.command {
+        Command::Demo => return demo::demo(&cli.global, out),
+        Command::Daemon => {
+            let loaded = cli.global.load()?;
+            let _guard = crate::daemon::init_logging(&loaded.config);
+            return crate::daemon::run(&cli.global, loaded).map_err(|e| {
+                tracing::error!(error = %e, "cosmosd failed");
+                CliError::Io(std::io::Error::other(e.to_string()))
+            });
+        }
+        _ => {}
+    }
     let loaded = cli.global.load()?;
     let config = loaded.config;
     let database = config.paths.database();
@@ -284,7 +303,7 @@ fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result
                 Command::Resume => control::pause(&mut store, false, out),
                 Command::Status { json } => control::status(&store, &config, json, out),
                 Command::Logs { run, follow } => control::logs(&store, &config, &run, follow, out),
-                Command::Validate { .. } | Command::Submit { .. } => Ok(()),
+                Command::Validate { .. } | Command::Submit { .. } | Command::Demo | Command::Daemon => Ok(()),
             }
         }
     }
