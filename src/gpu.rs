@@ -228,10 +228,28 @@ mod tests {
     }
 
     #[test]
-    fn without_a_driver_nvml_is_reported_missing() {
-        // This machine has no NVIDIA driver; a host with one reports NVML instead.
-        let p = probe();
+    fn nvml_reads_the_gpus_where_a_driver_is_and_is_reported_missing_where_none_is() {
+        if std::env::var_os("COSMOS_FAKE_GPUS").is_some() {
+            println!("skipped: COSMOS_FAKE_GPUS replaces NVML in this environment");
+            return;
+        }
+        // A loaded NVIDIA kernel driver shows here; COSMOS_REQUIRE_NVML=1 says one must be.
+        let driver =
+            std::path::Path::new("/proc/driver/nvidia/version").exists() || std::env::var("COSMOS_REQUIRE_NVML").as_deref() == Ok("1");
+        let mut p = probe();
         let d = p.describe();
-        assert!(d.starts_with("no NVML") || d.starts_with("NVML") || d.starts_with("fake"), "{d}");
+        let samples = p.sample();
+        println!("{d}: {samples:?}");
+        if driver {
+            assert!(d.starts_with("NVML, driver"), "a driver is here but: {d}");
+            assert!(!samples.is_empty(), "NVML answers but lists no GPU");
+            for g in &samples {
+                assert!(g.memory_total_mib > 0 && !g.name.is_empty(), "{g:?}");
+                assert!(g.memory_used_mib <= g.memory_total_mib && g.utilization_pct <= 100, "{g:?}");
+            }
+        } else {
+            assert!(d.starts_with("no NVML: "), "no driver here, yet: {d}");
+            assert!(samples.is_empty(), "{samples:?}");
+        }
     }
 }

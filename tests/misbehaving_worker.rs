@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{drop_file, runs, wait_until, Daemon, Home};
+use common::{drop_file, runs, status, wait_until, Daemon, Home};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -85,4 +85,28 @@ fn each_misbehaviour_ends_in_a_retry_or_a_failure_with_a_message_and_the_daemon_
     assert!(peak < 80.0, "cosmosd peaked at {peak:.0} MiB");
     let exit = d.stop();
     assert!(exit.success(), "the daemon is fine: {exit:?}");
+}
+
+#[test]
+fn a_worker_speaking_another_protocol_is_refused_and_its_runs_wait_with_the_reason() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let worker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker/tests/misbehave");
+    let d = Daemon::start(&home, &format!("worker_path = \"{}\"\nenv = {{ MISBEHAVE_PROTOCOL = \"7\" }}\n", worker.display()), &[]);
+    drop_file(&home, "one.jsonl", &line("fine run", r#"{"edge": {"control_weight": 0.5}}"#));
+    let says = "speaks protocol 7; this daemon speaks 1";
+    assert!(
+        wait_until(Duration::from_secs(30), || status(&home).to_string().contains(says)),
+        "status.json: {}\n{}",
+        status(&home),
+        d.log_text()
+    );
+    // Refused before anything was sent to it: the run waits in the queue, it is not failed.
+    let r = runs(&home);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["status"], "queued", "{r:?}");
+    assert!(d.log_text().contains(says), "{}", d.log_text());
+    let exit = d.stop();
+    assert!(exit.success(), "{exit:?}");
 }

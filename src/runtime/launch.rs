@@ -44,7 +44,17 @@ impl Launch {
         if !given("--checkpoint-dir") {
             let dir = match side {
                 Side::Host { .. } => (!rt.checkpoints.as_os_str().is_empty()).then(|| rt.checkpoints.clone()),
-                Side::Container { .. } => rt.checkpoints.is_dir().then(|| PathBuf::from(CONTAINER_CHECKPOINTS)),
+                Side::Container { .. } => {
+                    // Only a folder that exists can be mounted; NVIDIA's models then find no
+                    // checkpoints, which `cosmosd check-host` names with the download command.
+                    if !rt.checkpoints.is_dir() && rt.backend != crate::config::Backend::Sim {
+                        tracing::warn!(
+                            checkpoints = %rt.checkpoints.display(),
+                            "runtime.checkpoints is not a folder on this host: nothing is mounted at {CONTAINER_CHECKPOINTS} and the model will find no checkpoints (see cosmosd check-host)"
+                        );
+                    }
+                    rt.checkpoints.is_dir().then(|| PathBuf::from(CONTAINER_CHECKPOINTS))
+                }
             };
             if let Some(dir) = dir {
                 argv.push("--checkpoint-dir".into());

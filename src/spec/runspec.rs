@@ -366,4 +366,19 @@ mod tests {
         let (r, _) = parse("{\"prompt\": \n", dir.path());
         assert!(r.render(Path::new("s.json")).contains("invalid JSON"));
     }
+
+    #[test]
+    fn transfer2_5_sigma_max_is_a_number_written_as_a_string_and_anything_else_is_refused() {
+        let dir = videos();
+        let spec =
+            |sigma: &str| format!(r#"{{"name": "s", "prompt": "p", "video_path": "color.mp4", "sigma_max": {sigma}, "edge": {{}}}}"#);
+        let (r, got) = parse(&spec("\"80\""), dir.path());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(got.map(|s| s.settings.sigma_max), Some(Some(80.0)));
+        for bad in ["\"eighty\"", "\"\"", "\"-3\"", "\"NaN\"", "true"] {
+            let (r, got) = parse(&spec(bad), dir.path());
+            let shown = r.render(Path::new("s.json"));
+            assert!(got.is_none() && shown.contains("s.json: sigma_max: expected"), "{bad}: {shown}");
+        }
+    }
 }

@@ -202,6 +202,9 @@ class Transfer1(unittest.TestCase):
         self.assertTrue(done["outputs"]["video"].endswith("rs_a/output.mp4"))
         self.assertTrue(done["outputs"]["controls"]["edge"].endswith("edge_input_control_0.mp4"), done)
         self.assertEqual(done["outputs"]["settings"]["negative_prompt"], "n")
+        # As transfer.py runs: gradients off, tokenizers not parallel.
+        gen = self.calls.all("generate")[0]
+        self.assertEqual((gen["grad_enabled"], gen["tokenizers_parallelism"]), (False, "false"))
         # generate() wrote nothing this time (it returns None either way): a failure, not a
         # success, and not a guardrail block.
         failed = self.run_spec(w, "rs_FAIL", t1_spec(self.tmp, prompt="WRITES_NOTHING"))
@@ -367,6 +370,8 @@ class Transfer25(unittest.TestCase):
         self.assertEqual(gens[1]["control_weight"], "0.0,0.3,0.6,0.0", "edge, vis, depth, seg by position")
         self.assertEqual(gens[1]["hint_key"], ["vis", "depth"])
         self.assertEqual(gens[2]["control_weight"], "0.9,0.0,0.0,0.2")
+        # As NVIDIA's entry points run: gradients off, tokenizers not parallel.
+        self.assertEqual({(g["grad_enabled"], g["tokenizers_parallelism"]) for g in gens}, {(False, "false")})
 
     def test_nvidias_models_refuse_what_they_refuse_and_the_run_says_why(self):
         w = self.start()

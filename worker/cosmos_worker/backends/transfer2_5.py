@@ -59,8 +59,14 @@ class Transfer25Backend(Backend):
         key = self.key_of(controls)
         if self.inference is not None and key == self.model_key:
             return
+        import torch
         from cosmos_transfer2.config import SetupArguments
         from cosmos_transfer2.inference import Control2WorldInference
+
+        # Inference only: NVIDIA's constructor means to turn gradients off
+        # (`torch.enable_grad(False)` in inference.py, which torch reads as a context manager
+        # left unused); this does.
+        torch.set_grad_enabled(False)
 
         setup = SetupArguments(
             output_dir=Path(self.output_root),

@@ -12,12 +12,16 @@ no model. Kept from the real one:
 - `generate(samples, output_dir) -> list[str]`: on rank 0 writes `{name}.json`,
   `{name}_control_{key}.mp4` for the sample's controls, `{name}.mp4` and `{name}.txt`;
   returns `f"{output_dir/name}.mp4"` per sample not blocked (every rank).
+- `__init__` writes `torch.enable_grad(False)`, which in torch builds an unused context
+  manager and leaves gradients on: the fake leaves them as they are, so only a worker that
+  calls `torch.set_grad_enabled(False)` itself runs without them.
 """
 
 import os
 import shutil
 from pathlib import Path
 
+import torch
 from calls import record
 from cosmos_transfer2.config import CONTROL_KEYS, InferenceArguments, SetupArguments
 
@@ -63,7 +67,8 @@ class Control2WorldInference:
                sigma_max=None if sample.sigma_max is None else float(sample.sigma_max), guidance=sample.guidance,
                seed=sample.seed, negative_prompt=sample.negative_prompt, num_steps=sample.num_steps,
                preset_blur_strength=sample.preset_blur_strength, preset_edge_threshold=sample.preset_edge_threshold,
-               resolution=sample.resolution, device_rank=self.device_rank)
+               resolution=sample.resolution, device_rank=self.device_rank,
+               grad_enabled=torch.is_grad_enabled(), tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
         if self.device_rank == 0:
             for key in sample.hint_keys:
                 shutil.copyfile(str(sample.video_path), f"{output_path}_control_{key}.mp4")

@@ -10,6 +10,8 @@ once per scenario, chosen by the run's prompt, on its first attempt:
   hangload     (any run whose controls include `seg`) the model load never ends, and the
                process answers nothing meanwhile
 
+With MISBEHAVE_PROTOCOL=N in its environment it says hello with protocol N.
+
 Otherwise it behaves: hello, loaded, progress, output.mp4 written, done. Standard library
 only; single-threaded on purpose (a hung load answers no ping)."""
 
@@ -28,7 +30,7 @@ def send(event):
 
 
 def main():
-    send({"event": "hello", "protocol": 1, "backend": "misbehave", "version": "0", "pid": os.getpid()})
+    send({"event": "hello", "protocol": int(os.environ.get("MISBEHAVE_PROTOCOL", "1")), "backend": "misbehave", "version": "0", "pid": os.getpid()})
     hung_once = os.path.join(os.environ.get("MISBEHAVE_STATE", "/tmp"), "hangload.done")
     for raw in sys.stdin:
         op = json.loads(raw)

@@ -25,6 +25,7 @@ import copy
 import os
 import shutil
 
+import torch
 from calls import record
 from cosmos_transfer1 import checkpoints
 from cosmos_transfer1.utils import distributed
@@ -119,7 +120,9 @@ class TransferPipeline:
         record("generate", controls=sorted(current), weights={k: v.get("control_weight") for k, v in current.items()},
                input_video=input_video, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, num_steps=num_steps,
                seed=seed, sigma_max=sigma_max, blur_strength=blur_strength, canny_threshold=canny_threshold,
-               output_dir=output_dir, device_rank=self.device_rank)
+               output_dir=output_dir, device_rank=self.device_rank,
+               # What transfer.py sets before any model runs: gradients off, tokenizers serial.
+               grad_enabled=torch.is_grad_enabled(), tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
         if "RAISE_OOM" in prompt:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         batch_outputs = self.pipeline.generate(prompt=[prompt], video_path=[input_video], negative_prompt=negative_prompt,
