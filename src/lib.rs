@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod ids;
 pub mod intake;
