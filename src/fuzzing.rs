@@ -61,6 +61,9 @@ pub fn worker_event(data: &[u8]) {
     assert!(seen <= data.len() + 1);
 }
 
+/// A property over one input: panics when it fails.
+pub type Check = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/seeds/<name>/` call them.
-pub const TARGETS: [(&str, fn(&[u8])); 4] =
+pub const TARGETS: [(&str, Check); 4] =
     [("jsonl_line", jsonl_line), ("run_spec", run_spec), ("config", config), ("worker_event", worker_event)];
