@@ -168,6 +168,15 @@ fn a_full_state_folder_leaves_files_in_the_inbox_and_the_daemon_up_until_space_r
     let ballast = fill(&state, 2560 << 10);
     drop_file(&home, "big.jsonl", &home.jobs("big", 3000));
     assert!(wait_until(LONG, || d.log_text().contains("database or disk is full")), "{}\n{}", status(&home), d.log_text());
+    // Claimed before SQLite found the disk full: it waits, whole, in claimed/, named with the
+    // reason in status.json, and is retried from there.
+    assert!(
+        wait_until(LONG, || status(&home)["intake"]["stuck"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|e| e["waits"].as_str().is_some_and(|w| w.contains("claimed/")) && e.to_string().contains("big.jsonl")))),
+        "{}",
+        status(&home)
+    );
     assert!(home.receipts_with("accepted").len() == 1, "not accepted half-way");
     assert_eq!(runs(&home).len(), 3, "no run of it recorded");
     std::fs::remove_file(&ballast).unwrap();
