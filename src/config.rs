@@ -394,8 +394,15 @@ impl fmt::Display for Dur {
     /// The shortest exact form in one unit (`1500ms`, `2h`, `30d`), which parses back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ns = self.0.as_nanos();
-        for (unit, per) in [("d", 86_400_000_000_000u128), ("h", 3_600_000_000_000), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)] {
-            if ns >= per && ns % per == 0 {
+        for (unit, per) in [
+            ("d", 86_400_000_000_000u128),
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1000),
+        ] {
+            if ns >= per && ns.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ns / per);
             }
         }
@@ -471,7 +478,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, per) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= per && self.0 % per == 0 {
+            if self.0 >= per && self.0.is_multiple_of(per) {
                 return write!(f, "{}{unit}", self.0 / per);
             }
         }
@@ -681,7 +688,8 @@ mod tests {
 
     #[test]
     fn optional_durations_may_be_empty() {
-        let c: Config = toml::from_str("[daemon]\nprune_after = \"30d\"\nlisten = \"127.0.0.1:9464\"\n[log]\nkeep = \"\"\n").expect("parses");
+        let c: Config =
+            toml::from_str("[daemon]\nprune_after = \"30d\"\nlisten = \"127.0.0.1:9464\"\n[log]\nkeep = \"\"\n").expect("parses");
         assert_eq!(c.daemon.prune_after, OptDur(Some(Duration::from_secs(30 * 86_400))));
         assert_eq!(c.log.keep, OptDur(None));
         let err = toml::from_str::<Config>("[daemon]\nprune_after = \"soon\"\n").expect_err("refused");

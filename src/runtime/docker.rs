@@ -259,8 +259,9 @@ impl DockerWorker {
         labels.insert("cosmos.slot".to_string(), slot.to_string());
         let filters: HashMap<String, Vec<String>> =
             HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}"), format!("cosmos.slot={slot}")])]);
-        let existing =
-            rt.block_on(docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))).map_err(api)?;
+        let existing = rt
+            .block_on(docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build())))
+            .map_err(api)?;
         let mut reuse = None;
         for c in existing {
             let id = c.id.clone().unwrap_or_default();
@@ -305,8 +306,9 @@ impl DockerWorker {
                     host_config: Some(host_config),
                     ..Default::default()
                 };
-                let created =
-                    rt.block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)).map_err(api)?;
+                let created = rt
+                    .block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body))
+                    .map_err(api)?;
                 (created.id, true)
             }
         };
@@ -566,7 +568,8 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
         host_config: Some(hardened(config, &map)),
         ..Default::default()
     };
-    let created = rt.block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)).map_err(api)?;
+    let created =
+        rt.block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)).map_err(api)?;
     let result = (|| {
         rt.block_on(docker.start_container(&created.id, None)).map_err(api)?;
         let waited = rt.block_on(async {
