@@ -363,7 +363,7 @@ impl Default for Log {
     }
 }
 
-/// A duration written `"500ms"`, `"2s"`, `"10m"` or `"2h"`.
+/// A duration written `"500ms"`, `"1.5s"`, `"10m"`, `"2h"` or `"30d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -373,33 +373,40 @@ impl Dur {
     }
 }
 
-/// Parses `"500ms"`, `"2s"`, `"10m"`, `"2h"`, `"1d"` (an integer and one unit).
+/// Parses jiff's friendly duration format: `"500ms"`, `"1.5s"`, `"10m"`, `"2h 30m"`,
+/// `"30d"`, `"2 hours"`. A day is 24 hours here (a timeout, not a calendar date); months
+/// and years, whose length varies, and negative durations are refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let expected = || format!("expected a duration like \"500ms\", \"2s\", \"10m\" or \"2h\", got {text:?}");
-    let n: u64 = num.parse().map_err(|_| expected())?;
-    let ms_per = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(expected()),
-    };
-    n.checked_mul(ms_per).map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too large"))
+    use jiff::{SignedDuration, Span, SpanRelativeTo};
+    let expected = || format!("expected a duration like \"500ms\", \"1.5s\", \"10m\", \"2h\" or \"30d\", got {text:?}");
+    let span: Span = text.trim().parse().map_err(|_| expected())?;
+    if span.is_negative() {
+        return Err(format!("a duration cannot be negative, got {text:?}"));
+    }
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Err(format!("months and years have no fixed length: write {text:?} in days, hours, minutes or seconds"));
+    }
+    let exact: SignedDuration = span.to_duration(SpanRelativeTo::days_are_24_hours()).map_err(|_| expected())?;
+    Duration::try_from(exact).map_err(|_| format!("duration {text:?} is too large"))
 }
 
 impl fmt::Display for Dur {
+    /// The shortest exact form in one unit (`1500ms`, `2h`, `30d`), which parses back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-            if ms >= per && ms % per == 0 {
-                return write!(f, "{}{unit}", ms / per);
+        let ns = self.0.as_nanos();
+        for (unit, per) in [
+            ("d", 86_400_000_000_000u128),
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1000),
+        ] {
+            if ns >= per && ns.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ns / per);
             }
         }
-        write!(f, "{ms}ms")
+        write!(f, "{ns}ns")
     }
 }
 
@@ -445,35 +452,33 @@ impl<'de> Deserialize<'de> for OptDur {
     }
 }
 
-/// A size in bytes written `"512MiB"`, `"10GiB"`, `"4096"` (bytes), `"1TiB"`.
+/// A size in bytes written `"512MiB"`, `"10GiB"`, `"1.5GiB"`, `"4096"` (bytes), `"1TiB"`, `"10GB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
+/// Parses a size with bytesize: a number (a fraction allowed) and a unit in bytes, binary
+/// (`KiB` .. `EiB`) or decimal (`kB` .. `EB`), or a plain count of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let expected = || format!("expected a size like \"512MiB\" or \"10GiB\", got {text:?}");
-    let n: u64 = num.parse().map_err(|_| expected())?;
-    let per: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        _ => return Err(expected()),
-    };
-    n.checked_mul(per).ok_or_else(|| format!("size {text:?} is too large"))
+    let expected = || format!("expected a size like \"512MiB\", \"1.5GiB\" or \"10GiB\", got {text:?}");
+    // bytesize also takes "512m" or "1mb" as decimal megabytes, where docker's "512m" means
+    // MiB and "mb" reads as bits: only units spelled in bytes ("B") are unambiguous.
+    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.').trim_start();
+    if !(unit.is_empty() || unit.ends_with('B')) {
+        return Err(expected());
+    }
+    match t.parse::<bytesize::ByteSize>() {
+        // bytesize saturates where the value overflows.
+        Ok(size) if size.as_u64() == u64::MAX => Err(format!("size {text:?} is too large")),
+        Ok(size) => Ok(size.as_u64()),
+        Err(_) => Err(expected()),
+    }
 }
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, per) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= per && self.0 % per == 0 {
+            if self.0 >= per && self.0.is_multiple_of(per) {
                 return write!(f, "{}{unit}", self.0 / per);
             }
         }
@@ -772,15 +777,95 @@ mod tests {
     }
 
     #[test]
-    fn duration_and_size_text() {
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("2").is_err());
-        assert!(parse_duration("-2s").is_err());
+    fn duration_text() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("500ms", ms(500)),
+            ("2s", ms(2000)),
+            ("1.5s", ms(1500)),
+            ("10m", ms(600_000)),
+            ("2h", ms(7_200_000)),
+            ("2.5h", ms(9_000_000)),
+            ("2h 30m", ms(9_000_000)),
+            ("1d", ms(86_400_000)),
+            ("30d", ms(30 * 86_400_000)),
+            ("1w", ms(7 * 86_400_000)),
+            ("2 hours", ms(7_200_000)),
+            (" 0s ", ms(0)),
+            ("250us", Duration::from_micros(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+        for bad in ["2", "", "2 fortnights", "soon", "1.5", "s", "2s3", "1e3s"] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("expected a duration like") && err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        }
+        let err = parse_duration("-2s").expect_err("negative");
+        assert!(err.contains("cannot be negative") && err.contains("\"-2s\""), "{err}");
+        let err = parse_duration("2s ago").expect_err("negative");
+        assert!(err.contains("cannot be negative"), "{err}");
+        let err = parse_duration("1mo").expect_err("months");
+        assert!(err.contains("months and years") && err.contains("\"1mo\""), "{err}");
+        assert!(parse_duration("1y").expect_err("years").contains("months and years"));
         assert!(parse_duration("99999999999999999999h").is_err());
-        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
-        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
-        assert!(parse_size("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn duration_display_is_short_and_parses_back() {
+        for (d, text) in [
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(30 * 86_400), "30d"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_nanos(1), "1ns"),
+            (Duration::ZERO, "0ns"),
+        ] {
+            assert_eq!(Dur(d).to_string(), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+        assert_eq!(OptDur(None).to_string(), "");
+    }
+
+    #[test]
+    fn size_text() {
+        for (text, want) in [
+            ("512MiB", 512u64 << 20),
+            ("10GiB", 10 << 30),
+            ("1.5GiB", 3 << 29),
+            ("1TiB", 1 << 40),
+            ("4096", 4096),
+            ("0", 0),
+            ("10 GiB", 10 << 30),
+            ("10GB", 10_000_000_000),
+            ("64kB", 64_000),
+            ("64KB", 64_000),
+            ("100B", 100),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text:?}");
+        }
+        // "m" and "mb" are refused: docker's "512m" is MiB, bytesize's is MB; "mb" reads as bits.
+        for bad in ["10 parsecs", "512m", "1g", "1mb", "1Gb", "", "GiB", "-1GiB", "1.2.3MiB", "1e3B"] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.contains("expected a size like") && err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        }
+        let err = parse_size("99999999EiB").expect_err("too large");
+        assert!(err.contains("too large") && err.contains("\"99999999EiB\""), "{err}");
         assert_eq!(Size(3 << 20).to_string(), "3MiB");
+        assert_eq!(Size(3 << 29).to_string(), "1536MiB");
+        assert_eq!(Size(100).to_string(), "100B");
+        assert_eq!(parse_size(&Size(3 << 29).to_string()), Ok(3 << 29));
+    }
+
+    #[test]
+    fn config_takes_the_new_forms() {
+        let c = Config::from_toml("[watch]\nsettle = \"1.5s\"\n[runtime]\nshm_size = \"1.5GiB\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.watch.settle.0, Duration::from_millis(1500));
+        assert_eq!(c.runtime.shm_size.0, 3 << 29);
+        assert_eq!(Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap(), c);
+        let err = Config::from_toml("[runtime]\nshm_size = \"512m\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("shm_size") && err.contains("\"512m\""), "{err}");
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let stop = Arc::new(AtomicBool::new(false));
     // Another process holding the store (a `sqlite3` shell, a backup) is waited for.
-    intake.store().wait_while_busy(Arc::clone(&stop))?;
+    intake.store_mut().wait_while_busy(Arc::clone(&stop))?;
     // One scheduler (and worker) per GPU or GPU group; they share the queue in the store.
     let groups = crate::scheduler::worker_groups(&config.runtime.gpus);
     let shared = crate::scheduler::Shared::new(groups.len());
@@ -194,9 +194,8 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     let mut tracker = Tracker::new(config.watch.settle.0, config.watch.incomplete_grace.0, active == Active::Inotify);
     // systemd (Type=notify): ready once the store and the watcher are up; the watchdog is
     // fed from this loop, so a wedged loop gets the daemon restarted.
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("watching the inbox")]);
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| std::time::Duration::from_micros(watchdog_usec / 2));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("watching the inbox")]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| every / 2);
     let mut next_watchdog = Instant::now();
     let mut next_rescan = Instant::now();
     // Look at the tracked entries when a hint arrives or a settle deadline passes; other
@@ -234,7 +233,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         let now = Instant::now();
         if let Some(every) = watchdog {
             if now >= next_watchdog {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 next_watchdog = now + every;
             }
         }
@@ -247,7 +246,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         }
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Signal(SIGHUP)) => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 if let Some((new_config, new_watcher)) = reload(global, &config, &tx) {
                     if let Some((w, now_active)) = new_watcher {
                         watcher = w;
@@ -261,7 +260,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                     }
                     config = new_config;
                 }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
             Ok(Msg::Signal(_)) => {
                 stop.store(true, Ordering::SeqCst);
@@ -291,7 +290,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         }
     };
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::SeqCst);
     drop(watcher);
     tracing::info!("stopping: waiting for the scheduler (a running run finishes or is handed back within daemon.stop_grace)");

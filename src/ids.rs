@@ -81,7 +81,7 @@ fn random_u64() -> u64 {
         let (buf, used) = &mut *pool;
         if *used + 8 > buf.len() {
             buf.resize(4096, 0);
-            if getrandom::getrandom(buf).is_err() {
+            if getrandom::fill(buf).is_err() {
                 // No kernel entropy source is a broken host; time and a counter, mixed,
                 // still give ids unique within this process.
                 for chunk in buf.chunks_mut(8) {

@@ -82,7 +82,7 @@ fn verify_folder(dir: &Path) {
         let (size, _mtime, sha, rel) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let bytes = std::fs::read(dir.join(rel)).unwrap_or_else(|_| panic!("{} lists {rel}, which is missing", dir.display()));
         assert_eq!(bytes.len().to_string(), size, "{}/{rel}", dir.display());
-        assert_eq!(format!("{:x}", Sha256::digest(&bytes)), sha, "{}/{rel}", dir.display());
+        assert_eq!(cosmos_workflow::fsutil::hex(&Sha256::digest(&bytes)), sha, "{}/{rel}", dir.display());
         listed.insert(rel.to_string());
     }
     assert!(listed.contains("output.mp4"), "{}", dir.display());

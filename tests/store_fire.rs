@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const LONG: Duration = Duration::from_secs(60);
 
 fn sha(path: &Path) -> String {
-    format!("{:x}", Sha256::digest(std::fs::read(path).expect("read")))
+    cosmos_workflow::fsutil::hex(&Sha256::digest(std::fs::read(path).expect("read")))
 }
 
 fn database(home: &Home) -> std::path::PathBuf {

@@ -229,6 +229,10 @@ impl Intake {
         &self.store
     }
 
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
     /// Claims `inbox/<name>` and decides its fate. `Ok(None)`: it was gone already (another
     /// daemon took it, or the sender removed it), or it waits for a retry after a failure.
     /// A failure is logged, remembered and retried by [`Intake::retry_due`].

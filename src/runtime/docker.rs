@@ -14,11 +14,12 @@ use super::worker::{
     await_event, forward_line, recv_msg, Awaited, Found, LocalizeError, LogLines, LogSink, Worker, WorkerError, WorkerInfo, WorkerMsg,
 };
 use crate::config::Config;
-use bollard::container::{
-    AttachContainerOptions, Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogOutput, RemoveContainerOptions,
-    StartContainerOptions,
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptions,
+    RemoveContainerOptionsBuilder,
 };
-use bollard::models::{DeviceRequest, HostConfig};
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -41,6 +42,11 @@ pub use super::error::DockerError;
 
 fn api(e: bollard::errors::Error) -> DockerError {
     DockerError::Api(e)
+}
+
+/// `docker rm -f`: a container is removed even while it runs.
+fn force_remove() -> Option<RemoveContainerOptions> {
+    Some(RemoveContainerOptionsBuilder::new().force(true).build())
 }
 
 /// A bind mount: a host folder and where the container sees it.
@@ -157,6 +163,22 @@ fn hardened(config: &Config, map: &PathMap) -> HostConfig {
     }
 }
 
+/// `--gpus all` (`None`) or `--gpus '"device=0,1"'`: the nvidia runtime's device request.
+fn device_requests(gpus: Option<&[u32]>) -> Option<Vec<DeviceRequest>> {
+    let request = |count, device_ids| DeviceRequest {
+        driver: Some("nvidia".into()),
+        count,
+        device_ids,
+        capabilities: Some(vec![vec!["gpu".into()]]),
+        ..Default::default()
+    };
+    match gpus {
+        Some([]) => None,
+        None => Some(vec![request(Some(-1), None)]),
+        Some(ids) => Some(vec![request(None, Some(ids.iter().map(u32::to_string).collect()))]),
+    }
+}
+
 /// What shapes the container: a change to any of it means a new container.
 fn config_hash(config: &Config, map: &PathMap, user: &str, launch: &Launch, gpus: Option<&[u32]>) -> String {
     use sha2::{Digest, Sha256};
@@ -237,18 +259,19 @@ impl DockerWorker {
         labels.insert("cosmos.slot".to_string(), slot.to_string());
         let filters: HashMap<String, Vec<String>> =
             HashMap::from([("label".to_string(), vec![format!("cosmos.instance={instance}"), format!("cosmos.slot={slot}")])]);
-        let existing =
-            rt.block_on(docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() }))).map_err(api)?;
+        let existing = rt
+            .block_on(docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build())))
+            .map_err(api)?;
         let mut reuse = None;
         for c in existing {
             let id = c.id.clone().unwrap_or_default();
             let same = c.labels.as_ref().and_then(|l| l.get("cosmos.config-hash")).map(String::as_str) == Some(hash.as_str());
-            let running = c.state.as_deref() == Some("running");
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
             if same && running && reuse.is_none() {
                 reuse = Some(id);
             } else {
                 tracing::info!(container = %id, same_config = same, running, "removing an old worker container");
-                let _ = rt.block_on(docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+                let _ = rt.block_on(docker.remove_container(&id, force_remove()));
             }
         }
 
@@ -264,25 +287,10 @@ impl DockerWorker {
                 tracing::info!(command = %launch.command_line(), cwd = %launch.cwd.display(), %image, "creating the worker container");
                 // Fake GPUs (COSMOS_FAKE_GPUS, tests) have no driver to request them from.
                 let fake = std::env::var_os("COSMOS_FAKE_GPUS").is_some_and(|v| !v.is_empty());
-                let device_requests = match gpus {
-                    _ if fake => None,
-                    Some([]) => None,
-                    None => Some(vec![DeviceRequest {
-                        driver: Some("nvidia".into()),
-                        count: Some(-1),
-                        capabilities: Some(vec![vec!["gpu".into()]]),
-                        ..Default::default()
-                    }]),
-                    Some(ids) => Some(vec![DeviceRequest {
-                        driver: Some("nvidia".into()),
-                        device_ids: Some(ids.iter().map(u32::to_string).collect()),
-                        capabilities: Some(vec![vec!["gpu".into()]]),
-                        ..Default::default()
-                    }]),
-                };
+                let device_requests = if fake { None } else { device_requests(gpus) };
                 let host_config =
                     HostConfig { ipc_mode: config.runtime.ipc_host.then(|| "host".to_string()), device_requests, ..hardened(config, &map) };
-                let body = ContainerConfig {
+                let body = ContainerCreateBody {
                     image: Some(image),
                     cmd: Some(launch.argv.clone()),
                     env: Some(launch.env_entries()),
@@ -299,7 +307,7 @@ impl DockerWorker {
                     ..Default::default()
                 };
                 let created = rt
-                    .block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body))
+                    .block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body))
                     .map_err(api)?;
                 (created.id, true)
             }
@@ -309,18 +317,11 @@ impl DockerWorker {
         let attached = rt
             .block_on(docker.attach_container(
                 &container_id,
-                Some(AttachContainerOptions::<String> {
-                    stdin: Some(true),
-                    stdout: Some(true),
-                    stderr: Some(true),
-                    stream: Some(true),
-                    logs: Some(false),
-                    detach_keys: None,
-                }),
+                Some(AttachContainerOptionsBuilder::new().stdin(true).stdout(true).stderr(true).stream(true).logs(false).build()),
             ))
             .map_err(api)?;
         if fresh {
-            rt.block_on(docker.start_container(&container_id, None::<StartContainerOptions<String>>)).map_err(api)?;
+            rt.block_on(docker.start_container(&container_id, None)).map_err(api)?;
             tracing::info!(container = %container_id, image = %config.runtime.image, "worker container started");
         } else {
             tracing::info!(container = %container_id, "re-attached to the running worker container");
@@ -456,9 +457,7 @@ impl DockerWorker {
 
     /// Removes the container (a dead or hung worker is replaced by a new one).
     pub fn kill(&mut self) {
-        let _ = self
-            .rt
-            .block_on(self.docker.remove_container(&self.container_id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+        let _ = self.rt.block_on(self.docker.remove_container(&self.container_id, force_remove()));
     }
 }
 
@@ -548,7 +547,6 @@ pub fn engine_info(config: &Config) -> Result<EngineInfo, DockerError> {
 /// environment, working directory, user, network) and returns its exit code and output:
 /// how `cosmosd check-host` sees NVIDIA's code as the worker will.
 pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout: Duration) -> Result<(i64, String), DockerError> {
-    use bollard::container::{LogsOptions, WaitContainerOptions};
     let (rt, docker, _) = connect()?;
     let image = config.runtime.image.clone();
     if rt.block_on(docker.inspect_image(&image)).is_err() {
@@ -560,7 +558,7 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
     // SAFETY: getuid/getgid cannot fail.
     let user = format!("{}:{}", unsafe { libc::getuid() }, unsafe { libc::getgid() });
     let name = format!("cosmos-check-{}", crate::ids::token());
-    let body = ContainerConfig {
+    let body = ContainerCreateBody {
         image: Some(image),
         cmd: Some(argv),
         env: Some(launch.env_entries()),
@@ -571,11 +569,11 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
         ..Default::default()
     };
     let created =
-        rt.block_on(docker.create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), body)).map_err(api)?;
+        rt.block_on(docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)).map_err(api)?;
     let result = (|| {
-        rt.block_on(docker.start_container(&created.id, None::<StartContainerOptions<String>>)).map_err(api)?;
+        rt.block_on(docker.start_container(&created.id, None)).map_err(api)?;
         let waited = rt.block_on(async {
-            let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions<String>>);
+            let mut wait = docker.wait_container(&created.id, None);
             tokio::time::timeout(timeout, wait.next()).await
         });
         let code = match waited {
@@ -587,7 +585,7 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
             Err(_) => return Err(DockerError::CheckTimeout(timeout)),
         };
         let mut output = String::new();
-        let mut logs = docker.logs(&created.id, Some(LogsOptions::<String> { stdout: true, stderr: true, ..Default::default() }));
+        let mut logs = docker.logs(&created.id, Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()));
         rt.block_on(async {
             while let Some(Ok(chunk)) = logs.next().await {
                 output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
@@ -595,6 +593,41 @@ pub fn run_once(config: &Config, worker_path: &Path, argv: Vec<String>, timeout:
         });
         Ok((code, output))
     })();
-    let _ = rt.block_on(docker.remove_container(&created.id, Some(RemoveContainerOptions { force: true, ..Default::default() })));
+    let _ = rt.block_on(docker.remove_container(&created.id, force_remove()));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The request body as the engine reads it (the API's names, nothing left unset sent).
+    fn wire(host: &HostConfig) -> Value {
+        serde_json::to_value(host).unwrap_or_default()
+    }
+
+    #[test]
+    fn gpu_device_requests_have_the_engines_shape() {
+        let all = HostConfig { device_requests: device_requests(None), ..Default::default() };
+        assert_eq!(wire(&all)["DeviceRequests"], json!([{"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}]));
+        let some = HostConfig { device_requests: device_requests(Some(&[2, 3])), ..Default::default() };
+        assert_eq!(wire(&some)["DeviceRequests"], json!([{"Driver": "nvidia", "DeviceIDs": ["2", "3"], "Capabilities": [["gpu"]]}]));
+        assert_eq!(device_requests(Some(&[])), None);
+    }
+
+    #[test]
+    fn the_confinement_reaches_the_request_body() {
+        let mut config = Config::default();
+        config.runtime.pids_limit = 512;
+        let map = PathMap { mounts: vec![Mount { host: "/".into(), container: "/host".into(), read_only: true }] };
+        let body = wire(&hardened(&config, &map));
+        assert_eq!(body["CapDrop"], json!(["ALL"]));
+        assert_eq!(body["SecurityOpt"], json!(["no-new-privileges"]));
+        assert_eq!(body["PidsLimit"], 512);
+        assert_eq!(body["NetworkMode"], "none");
+        assert_eq!(body["Binds"], json!(["/:/host:ro"]));
+        config.runtime.pids_limit = 0;
+        assert!(wire(&hardened(&config, &map)).get("PidsLimit").is_none(), "0 means no limit: the key is left out");
+    }
 }

@@ -13,7 +13,7 @@ pub enum WorkerError {
     NoHello(Duration),
     #[error("the worker exited")]
     Exited,
-    #[error("the worker speaks protocol {0}; this daemon speaks {}", PROTOCOL_VERSION)]
+    #[error("the worker speaks protocol {0}; this daemon speaks {ours}", ours = PROTOCOL_VERSION)]
     Protocol(u32),
     #[error("cannot write to the worker: {0}")]
     Write(#[source] std::io::Error),
@@ -45,7 +45,7 @@ pub enum DockerError {
     Runtime(#[source] std::io::Error),
     #[error("the worker in the container did not say hello within {0:?}")]
     NoHello(Duration),
-    #[error("the worker in the container speaks protocol {0}; this daemon speaks {}", PROTOCOL_VERSION)]
+    #[error("the worker in the container speaks protocol {0}; this daemon speaks {ours}", ours = PROTOCOL_VERSION)]
     Protocol(u32),
     #[error("the worker in the container did not answer a ping after re-attaching")]
     NoPong,

@@ -310,7 +310,7 @@ impl Store {
     /// with "busy", and the caller hands its work back). Waits are logged every 30 s, and
     /// systemd's watchdog is fed meanwhile: waiting on another process is not a hang.
     /// `stop` is consulted on the thread that runs the statements: call this there.
-    pub fn wait_while_busy(&self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    pub fn wait_while_busy(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
         PATIENCE.with(|p| *p.borrow_mut() = Some(Patience { stop, since: None, told: None }));
         self.conn.busy_handler(Some(patient_busy_handler))?;
         Ok(())
@@ -1259,7 +1259,7 @@ fn patient_busy_handler(tries: i32) -> bool {
         if waited >= Duration::from_secs(10) && p.told.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30)) {
             p.told = Some(now);
             tracing::warn!(waited_s = waited.as_secs(), "the store is held by another process; waiting for it (nothing is lost meanwhile)");
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
         true
     });
