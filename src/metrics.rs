@@ -61,11 +61,16 @@ impl Histogram {
     /// `(upper bound, cumulative count)` for every bucket, `+Inf` last.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
-        self.bounds.iter().copied().chain(std::iter::once(f64::INFINITY)).zip(&self.counts).map(|(b, n)| {
-            total += n;
-            (b, total)
-        })
-        .collect()
+        self.bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&self.counts)
+            .map(|(b, n)| {
+                total += n;
+                (b, total)
+            })
+            .collect()
     }
 }
 
@@ -289,7 +294,8 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
 /// Metric and label names: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 /// Label values: backslash, double quote and line feed escaped.
@@ -352,7 +358,9 @@ mod tests {
                 let name = series.split('{').next().unwrap();
                 let (family, kind) = current.as_ref().expect("a sample before any TYPE");
                 let ok = match kind.as_str() {
-                    "histogram" => [format!("{family}_bucket"), format!("{family}_sum"), format!("{family}_count")].contains(&name.to_string()),
+                    "histogram" => {
+                        [format!("{family}_bucket"), format!("{family}_sum"), format!("{family}_count")].contains(&name.to_string())
+                    }
                     _ => name == family,
                 };
                 assert!(ok, "{name} is not of family {family}");

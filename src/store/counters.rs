@@ -103,7 +103,7 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..3 {
             let r = store.create_run(&p.id, spec(&format!("run {i}"))).unwrap();
-            store.queue_single(&[r.id.clone()], None).unwrap();
+            store.queue_single(std::slice::from_ref(&r.id), None).unwrap();
             store.change(&r.id, Change::Start).unwrap();
             ids.push(r.id);
         }

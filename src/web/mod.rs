@@ -122,7 +122,9 @@ impl Web {
         let mut web = Web { ctx: Some(Arc::clone(&ctx)), threads: Vec::new(), local_addr: None };
         if let Some(listener) = listener {
             web.local_addr = listener.local_addr().ok();
-            tracing::info!(address = %listen, "serving /metrics, /status.json and the status page");
+            // The address bound (a port 0 in daemon.listen gets one chosen here).
+            let bound = web.local_addr.map_or_else(|| listen.to_string(), |a| a.to_string());
+            tracing::info!(address = %bound, "serving /metrics, /status.json and the status page");
             let c = Arc::clone(&ctx);
             let t = std::thread::Builder::new()
                 .name("web".into())
@@ -252,6 +254,21 @@ fn handle(mut stream: TcpStream, ctx: &Ctx) {
     let keep_going = || !ctx.stop.load(Ordering::SeqCst);
     if let Err(e) = response.write_to(&mut stream, method, &keep_going) {
         tracing::debug!(error = %e, "web client went away");
+    }
+    if method.is_none() {
+        // What the client still sends (an oversized head, a body) is read and dropped for
+        // a moment: closing with unread bytes makes the kernel reset the connection, and
+        // the client would lose the error response before reading it.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut sink = [0u8; 4096];
+        let mut left = 256 * 1024;
+        while left > 0 {
+            match std::io::Read::read(&mut stream, &mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
     }
 }
 

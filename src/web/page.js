@@ -79,7 +79,7 @@ function renderStatus(s) {
     el("td", {}, w.gpus === null || w.gpus === undefined ? "all" : w.gpus.length ? w.gpus.join(", ") : "none"),
     el("td", { class: "id" }, w.current ? w.current.run_id : (w.waiting || "—")))));
 
-  $("nvml").textContent = s.nvml ? `(${s.nvml})` : "";
+  $("nvml").textContent = s.nvml || "";
   const gpus = s.gpus || [];
   fill("gpus", gpus.length ? gpus.map((g) => el("tr", {},
     el("td", {}, g.index),
