@@ -433,6 +433,9 @@ fn reload(global: &GlobalOpts, current: &Config, tx: &mpsc::Sender<Msg>) -> Opti
         tracing::warn!("paths.* changed: folders move only on restart; keeping the running ones");
         kept.paths = current.paths.clone();
     }
+    if new.daemon.listen != current.daemon.listen || new.daemon.metrics_file != current.daemon.metrics_file {
+        tracing::warn!("daemon.listen or daemon.metrics_file changed: they take effect on restart");
+    }
     if changes.is_empty() {
         tracing::info!("config reloaded: nothing changed");
         return Some((kept, None));

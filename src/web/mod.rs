@@ -76,13 +76,10 @@ impl Ctx {
         render::metrics(&snap, &from_store, &disks)
     }
 
-    /// The status document: the one the schedulers built last, else the file they wrote
-    /// (before the first is built this run).
+    /// The status document the schedulers built last (the file on disk may be an earlier
+    /// daemon's until the first is built, so it is not read).
     fn status(&self) -> Option<Vec<u8>> {
-        if let Some(v) = self.registry.status() {
-            return serde_json::to_vec_pretty(&v).ok();
-        }
-        std::fs::read(self.layout.status_json()).ok()
+        self.registry.status().and_then(|v| serde_json::to_vec_pretty(&v).ok())
     }
 }
 
