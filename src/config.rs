@@ -576,6 +576,10 @@ impl Config {
         if self.daemon.status_interval.0.is_zero() {
             return Err(bad("daemon.status_interval", "expected a duration above 0".into()));
         }
+        let listen = self.daemon.listen.trim();
+        if !listen.is_empty() && !listen.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+            return Err(bad("daemon.listen", format!("expected HOST:PORT such as \"127.0.0.1:9464\" (or \"\" for none), got {listen:?}")));
+        }
         if self.runtime.instance.is_empty() || !self.runtime.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(bad("runtime.instance", format!("expected letters, digits, '.', '_' or '-', got {:?}", self.runtime.instance)));
         }

@@ -35,6 +35,8 @@ pub enum DaemonError {
     Scheduler { slot: usize, source: crate::scheduler::SchedulerError },
     #[error("the scheduler of worker {slot} stopped ({error}); cosmosd stops too, so that its supervisor restarts it")]
     SchedulerEnded { slot: usize, error: String },
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
 }
 
 /// What reaches the daemon's loop.
@@ -139,7 +141,11 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     intake.store_mut().wait_while_busy(Arc::clone(&stop))?;
     // One scheduler (and worker) per GPU or GPU group; they share the queue in the store.
     let groups = crate::scheduler::worker_groups(&config.runtime.gpus);
-    let shared = crate::scheduler::Shared::new(groups.len());
+    // What the parts record for /metrics; the endpoint (if configured) starts before any
+    // scheduler, so a taken address stops the start-up with nothing to undo.
+    let metrics = Arc::new(crate::metrics::Registry::new());
+    let web = crate::web::Web::start(&config, Arc::clone(&metrics))?;
+    let shared = crate::scheduler::Shared::new(groups.len()).with_metrics(Arc::clone(&metrics));
     let mut reload_txs = Vec::new();
     let mut scheduler_threads = Vec::new();
     for (slot, gpus) in groups.into_iter().enumerate() {
@@ -212,7 +218,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
             check_now = true;
         }
         if check_now || next_check.is_some_and(|t| now >= t) {
-            if take_ready(&mut tracker, &mut intake, &config, &stop) > 0 {
+            if take_ready(&mut tracker, &mut intake, &config, &stop, &metrics) > 0 {
                 intake.rest();
             }
             check_now = false;
@@ -222,6 +228,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         if intake.next_retry().is_some_and(|t| now >= t) && !stop.load(Ordering::SeqCst) {
             let done = intake.retry_due();
             done.iter().for_each(log_taken);
+            done.iter().for_each(|t| metrics.record_intake(fate_of(&t.fate), None));
             if !done.is_empty() {
                 intake.rest();
             }
@@ -297,6 +304,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     for thread in scheduler_threads {
         let _ = thread.join();
     }
+    web.stop();
     signal_handle.close();
     let _ = signal_thread.join();
     tracing::info!("cosmosd stopped");
@@ -341,7 +349,7 @@ fn lock_state(layout: &crate::layout::Layout) -> Result<std::fs::File, DaemonErr
 
 /// Claims every ready entry, stopping early (between claims) when asked to stop.
 /// Takes in every entry that is ready; returns how many were taken.
-fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool) -> usize {
+fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop: &AtomicBool, metrics: &crate::metrics::Registry) -> usize {
     let roots = {
         let mut r = config.paths.input_roots.clone();
         r.push(config.paths.inbox.clone());
@@ -350,6 +358,9 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
     let rules = crate::spec::Rules::from_config(config);
     let mut bundle_ok = |path: &Path| bundle_validates(path, &roots, &rules);
     let ready = tracker.due(&config.paths.inbox, Instant::now(), &mut bundle_ok);
+    // Intake latency runs from here (each entry found ready) to its decision, so it
+    // includes the wait behind the entries taken before it.
+    let found_ready = Instant::now();
     let mut taken = 0;
     for (i, name) in ready.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
@@ -360,6 +371,7 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
         // A failure is logged and scheduled for a retry by the intake itself.
         if let Ok(Some(t)) = intake.take(name) {
             log_taken(&t);
+            metrics.record_intake(fate_of(&t.fate), Some(found_ready.elapsed()));
             taken += 1;
         }
     }
@@ -369,6 +381,14 @@ fn take_ready(tracker: &mut Tracker, intake: &mut Intake, config: &Config, stop:
 /// Whether a quiet bundle validates where it stands (so its videos are all there).
 fn bundle_validates(dir: &Path, roots: &[std::path::PathBuf], rules: &crate::spec::Rules) -> bool {
     crate::spec::parse_bundle(dir, roots, rules, &mut |_| {}).0.is_ok()
+}
+
+fn fate_of(fate: &Fate) -> crate::metrics::IntakeFate {
+    match fate {
+        Fate::Accepted { .. } => crate::metrics::IntakeFate::Accepted,
+        Fate::Duplicate { .. } => crate::metrics::IntakeFate::Duplicate,
+        Fate::Rejected { .. } => crate::metrics::IntakeFate::Rejected,
+    }
 }
 
 fn log_taken(t: &crate::intake::Taken) {
@@ -411,6 +431,9 @@ fn reload(global: &GlobalOpts, current: &Config, tx: &mpsc::Sender<Msg>) -> Opti
     if new.paths != current.paths {
         tracing::warn!("paths.* changed: folders move only on restart; keeping the running ones");
         kept.paths = current.paths.clone();
+    }
+    if new.daemon.listen != current.daemon.listen || new.daemon.metrics_file != current.daemon.metrics_file {
+        tracing::warn!("daemon.listen or daemon.metrics_file changed: they take effect on restart");
     }
     if changes.is_empty() {
         tracing::info!("config reloaded: nothing changed");

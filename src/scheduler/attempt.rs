@@ -246,12 +246,14 @@ impl Scheduler {
             (Phase::Load { set }, Event::Loaded { seconds, .. }) => {
                 self.hand.loads += 1;
                 self.hand.loaded = Some(set.to_string());
+                self.shared.metrics.record_load(Some(seconds));
                 self.run_log(&format!("model loaded in {seconds:.1}s (load {} of this worker)", self.hand.loads));
                 // Cancelled while loading: the run ends, the model stays loaded.
                 Some(if cancelling { Ending::Cancelled } else { Ending::Done { outputs: Outputs::default(), seconds } })
             }
             (Phase::Load { .. }, Event::LoadFailed { message, .. }) => {
                 self.hand.loaded = None;
+                self.shared.metrics.record_load(None);
                 Some(Ending::Failed { kind: FailureKind::Load, retryable: true, message: format!("model load failed: {message}") })
             }
             (Phase::Run { .. }, Event::Progress { run_id, step, steps }) if run_id == run.id => {
@@ -300,6 +302,7 @@ impl Scheduler {
         };
         match ending {
             Ending::Done { outputs, seconds } => {
+                self.shared.metrics.record_run(seconds);
                 self.publish_pending();
                 let gpu = self.run_gpu.to_json();
                 self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, gpu });

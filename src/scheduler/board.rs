@@ -114,6 +114,7 @@ impl Scheduler {
             "nvml": self.board.gpus.describe(),
             "updated_at": Timestamp::now().rfc3339(),
         });
+        self.shared.metrics.set_status(&status);
         match self.outbox.write_status(&status) {
             Ok(()) => {
                 if self.board.write_failure.take().is_some() {

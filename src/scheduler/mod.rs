@@ -113,6 +113,8 @@ pub struct Shared {
     intake_stuck: Arc<Mutex<Value>>,
     /// Submissions whose receipt is behind its runs, since when (see `after_end`).
     receipts: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    /// Where runs, loads and status documents are recorded for `/metrics` ([`crate::web`]).
+    pub metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Shared {
@@ -124,7 +126,14 @@ impl Shared {
             slots: slots.max(1),
             intake_stuck: Arc::new(Mutex::new(Value::Array(Vec::new()))),
             receipts: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records into `metrics` (the daemon's registry) rather than a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Registry>) -> Shared {
+        self.metrics = metrics;
+        self
     }
 
     /// Notes that a submission's receipt is behind (the first time counts).

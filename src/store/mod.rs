@@ -2,8 +2,11 @@
 //! forward migrations in `user_version`. Every status change commits with its event row in
 //! one transaction, and illegal transitions are refused.
 
+mod counters;
 mod schema;
 mod status;
+
+pub use counters::{Finish, FINISHED_KINDS};
 
 pub use status::{Change, RunStatus, SubmissionStatus};
 
