@@ -683,7 +683,8 @@ mod tests {
 
     #[test]
     fn optional_durations_may_be_empty() {
-        let c: Config = toml::from_str("[daemon]\nprune_after = \"30d\"\nlisten = \"127.0.0.1:9464\"\n[log]\nkeep = \"\"\n").expect("parses");
+        let c: Config =
+            toml::from_str("[daemon]\nprune_after = \"30d\"\nlisten = \"127.0.0.1:9464\"\n[log]\nkeep = \"\"\n").expect("parses");
         assert_eq!(c.daemon.prune_after, OptDur(Some(Duration::from_secs(30 * 86_400))));
         assert_eq!(c.log.keep, OptDur(None));
         let err = toml::from_str::<Config>("[daemon]\nprune_after = \"soon\"\n").expect_err("refused");

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod intake;
 pub mod layout;
 pub mod outbox;
+pub mod prune;
 pub mod runtime;
 pub mod scheduler;
 pub mod spec;
