@@ -162,7 +162,8 @@ where
     }
 }
 
-/// How often `daemon.prune_after` prunes, and `log.keep` trims `log.dir`.
+/// How often `daemon.prune_after` prunes (at most; see `Upkeep::tick`), and `log.keep`
+/// trims `log.dir`.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const LOGS_EVERY: Duration = Duration::from_secs(86_400);
 
@@ -195,8 +196,9 @@ impl Upkeep {
         }
         let prune = config.daemon.prune_after.0.filter(|_| now >= self.next_prune);
         let keep = config.log.keep.0.filter(|_| now >= self.next_logs && !config.log.dir.as_os_str().is_empty());
-        if prune.is_some() {
-            self.next_prune = now + PRUNE_EVERY;
+        if let Some(age) = prune {
+            // Hourly; as often as the age itself when that is shorter (a test's "2s").
+            self.next_prune = now + age.clamp(Duration::from_secs(1), PRUNE_EVERY);
         }
         if keep.is_some() {
             self.next_logs = now + LOGS_EVERY;

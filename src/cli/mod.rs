@@ -1026,3 +1026,58 @@ fn delete(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and option of every command, with the commands that lack help.
+    fn bare(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+            for v in arg.get_possible_values() {
+                if !v.is_hide_set() && v.get_help().is_none() && arg.get_help().is_none() {
+                    out.push(format!("{path} {id}={}", v.get_name()));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (no about)", sub.get_name()));
+            }
+            bare(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut missing = Vec::new();
+        bare(&Cli::command(), "cosmos", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_bare_argument_check_finds_one() {
+        // The check above could not pass by finding nothing: it finds an argument without help.
+        let cmd = clap::Command::new("x").arg(clap::Arg::new("undocumented").long("undocumented"));
+        let mut missing = Vec::new();
+        bare(&cmd, "x", &mut missing);
+        assert_eq!(missing, vec!["x undocumented"]);
+    }
+
+    #[test]
+    fn prune_ages_read_as_configuration_durations() {
+        assert_eq!(parse_age("30d").map(|d| d.0), Ok(std::time::Duration::from_secs(30 * 86_400)));
+        assert!(parse_age("soon").is_err());
+    }
+}
