@@ -208,7 +208,8 @@ fn prune_removes_the_files_of_runs_that_ended_and_keeps_what_unfinished_runs_nee
     drop_file(&home, "later.jsonl", &jobs_on("later", "videos/street1/color.mp4", 1));
     assert!(wait_until(LONG, || runs(&home).len() == 3), "{}", daemon.log_text());
     let state = home.root().join("state");
-    let done: Vec<String> = runs(&home).iter().filter(|r| r["status"] == "completed").map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let done: Vec<String> =
+        runs(&home).iter().filter(|r| r["status"] == "completed").map(|r| r["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(done.len(), 2);
     for id in &done {
         assert!(state.join("work").join(id).is_dir(), "a finished run leaves its work folder");
@@ -297,4 +298,26 @@ fn delete_run_takes_its_work_folder_with_it() {
     assert_eq!(v["work_folders"], serde_json::json!([work]));
     assert!(!work.exists());
     assert!(home.outbox().join(format!("run_{id}")).is_dir(), "the published folder is the user's");
+}
+
+#[test]
+fn submit_json_reports_the_receipt_and_with_wait_how_each_run_ended() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let daemon = Daemon::start(&home, "", &[]);
+    // Beside its videos, outside the inbox: submit carries them along.
+    let file = home.path().join("jobs.jsonl");
+    std::fs::write(&file, jobs_on("sub", "videos/city1/color.mp4", 2)).unwrap();
+    let out = home.cosmos().args(["submit"]).arg(&file).args(["--wait", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log_text());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document, no progress lines");
+    let sub = &v["submissions"][0];
+    assert_eq!(sub["source"], file.display().to_string());
+    assert_eq!(sub["submission"]["status"], "accepted", "{v}");
+    assert_eq!(sub["submission"]["runs"], 2);
+    assert!(Path::new(sub["receipt"].as_str().unwrap()).is_file(), "{v}");
+    let ran = v["runs"].as_array().expect("runs with --wait");
+    assert_eq!(ran.len(), 2);
+    assert!(ran.iter().all(|r| r["status"] == "completed" && r["outputs"]["output_dir"].is_string()), "{v}");
 }
