@@ -45,9 +45,9 @@ impl Outbox {
         Outbox { layout: layout.clone(), mode }
     }
 
-    pub fn create_all(&self) -> io::Result<()> {
+    pub fn create_all(&self) -> std::result::Result<(), PathIo> {
         for d in [self.layout.outbox().to_path_buf(), self.layout.outbox_staging(), self.layout.receipts(), self.layout.rejected()] {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(&d).map_err(at("cannot create", &d))?;
         }
         Ok(())
     }
@@ -297,11 +297,11 @@ impl Outbox {
         Ok(path)
     }
 
-    pub fn write_status(&self, status: &Value) -> io::Result<()> {
+    pub fn write_status(&self, status: &Value) -> std::result::Result<(), PathIo> {
         let path = self.layout.status_json();
         let mut text = serde_json::to_string_pretty(status).unwrap_or_default();
         text.push('\n');
-        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);
         Ok(())
     }

@@ -321,3 +321,112 @@ fn submit_json_reports_the_receipt_and_with_wait_how_each_run_ended() {
     assert_eq!(ran.len(), 2);
     assert!(ran.iter().all(|r| r["status"] == "completed" && r["outputs"]["output_dir"].is_string()), "{v}");
 }
+
+const NOBODY: u32 = 65534;
+
+fn running_as_root() -> bool {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir").flatten() {
+            chown_tree(&e.path(), uid);
+        }
+    }
+}
+
+#[test]
+fn a_permission_error_on_the_work_folder_names_it_hands_the_run_back_and_exits_1() {
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    // The daemon's state, with a work folder it may not write in (its staged inputs it may).
+    let work = home.root().join("state/work");
+    std::fs::create_dir_all(work.join("inputs")).unwrap();
+    let mut cmd = if running_as_root() {
+        // As nobody (root writes anywhere): the temp folder opened for reading, the home given.
+        if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+            panic!("running as root without setpriv (util-linux): cannot drop to an unprivileged user");
+        }
+        std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        chown_tree(&home.root(), NOBODY);
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"]);
+        c.arg(assert_cmd::cargo::cargo_bin("cosmosd"));
+        c
+    } else {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("cosmosd"))
+    };
+    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let config = home.path().join("cosmosd.toml");
+    std::fs::write(&config, "[runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n[watch]\nsettle = \"300ms\"\n").unwrap();
+    let log = home.path().join("cosmosd.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = cmd
+        .env_remove("COSMOS_CONFIG")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(home.root())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("start cosmosd");
+    let mut daemon = Daemon { child, log };
+    daemon.wait_log("watching the inbox", LONG);
+    let jobs = home.inbox().join(".perm.jsonl.tmp");
+    std::fs::write(&jobs, jobs_on("perm", "videos/city1/color.mp4", 1)).unwrap();
+    if running_as_root() {
+        chown_tree(&jobs, NOBODY);
+    }
+    std::fs::rename(&jobs, home.inbox().join("perm.jsonl")).unwrap();
+    assert_eq!(exit_code(&mut daemon, LONG), Some(1), "{}", daemon.log_text());
+    let text = daemon.log_text();
+    let id = runs(&home)[0]["id"].as_str().unwrap().to_string();
+    let output = work.join(&id).join("output");
+    assert!(text.contains(&format!("cannot create {}: Permission denied", output.display())), "the path, and why:\n{text}");
+    let run = &runs(&home)[0];
+    assert_eq!(run["status"], "queued", "handed back: {run}");
+    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn log_keep_removes_old_rotated_logs_at_start() {
+    let home = Home::new();
+    let logs = home.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86_400);
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(7 * 86_400);
+    for (name, when) in [("cosmosd.log.2020-01-01", month_ago), ("cosmosd.log.2020-01-24", week_ago)] {
+        std::fs::write(logs.join(name), b"old lines\n").unwrap();
+        std::fs::File::options().write(true).open(logs.join(name)).unwrap().set_modified(when).unwrap();
+    }
+    std::fs::write(logs.join("notes.txt"), b"not ours").unwrap();
+    std::fs::File::options().write(true).open(logs.join("notes.txt")).unwrap().set_modified(month_ago).unwrap();
+    let config = home.path().join("logs.toml");
+    std::fs::write(
+        &config,
+        format!("[runtime]\nkind = \"process\"\nbackend = \"sim\"\n[log]\ndir = \"{}\"\nkeep = \"14d\"\n", logs.display()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cosmosd"))
+        .env_remove("COSMOS_CONFIG")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(home.root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gone = wait_until(LONG, || !logs.join("cosmosd.log.2020-01-01").exists());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    assert!(gone, "a rotated log older than log.keep outlived the start: {:?}", names(&logs));
+    assert!(logs.join("cosmosd.log.2020-01-24").is_file(), "a week old is within 14 days");
+    assert!(logs.join("notes.txt").is_file(), "only cosmosd's own logs");
+    assert!(names(&logs).iter().any(|n| n.starts_with("cosmosd.log.") && n != "cosmosd.log.2020-01-24"), "today's log: {:?}", names(&logs));
+}

@@ -267,7 +267,7 @@ impl Scheduler {
         let store = Store::open(&layout.database())?;
         store.relax_sync()?;
         let outbox = Outbox::new(&layout, config.outbox.mode.0);
-        outbox.create_all().map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.outbox().to_path_buf(), source })?;
+        outbox.create_all()?;
         std::fs::create_dir_all(layout.work()).map_err(|source| SchedulerError::Io {
             what: "cannot create",
             path: layout.work(),
