@@ -109,6 +109,7 @@ fn status_tells_a_running_daemon_from_a_stale_status_json_and_when_the_pause_was
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON even when not running");
     assert_eq!((v["daemon_running"].as_bool(), v["daemon_alive"].as_bool()), (Some(false), Some(false)), "{v}");
     assert!(v.get("daemon").is_none(), "nothing of the stale status.json: {v}");
+    assert!(v["status_updated_at"].is_string(), "only when it was last written: {v}");
     assert_eq!(v["paused_since"], since.as_str());
 }
 

@@ -185,9 +185,18 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     // What status.json says holds only while its daemon runs.
     let alive = running && fresh;
     let paused_since = store.paused_since()?;
-    let not_running = || CliError::NotRunning(format!("cosmosd is not running (no daemon holds {})", layout.lock_file().display()));
+    let not_running = || {
+        CliError::NotRunning(match lock {
+            DaemonLock::Unknown => {
+                format!("cosmosd is not running (status.json is stale; {} cannot be checked)", layout.lock_file().display())
+            }
+            _ => format!("cosmosd is not running (no daemon holds {})", layout.lock_file().display()),
+        })
+    };
     if as_json {
+        let updated_at = status.as_ref().map(|s| s["updated_at"].clone()).unwrap_or(Value::Null);
         let mut v = status.filter(|_| running).unwrap_or_else(|| json!({}));
+        v["status_updated_at"] = updated_at;
         v["daemon_running"] = Value::Bool(running);
         v["daemon_alive"] = Value::Bool(alive);
         v["paused_since"] = json!(paused_since);
