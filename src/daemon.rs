@@ -11,11 +11,11 @@ use crate::intake::watch::{self, Active, Hint};
 use crate::intake::{Fate, Intake};
 use crate::store::{Store, StoreError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -86,7 +86,9 @@ impl Drop for SlotGuard {
 }
 
 /// Sets up logging: `$COSMOS_LOG_LEVEL`, else `log.level`; to `log.dir/cosmosd.log` (daily
-/// files) when set, else stderr (journald). Keep the guard alive while logging.
+/// files, kept `log.keep`) when set, else stderr. On stderr that is the journal (started by
+/// systemd), lines carry a syslog priority and no timestamp of ours: journald keeps its own,
+/// and `journalctl -p err` finds errors. Keep the guard alive while logging.
 pub fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let level = std::env::var("COSMOS_LOG_LEVEL").ok().filter(|l| !l.is_empty()).unwrap_or_else(|| config.log.level.clone());
     let filter = match level.to_ascii_lowercase().as_str() {
@@ -98,13 +100,150 @@ pub fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::W
     };
     let builder = tracing_subscriber::fmt().with_max_level(filter).with_target(false);
     if config.log.dir.as_os_str().is_empty() {
-        let _ = builder.with_writer(std::io::stderr).with_ansi(false).try_init();
+        if stderr_is_journal() {
+            let _ = builder.with_ansi(false).event_format(JournalFormat).with_writer(std::io::stderr).try_init();
+        } else {
+            let _ = builder.with_writer(std::io::stderr).with_ansi(false).try_init();
+        }
         None
     } else {
         let appender = tracing_appender::rolling::daily(&config.log.dir, "cosmosd.log");
         let (writer, guard) = tracing_appender::non_blocking(appender);
         let _ = builder.with_writer(writer).with_ansi(false).try_init();
         Some(guard)
+    }
+}
+
+/// Whether stderr is connected to the journal: systemd sets `$JOURNAL_STREAM` to the
+/// `device:inode` of the stream it gives the service (systemd.exec(5)); one inherited by a
+/// child whose stderr goes elsewhere does not match.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsRawFd;
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    // SAFETY: fstat fills a struct we own, for a descriptor that stays open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(std::io::stderr().as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    journal_stream_matches(&var.to_string_lossy(), st.st_dev, st.st_ino)
+}
+
+/// `$JOURNAL_STREAM` (`"DEV:INO"`, decimal) names this device and inode.
+fn journal_stream_matches(var: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.trim().split_once(':') else { return false };
+    d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino)
+}
+
+/// The syslog priority of a level, as sd-daemon(3)'s `<N>` prefix: err, warning, info, debug.
+fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+    }
+}
+
+/// One journal line per event: `<3>message key=value ...`, with no time (journald's own).
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// How often `daemon.prune_after` prunes (at most; see `Upkeep::tick`), and `log.keep`
+/// trims `log.dir`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const LOGS_EVERY: Duration = Duration::from_secs(86_400);
+
+/// The daemon's own upkeep, off its loop's thread: `daemon.prune_after` hourly, `log.keep`
+/// daily, both once at start.
+struct Upkeep {
+    next_prune: Instant,
+    next_logs: Instant,
+    busy: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upkeep {
+    fn new(now: Instant) -> Upkeep {
+        Upkeep { next_prune: now, next_logs: now, busy: None }
+    }
+
+    fn next_due(&self, config: &Config) -> Option<Instant> {
+        let prune = config.daemon.prune_after.0.map(|_| self.next_prune);
+        let logs = (config.log.keep.0.is_some() && !config.log.dir.as_os_str().is_empty()).then_some(self.next_logs);
+        prune.into_iter().chain(logs).min()
+    }
+
+    /// Starts what is due, unless the last round is still going.
+    fn tick(&mut self, config: &Config, now: Instant) {
+        if self.busy.as_ref().is_some_and(|t| !t.is_finished()) || self.next_due(config).is_none_or(|t| now < t) {
+            return;
+        }
+        if let Some(t) = self.busy.take() {
+            let _ = t.join();
+        }
+        let prune = config.daemon.prune_after.0.filter(|_| now >= self.next_prune);
+        let keep = config.log.keep.0.filter(|_| now >= self.next_logs && !config.log.dir.as_os_str().is_empty());
+        if let Some(age) = prune {
+            // Hourly; as often as the age itself when that is shorter (a test's "2s").
+            self.next_prune = now + age.clamp(Duration::from_secs(1), PRUNE_EVERY);
+        }
+        if keep.is_some() {
+            self.next_logs = now + LOGS_EVERY;
+        }
+        let (layout, log_dir) = (crate::layout::Layout::of(&config.paths), config.log.dir.clone());
+        let spawned = std::thread::Builder::new().name("upkeep".into()).spawn(move || upkeep(&layout, &log_dir, prune, keep));
+        match spawned {
+            Ok(t) => self.busy = Some(t),
+            Err(e) => tracing::warn!(error = %e, "cannot start the upkeep thread; trying again later"),
+        }
+    }
+}
+
+/// One round of upkeep: prune the files of runs that ended `prune` ago (not the outbox),
+/// remove rotated logs older than `keep`.
+fn upkeep(layout: &crate::layout::Layout, log_dir: &Path, prune: Option<Duration>, keep: Option<Duration>) {
+    let mut report = crate::prune::Report::default();
+    if let Some(age) = prune {
+        let plan = crate::prune::Plan { cutoff: crate::prune::cutoff(age), outbox: false, dry_run: false, log_dir: PathBuf::new() };
+        match Store::open(&layout.database()).map_err(crate::prune::PruneError::from).and_then(|s| crate::prune::prune(&s, layout, &plan)) {
+            Ok(r) => report = r,
+            Err(e) => tracing::warn!(error = %e, "daemon.prune_after: cannot prune; trying again in an hour"),
+        }
+    }
+    if let Some(keep) = keep {
+        if let Err(e) = crate::prune::prune_logs(log_dir, crate::prune::cutoff(keep), false, &mut report) {
+            tracing::warn!(error = %e, "log.keep: cannot remove old log files");
+        }
+    }
+    for e in &report.errors {
+        tracing::warn!(error = %e, "upkeep: cannot remove");
+    }
+    if !report.removed.is_empty() {
+        use crate::prune::Kind;
+        tracing::info!(
+            work = report.count(Kind::Work),
+            archive = report.count(Kind::Archive),
+            inputs = report.count(Kind::Input),
+            logs = report.count(Kind::Log),
+            bytes = report.bytes(),
+            freed = %crate::prune::human_bytes(report.bytes()),
+            "pruned the files of runs that ended long ago (daemon.prune_after, log.keep)"
+        );
     }
 }
 
@@ -208,8 +347,10 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     // wake-ups (events that say nothing) cost nothing.
     let mut check_now = true;
     let mut next_check: Option<Instant> = None;
+    let mut upkeep = Upkeep::new(Instant::now());
     let result = loop {
         let now = Instant::now();
+        upkeep.tick(&config, now);
         if now >= next_rescan {
             if let Err(e) = tracker.rescan(&config.paths.inbox, now) {
                 tracing::error!(error = %e, "cannot list the inbox");
@@ -250,6 +391,9 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
         }
         if watchdog.is_some() {
             wake = wake.min(next_watchdog);
+        }
+        if let Some(due) = upkeep.next_due(&config) {
+            wake = wake.min(due.max(now));
         }
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Signal(SIGHUP)) => {
@@ -326,9 +470,17 @@ fn lock_state(layout: &crate::layout::Layout) -> Result<std::fs::File, DaemonErr
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("cannot open", e))?;
+    // `cosmos status` takes a shared lock for an instant to see whether a daemon runs: a few
+    // tries tell that from another daemon, which holds it for good.
+    let mut tries = 0;
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = std::io::Error::last_os_error();
+        tries += 1;
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) && tries < 10 {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
@@ -339,6 +491,7 @@ fn lock_state(layout: &crate::layout::Layout) -> Result<std::fs::File, DaemonErr
         }
         // A filesystem without locks (some NFS setups): go on, and say so.
         tracing::warn!(path = %path.display(), error = %err, "cannot lock the state folder; make sure no other cosmosd uses it");
+        break;
     }
     file.set_len(0)
         .and_then(|_| file.rewind())
@@ -494,7 +647,6 @@ pub fn diff(a: &Config, b: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn diff_names_changed_keys() {
@@ -506,5 +658,39 @@ mod tests {
         assert_eq!(d, vec!["scheduler.max_attempts: 3 -> 5", "watch.settle: \"2s\" -> \"500ms\""]);
         b.runtime.env.insert("NCCL_DEBUG".into(), "WARN".into());
         assert_eq!(diff(&a, &b)[0], "runtime.env.NCCL_DEBUG: (none) -> \"WARN\"");
+    }
+
+    #[test]
+    fn journal_stream_must_name_this_stream() {
+        assert!(journal_stream_matches("8:12345", 8, 12345));
+        assert!(journal_stream_matches("8:12345\n", 8, 12345));
+        assert!(!journal_stream_matches("8:12346", 8, 12345), "another stream (inherited, stderr redirected)");
+        assert!(!journal_stream_matches("9:12345", 8, 12345));
+        assert!(!journal_stream_matches("", 8, 12345));
+        assert!(!journal_stream_matches("8-12345", 8, 12345));
+        assert!(!journal_stream_matches("x:y", 8, 12345));
+    }
+
+    #[test]
+    fn each_level_has_its_syslog_priority() {
+        use tracing::Level;
+        let p: Vec<u8> = [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE].into_iter().map(priority).collect();
+        assert_eq!(p, vec![3, 4, 6, 7, 7]);
+    }
+
+    #[test]
+    fn upkeep_is_due_only_for_what_is_configured() {
+        let now = Instant::now();
+        let u = Upkeep::new(now);
+        let mut c = Config::default();
+        c.daemon.prune_after = crate::config::OptDur(None);
+        c.log.dir = PathBuf::new();
+        assert_eq!(u.next_due(&c), None, "no prune_after, logs on stderr: nothing to do");
+        c.log.dir = PathBuf::from("/var/log/cosmos");
+        assert_eq!(u.next_due(&c), Some(now), "log.keep defaults to 14 days");
+        c.log.keep = crate::config::OptDur(None);
+        assert_eq!(u.next_due(&c), None);
+        c.daemon.prune_after = crate::config::OptDur(Some(Duration::from_secs(86_400)));
+        assert_eq!(u.next_due(&c), Some(now));
     }
 }

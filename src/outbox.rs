@@ -45,9 +45,9 @@ impl Outbox {
         Outbox { layout: layout.clone(), mode }
     }
 
-    pub fn create_all(&self) -> io::Result<()> {
+    pub fn create_all(&self) -> std::result::Result<(), PathIo> {
         for d in [self.layout.outbox().to_path_buf(), self.layout.outbox_staging(), self.layout.receipts(), self.layout.rejected()] {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(&d).map_err(at("cannot create", &d))?;
         }
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Outbox {
         batch: Option<&Batch>,
         worker: &WorkerInfo,
         child: Option<&str>,
-        seconds: f64,
+        timing: RunTiming,
         gpu: Value,
     ) -> Result<PathBuf> {
         let final_dir = self.run_dir(&run.id);
@@ -152,7 +152,9 @@ impl Outbox {
                 "line": run.line,
                 "parent": run.parent_id,
                 "children": child.map(|c| vec![c]).unwrap_or_default(),
-                "timings": {"queued_at": run.queued_at, "started_at": run.started_at, "finished_at": finished, "seconds": seconds},
+                "prompt": run.spec.prompt,
+                "negative_prompt": run.spec.negative_prompt,
+                "timings": timing.to_json(run, &finished),
                 "gpu": gpu,
                 "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
                 "attempts": run.attempts,
@@ -295,13 +297,38 @@ impl Outbox {
         Ok(path)
     }
 
-    pub fn write_status(&self, status: &Value) -> io::Result<()> {
+    pub fn write_status(&self, status: &Value) -> std::result::Result<(), PathIo> {
         let path = self.layout.status_json();
         let mut text = serde_json::to_string_pretty(status).unwrap_or_default();
         text.push('\n');
-        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&path, text.as_bytes()).map_err(at("cannot write", &path))?;
         self.set_mode(&path);
         Ok(())
+    }
+}
+
+/// How long a run took, for its manifest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunTiming {
+    /// The run itself, as the worker measured it.
+    pub seconds: f64,
+    /// The model load it waited for; `None` when the worker held its control set already.
+    pub load_seconds: Option<f64>,
+}
+
+impl RunTiming {
+    /// `timings` in manifest.json: `seconds` (the run), `load_seconds` (null: the model was
+    /// loaded already), `total_seconds` (both: what the run cost the GPU).
+    fn to_json(self, run: &Run, finished_at: &str) -> Value {
+        json!({
+            "queued_at": run.queued_at,
+            "started_at": run.started_at,
+            "finished_at": finished_at,
+            "seconds": self.seconds,
+            "load_seconds": self.load_seconds,
+            "model_loaded": self.load_seconds.is_some(),
+            "total_seconds": self.seconds + self.load_seconds.unwrap_or(0.0),
+        })
     }
 }
 

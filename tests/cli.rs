@@ -291,3 +291,121 @@ fn a_100_mb_line_is_refused_without_being_read_whole() {
     let peak = children_peak_rss_mib();
     assert!(peak < 64.0, "validating a 100 MB line must not hold it: peak {peak:.0} MiB");
 }
+
+#[test]
+fn every_command_that_prints_speaks_json() {
+    let home = Home::new();
+    let prompt = home.json(&["create", "prompt", "A futuristic cityscape", "videos/city1", "--name", "city", "--json"]);
+    let ps = prompt["id"].as_str().expect("prompt id").to_string();
+    assert!(ps.starts_with("ps_"));
+    assert_eq!(prompt["name"], "city");
+    assert!(prompt["inputs"]["depth"].as_str().unwrap().ends_with("city1/depth.mp4"));
+    let run = home.json(&["create", "run", &ps, "--weights", "0.3", "0.4", "0.2", "0", "--seed", "7", "--json"]);
+    let r1 = run["id"].as_str().expect("run id").to_string();
+    assert_eq!((run["status"].as_str(), run["prompt_id"].as_str()), (Some("pending"), Some(ps.as_str())));
+    assert_eq!(run["settings"]["seed"], 7);
+    assert_eq!(
+        run,
+        home.json(&["show", &r1, "--json"])
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                for k in ["spec", "children", "events"] {
+                    o.remove(k);
+                }
+                Value::Object(o)
+            })
+            .unwrap(),
+        "create run --json prints the run as show --json does"
+    );
+    let r2 = home.json(&["create", "run", &ps, "--weights", "0.5", "0", "0", "0", "--json"])["id"].as_str().unwrap().to_string();
+
+    let dry = home.json(&["batch-inference", &r1, &r2, "--batch-name", "b1", "--dry-run", "--json"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["jsonl"].as_array().map(Vec::len), Some(2), "{dry}");
+    assert!(dry["base_spec"].is_object(), "{dry}");
+    assert_eq!(dry["refused"], serde_json::json!([]));
+    assert!(dry["folder"].as_str().unwrap().contains("batch_b1_"));
+    let queued = home.json(&["batch-inference", &r1, &r2, "--batch-name", "b1", "--json"]);
+    assert_eq!(queued["runs"], serde_json::json!([r1, r2]));
+    assert_eq!(queued["batch"]["name"], "b1");
+    assert!(queued["batch_folder"].as_str().unwrap().ends_with(queued["batch"]["folder"].as_str().unwrap()));
+
+    let cancelled = home.json(&["cancel", &r2, "--json"]);
+    assert_eq!(cancelled["runs"], serde_json::json!([{"id": r2, "status": "cancelled", "stopping": false}]));
+    let retried = home.json(&["retry", &r2, "--json"]);
+    assert_eq!(retried["runs"], serde_json::json!([{"id": r2, "status": "queued"}]));
+
+    let r3 = home.json(&["create", "run", &ps, "--weights", "0", "0.5", "0", "0", "--json"])["id"].as_str().unwrap().to_string();
+    let dry = home.json(&["inference", &r3, "--dry-run", "--upscale-weight", "0.5", "--json"]);
+    assert_eq!(dry["runs"][0]["id"], r3.as_str());
+    assert_eq!(dry["runs"][0]["upscale_weight"], 0.5);
+    assert!(dry["runs"][0]["spec"].is_object());
+    assert_eq!(home.json(&["show", &r3, "--json"])["status"], "pending", "a dry run queues nothing");
+    let single = home.json(&["inference", &r3, "--json"]);
+    assert_eq!(single["queued"], serde_json::json!([{"id": r3, "upscale_weight": null}]));
+
+    let paused = home.json(&["pause", "--json"]);
+    assert_eq!(paused["paused"], true);
+    assert!(paused["paused_since"].is_string());
+    assert_eq!(home.json(&["resume", "--json"]), serde_json::json!({"paused": false, "paused_since": null}));
+
+    let deleted = home.json(&["delete", "run", &r3, "--force", "--json"]);
+    assert_eq!(deleted, serde_json::json!({"prompts": [], "runs": [r3], "work_folders": []}));
+    let pruned = home.json(&["prune", "--older-than", "30d", "--json"]);
+    assert_eq!(pruned["removed"], serde_json::json!([]));
+    assert_eq!(pruned["older_than"], "30d");
+    for kind in ["work", "archive", "input", "log", "outbox"] {
+        assert_eq!(pruned["counts"][kind], 0, "{pruned}");
+    }
+}
+
+#[test]
+fn validate_json_lists_each_file_and_exits_as_the_text_form_does() {
+    let home = Home::new();
+    std::fs::write(
+        home.path().join("good.jsonl"),
+        r#"{"visual_input": "videos/city1/color.mp4", "prompt": "ok", "control_overrides": {"edge": {"control_weight": 0.5}}}"#.to_owned()
+            + "\n",
+    )
+    .unwrap();
+    std::fs::write(home.path().join("bad.jsonl"), "{\"prompt\": 3}\nnot json\n").unwrap();
+    let v = home.json(&["validate", "good.jsonl", "--json"]);
+    assert_eq!((v["ok"].as_bool(), v["problems"].as_u64()), (Some(true), Some(0)), "{v}");
+    assert_eq!(v["files"][0]["runs"], 1);
+    let out = home.cosmos().args(["validate", "good.jsonl", "bad.jsonl", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "problems exit 2 with --json too");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(v["ok"], false);
+    let bad = &v["files"][1];
+    assert_eq!(bad["ok"], false);
+    let problems = bad["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p["line"] == 1 && p["key"] == "prompt"), "{bad}");
+    assert!(problems.iter().any(|p| p["line"] == 2), "{bad}");
+    assert_eq!(v["problems"].as_u64(), Some(problems.len() as u64));
+}
+
+#[test]
+fn help_describes_every_argument_and_status_exits_3_without_a_daemon() {
+    let home = Home::new();
+    for cmd in [&["create", "prompt"][..], &["create", "run"], &["list"], &["delete"], &["prune"], &["submit"], &["status"]] {
+        let mut args = vec!["help"];
+        args.extend_from_slice(cmd);
+        let text = home.ok(&args);
+        // An argument or option with no description is a line of just its name, not followed
+        // by a line indented further (where clap puts a long description).
+        let lines: Vec<&str> = text.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.starts_with("  ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let name_only = words.iter().all(|w| w.starts_with('-') || w.starts_with('<') || w.starts_with('[') || w.ends_with(','));
+            let described_below = lines.get(i + 1).is_some_and(|next| indent(next) > indent(line) && !next.trim().is_empty());
+            assert!(!name_only || described_below, "cosmos help {cmd:?}: {line:?} has no description:\n{text}");
+        }
+    }
+    let text = home.ok(&["help", "create", "prompt"]);
+    assert!(text.contains("The prompt text") && text.contains("--json"), "{text}");
+    let out = home.cosmos().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cosmosd is not running"));
+}

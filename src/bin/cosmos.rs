@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match cli::run(args, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `cosmos list | head`: the reader has what it wanted; stop quietly, as ripgrep does.
-        Err(cli::CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(cli::CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             drop(out);
             eprintln!("cosmos: {e}");

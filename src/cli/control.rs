@@ -2,28 +2,39 @@
 //! `pause`, `resume` write the store (the daemon reads it every 250 ms); `status` reads
 //! status.json; `logs` reads a run's execution.log.
 
-use super::{resolve_all, usage, CliError, Result};
+use super::{print_json, resolve_all, usage, CliError, Result};
 use crate::config::Config;
 use crate::ids::IdKind;
+use crate::prune::Kind;
 use crate::store::{Change, RunStatus, Store};
 use crate::time::Timestamp;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub fn cancel(store: &mut Store, prefixes: &[String], out: &mut dyn Write) -> Result<()> {
+pub fn cancel(store: &mut Store, prefixes: &[String], as_json: bool, out: &mut dyn Write) -> Result<()> {
     let ids = resolve_all(store, IdKind::Run, prefixes)?;
+    let mut done = Vec::new();
     for id in ids {
-        match store.request_cancel(&id)? {
-            RunStatus::Running => writeln!(out, "Cancelling run {id} (running; the daemon stops it within scheduler.cancel_grace)")?,
-            _ => writeln!(out, "Cancelled run {id}")?,
+        let before = store.request_cancel(&id)?;
+        let stopping = before == RunStatus::Running;
+        let status = store.run(&id)?.status;
+        if !as_json {
+            match stopping {
+                true => writeln!(out, "Cancelling run {id} (running; the daemon stops it within scheduler.cancel_grace)")?,
+                false => writeln!(out, "Cancelled run {id}")?,
+            }
         }
+        done.push(json!({"id": id, "status": status, "stopping": stopping}));
+    }
+    if as_json {
+        print_json(out, &json!({"runs": done}))?;
     }
     Ok(())
 }
 
-pub fn retry(store: &mut Store, prefixes: &[String], out: &mut dyn Write) -> Result<()> {
+pub fn retry(store: &mut Store, prefixes: &[String], as_json: bool, out: &mut dyn Write) -> Result<()> {
     let ids = resolve_all(store, IdKind::Run, prefixes)?;
     for id in &ids {
         let run = store.run(id)?;
@@ -31,15 +42,25 @@ pub fn retry(store: &mut Store, prefixes: &[String], out: &mut dyn Write) -> Res
             return Err(usage(format!("run {id} is {}; only failed or cancelled runs are retried", run.status)));
         }
     }
+    let mut done = Vec::new();
     for id in ids {
-        store.change(&id, Change::Queue { detail: "retry requested".into() })?;
-        writeln!(out, "Queued run {id} again")?;
+        let run = store.change(&id, Change::Queue { detail: "retry requested".into() })?;
+        if !as_json {
+            writeln!(out, "Queued run {id} again")?;
+        }
+        done.push(json!({"id": id, "status": run.status}));
+    }
+    if as_json {
+        print_json(out, &json!({"runs": done}))?;
     }
     Ok(())
 }
 
-pub fn pause(store: &mut Store, paused: bool, out: &mut dyn Write) -> Result<()> {
+pub fn pause(store: &mut Store, paused: bool, as_json: bool, out: &mut dyn Write) -> Result<()> {
     store.set_paused(paused)?;
+    if as_json {
+        return print_json(out, &json!({"paused": paused, "paused_since": store.paused_since()?}));
+    }
     if paused {
         writeln!(out, "Paused: no new run starts; the running one finishes. `cosmos resume` to continue.")?;
     } else {
@@ -48,44 +69,179 @@ pub fn pause(store: &mut Store, paused: bool, out: &mut dyn Write) -> Result<()>
     Ok(())
 }
 
+/// `cosmos prune`: see [`crate::prune`].
+pub fn prune(
+    store: &Store,
+    config: &Config,
+    older_than: crate::config::Dur,
+    outbox: bool,
+    dry_run: bool,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let plan = crate::prune::Plan { cutoff: crate::prune::cutoff(older_than.0), outbox, dry_run, log_dir: config.log.dir.clone() };
+    let layout = crate::layout::Layout::of(&config.paths);
+    let report = crate::prune::prune(store, &layout, &plan)?;
+    let cutoff = Timestamp::from_system_time(plan.cutoff).rfc3339();
+    if as_json {
+        let counts: serde_json::Map<String, Value> = [Kind::Work, Kind::Archive, Kind::Input, Kind::Log, Kind::Outbox]
+            .into_iter()
+            .map(|k| (k.as_str().to_string(), json!(report.count(k))))
+            .collect();
+        let v = json!({
+            "dry_run": dry_run,
+            "older_than": older_than.to_string(),
+            "cutoff": cutoff,
+            "outbox": outbox,
+            "removed": report.removed,
+            "counts": counts,
+            "bytes": report.bytes(),
+            "errors": report.errors,
+        });
+        print_json(out, &v)?;
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for r in &report.removed {
+            writeln!(out, "{verb} {} {} ({})", r.kind.as_str(), r.path.display(), crate::prune::human_bytes(r.bytes))?;
+        }
+        for e in &report.errors {
+            writeln!(out, "error: {e}")?;
+        }
+        writeln!(
+            out,
+            "{}{} work folder(s), {} archived original(s), {} staged input(s), {} log file(s), {} outbox run folder(s) of runs that ended before {cutoff}: {} {}",
+            if dry_run { "dry run, nothing removed: " } else { "" },
+            report.count(Kind::Work),
+            report.count(Kind::Archive),
+            report.count(Kind::Input),
+            report.count(Kind::Log),
+            report.count(Kind::Outbox),
+            crate::prune::human_bytes(report.bytes()),
+            if dry_run { "would be freed" } else { "freed" },
+        )?;
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("{} thing(s) could not be removed (see above)", report.errors.len())))
+    }
+}
+
 fn read_status(config: &Config) -> Option<Value> {
     let text = std::fs::read_to_string(crate::layout::Layout::of(&config.paths).status_json()).ok()?;
     serde_json::from_str(&text).ok()
 }
 
+/// Whether a cosmosd holds the state folder's lock (see `daemon::lock_state`): the truth
+/// status.json cannot tell, since a daemon that stopped leaves its last one behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonLock {
+    /// Held, by the pid written in it.
+    Held(String),
+    /// Not held (or no lock file): no daemon runs on this state folder.
+    Free,
+    /// Cannot tell (the file cannot be opened, a filesystem without locks): status.json's age decides.
+    Unknown,
+}
+
+pub fn daemon_lock(layout: &crate::layout::Layout) -> DaemonLock {
+    use std::os::fd::AsRawFd;
+    let mut file = match std::fs::File::open(layout.lock_file()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DaemonLock::Free,
+        Err(_) => return DaemonLock::Unknown,
+    };
+    // A shared lock, given back at once: it fails only while the daemon holds its exclusive
+    // one (and a daemon starting in that instant tries again; see `lock_state`).
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return DaemonLock::Free;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EWOULDBLOCK) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            DaemonLock::Held(pid.trim().to_string())
+        }
+        _ => DaemonLock::Unknown,
+    }
+}
+
 pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write) -> Result<()> {
+    let layout = crate::layout::Layout::of(&config.paths);
     let status = read_status(config);
     // status.json is rewritten at least every daemon.status_interval while cosmosd runs.
-    let fresh = status.as_ref().and_then(|s| s["updated_at"].as_str()).and_then(Timestamp::parse_rfc3339).is_some_and(|t| {
-        let age = Timestamp::now().0 - t.0;
-        age >= 0 && (age as u128) < (config.daemon.status_interval.0 * 3).as_millis().max(5000)
-    });
+    let age_ms =
+        status.as_ref().and_then(|s| s["updated_at"].as_str()).and_then(Timestamp::parse_rfc3339).map(|t| Timestamp::now().0 - t.0);
+    let fresh = age_ms.is_some_and(|age| age >= 0 && (age as u128) < (config.daemon.status_interval.0 * 3).as_millis().max(5000));
+    let lock = daemon_lock(&layout);
+    let running = match &lock {
+        DaemonLock::Held(_) => true,
+        DaemonLock::Free => false,
+        DaemonLock::Unknown => fresh,
+    };
+    // What status.json says holds only while its daemon runs.
+    let alive = running && fresh;
+    let paused_since = store.paused_since()?;
+    let not_running = || {
+        CliError::NotRunning(match lock {
+            DaemonLock::Unknown => {
+                format!("cosmosd is not running (status.json is stale; {} cannot be checked)", layout.lock_file().display())
+            }
+            _ => format!("cosmosd is not running (no daemon holds {})", layout.lock_file().display()),
+        })
+    };
     if as_json {
-        let mut v = status.unwrap_or_else(|| serde_json::json!({}));
-        v["daemon_alive"] = Value::Bool(fresh);
+        let updated_at = status.as_ref().map(|s| s["updated_at"].clone()).unwrap_or(Value::Null);
+        let mut v = status.filter(|_| running).unwrap_or_else(|| json!({}));
+        v["status_updated_at"] = updated_at;
+        v["daemon_running"] = Value::Bool(running);
+        v["daemon_alive"] = Value::Bool(alive);
+        v["paused_since"] = json!(paused_since);
         v["queue_now"] = serde_json::to_value(store.counts()?).unwrap_or(Value::Null);
-        writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
-        return Ok(());
+        print_json(out, &v)?;
+        return if running { Ok(()) } else { Err(not_running()) };
     }
     let counts = store.counts()?;
-    match (&status, fresh) {
-        (Some(s), true) => writeln!(
+    match (&status, running, alive) {
+        (Some(s), true, true) => {
+            let state = s["daemon"]["state"].as_str().unwrap_or("?");
+            // Paused: since the pause was made, not since the daemon started.
+            let since = match (state, &paused_since) {
+                ("paused", Some(p)) => p.clone(),
+                _ => s["daemon"]["started_at"].as_str().unwrap_or("?").to_string(),
+            };
+            writeln!(out, "cosmosd {} (pid {}), {state} since {since}", s["daemon"]["version"].as_str().unwrap_or("?"), s["daemon"]["pid"])?
+        }
+        (_, true, _) => writeln!(
             out,
-            "cosmosd {} (pid {}), {} since {}",
-            s["daemon"]["version"].as_str().unwrap_or("?"),
-            s["daemon"]["pid"],
-            s["daemon"]["state"].as_str().unwrap_or("?"),
-            s["daemon"]["started_at"].as_str().unwrap_or("?")
+            "cosmosd is running{} but {} is {}",
+            match &lock {
+                DaemonLock::Held(pid) if !pid.is_empty() => format!(" (pid {pid})"),
+                _ => String::new(),
+            },
+            layout.status_json().display(),
+            match age_ms {
+                Some(ms) => format!("{}s old", ms.max(0) / 1000),
+                None => "missing".to_string(),
+            }
         )?,
-        (Some(s), false) => writeln!(out, "cosmosd is not running (status.json last updated {})", s["updated_at"].as_str().unwrap_or("?"))?,
-        (None, _) => writeln!(out, "cosmosd is not running (no {})", crate::layout::Layout::of(&config.paths).status_json().display())?,
+        (Some(s), false, _) => {
+            writeln!(out, "cosmosd is not running (status.json last updated {})", s["updated_at"].as_str().unwrap_or("?"))?
+        }
+        (None, false, _) => writeln!(out, "cosmosd is not running (no {})", layout.status_json().display())?,
+    }
+    if let (Some(p), false) = (&paused_since, alive) {
+        writeln!(out, "paused since {p}: no run starts until `cosmos resume`")?;
     }
     writeln!(
         out,
         "queue: {} queued, {} running, {} completed, {} failed, {} cancelled, {} pending",
         counts.queued, counts.running, counts.completed, counts.failed, counts.cancelled, counts.pending
     )?;
-    if let Some(s) = status.filter(|_| fresh) {
+    if let Some(s) = status.filter(|_| alive) {
         match s["current"].as_object() {
             Some(c) => {
                 let eta = c.get("eta_seconds").and_then(Value::as_f64).map_or(String::new(), |e| format!(", ETA {e:.0}s"));
@@ -129,7 +285,10 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             )?;
         }
         let gpus = s["gpus"].as_array().cloned().unwrap_or_default();
-        writeln!(out, "gpus: {}", s["nvml"].as_str().unwrap_or("none"))?;
+        // Nothing about NVML where no GPU is asked for (the sim backend, gpus = []).
+        if let Some(nvml) = s["nvml"].as_str() {
+            writeln!(out, "gpus: {nvml}")?;
+        }
         for g in gpus {
             writeln!(
                 out,
@@ -164,7 +323,11 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             }
         }
     }
-    Ok(())
+    if running {
+        Ok(())
+    } else {
+        Err(not_running())
+    }
 }
 
 /// The execution.log of a run: the published one, else the one being written.
@@ -188,9 +351,9 @@ pub fn logs(store: &Store, config: &Config, prefix: &str, follow: bool, out: &mu
             if len < offset {
                 offset = 0; // the published copy replaced the work log: start over
             }
-            f.seek(std::io::SeekFrom::Start(offset))?;
+            f.seek(std::io::SeekFrom::Start(offset)).map_err(crate::fsutil::at("cannot read", &path))?;
             let mut buf = Vec::new();
-            f.read_to_end(&mut buf)?;
+            f.read_to_end(&mut buf).map_err(crate::fsutil::at("cannot read", &path))?;
             out.write_all(&buf)?;
             out.flush()?;
             offset += buf.len() as u64;

@@ -7,6 +7,7 @@
 
 use super::{submit, CliError, Result};
 use crate::config::{Config, GlobalOpts};
+use crate::fsutil::at;
 use crate::layout::Layout;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,8 @@ const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub fn demo(global: &GlobalOpts, out: &mut dyn Write) -> Result<()> {
     let home = global.root.clone().unwrap_or_else(|| PathBuf::from("cosmos-home"));
-    let io = |what: String| move |e: std::io::Error| CliError::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")));
-    std::fs::create_dir_all(&home).map_err(io(format!("cannot create {}", home.display())))?;
-    let home = std::fs::canonicalize(&home).map_err(io(format!("cannot open {}", home.display())))?;
+    std::fs::create_dir_all(&home).map_err(at("cannot create", &home))?;
+    let home = std::fs::canonicalize(&home).map_err(at("cannot open", &home))?;
 
     let config_path = home.join("demo.toml");
     write_file(&config_path, CONFIG.as_bytes())?;
@@ -52,20 +52,20 @@ pub fn demo(global: &GlobalOpts, out: &mut dyn Write) -> Result<()> {
     // A daemon that cannot start (another one holds this folder, no python3) ends at once.
     std::thread::sleep(Duration::from_millis(300));
     if let Ok(Some(status)) = daemon.try_wait() {
-        return Err(CliError::Io(std::io::Error::other(format!(
+        return Err(CliError::Failed(format!(
             "cosmosd stopped at once ({status}); the end of {}:\n{}",
             log_path.display(),
             tail(&log_path, 10)
-        ))));
+        )));
     }
 
-    let submitted = submit::submit(&config, &[examples.join("jobs.jsonl")], None, true, out);
+    let submitted = submit::submit(&config, &[examples.join("jobs.jsonl")], None, true, false, out);
     let stopped = stop_daemon(&mut daemon);
     submitted?;
     stopped?;
 
     let mut folders: Vec<PathBuf> = std::fs::read_dir(layout.outbox())
-        .map_err(io(format!("cannot list {}", layout.outbox().display())))?
+        .map_err(at("cannot list", layout.outbox()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("run_")))
         .collect();
@@ -73,7 +73,7 @@ pub fn demo(global: &GlobalOpts, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "demo: {} finished run folder(s) in {}:", folders.len(), layout.outbox().display())?;
     for folder in &folders {
         let mut files: Vec<String> = std::fs::read_dir(folder)
-            .map_err(io(format!("cannot list {}", folder.display())))?
+            .map_err(at("cannot list", folder))?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
         files.sort();
@@ -85,22 +85,16 @@ pub fn demo(global: &GlobalOpts, out: &mut dyn Write) -> Result<()> {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| CliError::Io(std::io::Error::new(e.kind(), format!("cannot create {}: {e}", parent.display()))))?;
+        std::fs::create_dir_all(parent).map_err(at("cannot create", parent))?;
     }
-    crate::fsutil::write_atomic(path, bytes)
-        .map_err(|e| CliError::Io(std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))))
+    Ok(crate::fsutil::write_atomic(path, bytes).map_err(at("cannot write", path))?)
 }
 
 /// This same binary, as the daemon (`cosmos daemon`), so `cargo run -- demo` needs no other
 /// binary built.
 fn start_daemon(config: &Path, home: &Path, log: &Path) -> Result<Child> {
-    let exe = std::env::current_exe().map_err(|e| CliError::Io(std::io::Error::new(e.kind(), format!("cannot find this program: {e}"))))?;
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| CliError::Io(std::io::Error::new(e.kind(), format!("cannot create {}: {e}", log.display()))))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::Failed(format!("cannot find this program: {e}")))?;
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(at("cannot open", log))?;
     Command::new(exe)
         .arg("--config")
         .arg(config)
@@ -111,7 +105,7 @@ fn start_daemon(config: &Path, home: &Path, log: &Path) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map_err(|e| CliError::Io(std::io::Error::new(e.kind(), format!("cannot start the daemon: {e}"))))
+        .map_err(|e| CliError::Failed(format!("cannot start the daemon: {e}")))
 }
 
 /// SIGTERM, then wait: the daemon drains (no run is left, so at once) and exits.
@@ -129,7 +123,7 @@ fn stop_daemon(child: &mut Child) -> Result<()> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(CliError::Io(std::io::Error::other("cosmosd did not stop within 60 s of SIGTERM; it was killed")));
+                return Err(CliError::Failed("cosmosd did not stop within 60 s of SIGTERM; it was killed".into()));
             }
         }
     }

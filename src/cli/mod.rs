@@ -28,20 +28,35 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A file or folder the command reads or writes, named.
+    #[error(transparent)]
+    Path(#[from] crate::fsutil::PathIo),
+    /// Writing what the command prints (stdout) failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    /// What was asked did not work out (runs that did not complete, no daemon to take a
+    /// submission): exit 1.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Failed(String),
+    /// `cosmos status` with no daemon running: exit 3, after the report.
+    #[error("{0}")]
+    NotRunning(String),
+    #[error(transparent)]
+    Prune(#[from] crate::prune::PruneError),
     /// Another process held the store past the busy timeout: exit 1, try again.
     #[error("the store {} is busy: another process holds it (a long transaction, a backup?); nothing was changed, try again in a moment", .0.display())]
     Busy(PathBuf),
 }
 
 impl CliError {
-    /// DESIGN.md section 13: 0 ok, 1 failure, 2 usage or validation error.
+    /// DESIGN.md section 13: 0 ok, 1 failure, 2 usage or validation error; 3 from `status`
+    /// when the daemon is not running.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Invalid(_) => 2,
             CliError::Store(e) if e.is_usage() => 2,
             CliError::Config(e) if e.is_usage() => 2,
+            CliError::NotRunning(_) => 3,
             _ => 1,
         }
     }
@@ -76,9 +91,13 @@ pub enum Command {
         /// Print the NVIDIA batch JSONL and base spec; change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON: {batch, runs, outbox, batch_folder}; with --dry-run {dry_run, batch_name, folder, runs, jsonl, base_spec, notes, refused}
+        #[arg(long)]
+        json: bool,
     },
     /// Queue runs one by one, optionally each followed by an upscale run
     Inference {
+        /// Run ids (any unique prefix)
         #[arg(required = true, value_name = "RS")]
         runs: Vec<String>,
         /// Once a run completes, upscale its output with this weight, in (0, 1]
@@ -87,9 +106,13 @@ pub enum Command {
         /// Print each run's NVIDIA spec; change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON: {queued: [{id, upscale_weight}]}; with --dry-run {dry_run, runs: [{id, spec, upscale_weight}]}
+        #[arg(long)]
+        json: bool,
     },
     /// List prompts or runs, newest first
     List {
+        /// What to list: prompts or runs
         what: ListWhat,
         /// Only runs with this status
         #[arg(long, value_name = "S")]
@@ -105,6 +128,7 @@ pub enum Command {
     Show {
         /// An id or unique prefix: ps_..., rs_..., bt_..., sb_...
         id: String,
+        /// Print JSON (the object, with its runs, children and events)
         #[arg(long)]
         json: bool,
     },
@@ -113,6 +137,9 @@ pub enum Command {
         /// .jsonl job files, .json run specs, or bundle folders holding them
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Print JSON: {ok, backend, problems, files: [{path, ok, runs, problems: [{line, key, message}]}]}
+        #[arg(long)]
+        json: bool,
     },
     /// Validate job files here, then deliver them into the inbox and print their receipts
     Submit {
@@ -125,28 +152,50 @@ pub enum Command {
         /// Follow the runs until they end; exit 0 only if every run completed
         #[arg(long)]
         wait: bool,
+        /// Print JSON: {submissions: [{source, delivered_as, receipt, submission}], runs}
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel runs: queued ones at once, running ones within scheduler.cancel_grace
     Cancel {
+        /// Run ids (any unique prefix)
         #[arg(required = true, value_name = "RS")]
         runs: Vec<String>,
+        /// Print JSON: {runs: [{id, status, stopping}]}
+        #[arg(long)]
+        json: bool,
     },
     /// Queue failed or cancelled runs again
     Retry {
+        /// Run ids (any unique prefix) of failed or cancelled runs
         #[arg(required = true, value_name = "RS")]
         runs: Vec<String>,
+        /// Print JSON: {runs: [{id, status}]}
+        #[arg(long)]
+        json: bool,
     },
     /// Start no new runs (the running one finishes)
-    Pause,
+    Pause {
+        /// Print JSON: {paused, paused_since}
+        #[arg(long)]
+        json: bool,
+    },
     /// Start runs again after `cosmos pause`
-    Resume,
-    /// The daemon's state: queue, current run with progress and ETA, workers, GPUs
+    Resume {
+        /// Print JSON: {paused, paused_since}
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's state: queue, current run with progress and ETA, workers, GPUs; exit 3
+    /// when cosmosd is not running
     Status {
+        /// Print JSON: status.json with daemon_running, daemon_alive, queue_now
         #[arg(long)]
         json: bool,
     },
     /// A run's execution log
     Logs {
+        /// Run id (any unique prefix)
         #[arg(value_name = "RS")]
         run: String,
         /// Keep printing as the log grows, until the run ends
@@ -159,15 +208,41 @@ pub enum Command {
     /// Run cosmosd in this process (what `cosmos demo` starts); `cosmosd` is the daemon to use
     #[command(hide = true)]
     Daemon,
-    /// Delete prompts or runs (never a running run)
+    /// Delete prompts or runs (never a running run); a run's work folder goes with it
     Delete {
+        /// What to delete: prompt or run
         what: DeleteWhat,
+        /// Prompt or run ids (any unique prefix)
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
         /// Also delete queued runs, and a prompt's runs with it
         #[arg(long)]
         force: bool,
+        /// Print JSON: {prompts, runs, work_folders}
+        #[arg(long)]
+        json: bool,
     },
+    /// Remove the files of runs that ended before a cut-off: work folders, archived
+    /// originals, staged inputs no kept run names, rotated daemon logs
+    Prune {
+        /// The age of the cut-off: files of runs that ended longer ago than this go (30d, 12h)
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: crate::config::Dur,
+        /// Also remove the published run folders (outbox/run_<id>/) of those runs
+        #[arg(long)]
+        outbox: bool,
+        /// Say what would go; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON: {dry_run, cutoff, removed: [{kind, path, bytes}], counts, bytes, errors}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--older-than`: a duration as the configuration writes them (`30d`, `12h`, `90m`).
+fn parse_age(text: &str) -> std::result::Result<crate::config::Dur, String> {
+    crate::config::parse_duration(text).map(crate::config::Dur)
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,12 +250,19 @@ pub enum Create {
     /// A prompt: TEXT and a folder with color.mp4 (and optionally depth.mp4,
     /// segmentation.mp4 or seg.mp4, edge.mp4)
     Prompt {
+        /// The prompt text (1 to 10000 characters)
         text: String,
+        /// The folder holding color.mp4 and the optional control videos
         video_dir: PathBuf,
+        /// A name for the prompt ([A-Za-z0-9._-], at most 64; default: the folder's name)
         #[arg(long, value_name = "N")]
         name: Option<String>,
+        /// The negative prompt
         #[arg(long, value_name = "TEXT")]
         negative: Option<String>,
+        /// Print JSON: the prompt, as `show --json` prints it
+        #[arg(long)]
+        json: bool,
     },
     /// A run of a prompt, with control weights for vis, edge, depth and seg
     Run(CreateRun),
@@ -217,6 +299,9 @@ pub struct CreateRun {
     /// Queue priority, -100..100 (higher runs first)
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// Print JSON: the run, as `show --json` prints it
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -243,13 +328,17 @@ impl From<LevelArg> for Level {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ListWhat {
+    /// Every prompt
     Prompts,
+    /// Every run (or those of --status)
     Runs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DeleteWhat {
+    /// Prompts (with --force, their runs too)
     Prompt,
+    /// Runs and their work folders
     Run,
 }
 
@@ -262,7 +351,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let _guard = crate::daemon::init_logging(&loaded.config);
             return crate::daemon::run(&cli.global, loaded).map_err(|e| {
                 tracing::error!(error = %e, "cosmosd failed");
-                CliError::Io(std::io::Error::other(e.to_string()))
+                CliError::Failed(e.to_string())
             });
         }
         _ => {}
@@ -279,34 +368,44 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result<()> {
     let config = config.clone();
     match command {
-        Command::Validate { files } => validate(&config, &files, out),
-        Command::Submit { files, inbox, wait } => submit::submit(&config, &files, inbox, wait, out),
+        Command::Validate { files, json } => validate(&config, &files, json, out),
+        Command::Submit { files, inbox, wait, json } => submit::submit(&config, &files, inbox, wait, json, out),
         command => {
             let mut store = Store::open(&config.paths.database())?;
+            let model = spec::Model::from_config(&config);
             match command {
-                Command::Create(Create::Prompt { text, video_dir, name, negative }) => {
-                    create_prompt(&mut store, text, &video_dir, name, negative, out)
+                Command::Create(Create::Prompt { text, video_dir, name, negative, json }) => {
+                    create_prompt(&mut store, text, &video_dir, name, negative, json, out)
                 }
-                Command::Create(Create::Run(args)) => create_run(&mut store, args, out),
-                Command::BatchInference { runs, batch_name, dry_run } => {
-                    batch_inference(&mut store, &config, &runs, batch_name, dry_run, out)
+                Command::Create(Create::Run(args)) => create_run(&mut store, model, args, out),
+                Command::BatchInference { runs, batch_name, dry_run, json } => {
+                    batch_inference(&mut store, &config, &runs, batch_name, dry_run, json, out)
                 }
-                Command::Inference { runs, upscale_weight, dry_run } => inference(&mut store, &config, &runs, upscale_weight, dry_run, out),
-                Command::List { what, status, limit, json } => {
-                    list(&store, spec::Model::from_config(&config), what, status, limit, json, out)
+                Command::Inference { runs, upscale_weight, dry_run, json } => {
+                    inference(&mut store, &config, &runs, upscale_weight, dry_run, json, out)
                 }
-                Command::Show { id, json } => show(&store, spec::Model::from_config(&config), &id, json, out),
-                Command::Delete { what, ids, force } => delete(&mut store, what, &ids, force, out),
-                Command::Cancel { runs } => control::cancel(&mut store, &runs, out),
-                Command::Retry { runs } => control::retry(&mut store, &runs, out),
-                Command::Pause => control::pause(&mut store, true, out),
-                Command::Resume => control::pause(&mut store, false, out),
+                Command::List { what, status, limit, json } => list(&store, model, what, status, limit, json, out),
+                Command::Show { id, json } => show(&store, model, &id, json, out),
+                Command::Delete { what, ids, force, json } => delete(&mut store, &config, what, &ids, force, json, out),
+                Command::Cancel { runs, json } => control::cancel(&mut store, &runs, json, out),
+                Command::Retry { runs, json } => control::retry(&mut store, &runs, json, out),
+                Command::Pause { json } => control::pause(&mut store, true, json, out),
+                Command::Resume { json } => control::pause(&mut store, false, json, out),
                 Command::Status { json } => control::status(&store, &config, json, out),
                 Command::Logs { run, follow } => control::logs(&store, &config, &run, follow, out),
+                Command::Prune { older_than, outbox, dry_run, json } => {
+                    control::prune(&store, &config, older_than, outbox, dry_run, json, out)
+                }
                 Command::Validate { .. } | Command::Submit { .. } | Command::Demo | Command::Daemon => Ok(()),
             }
         }
     }
+}
+
+/// Prints `v` as indented JSON, one document.
+pub(crate) fn print_json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?;
+    Ok(())
 }
 
 pub(crate) fn usage(msg: impl Into<String>) -> CliError {
@@ -328,7 +427,7 @@ fn check_text(what: &str, text: &str, allow_empty: bool) -> Result<()> {
 fn video_in(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     let path = dir.join(name);
     match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Ok(Some(std::fs::canonicalize(&path)?)),
+        Ok(m) if m.is_file() => Ok(Some(std::fs::canonicalize(&path).map_err(crate::fsutil::at("cannot resolve", &path))?)),
         Ok(_) => Err(usage(format!("{}: expected a regular file", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(usage(format!("{}: {e}", path.display()))),
@@ -341,6 +440,7 @@ fn create_prompt(
     video_dir: &Path,
     name: Option<String>,
     negative: Option<String>,
+    as_json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     check_text("prompt TEXT", &text, false)?;
@@ -374,11 +474,14 @@ fn create_prompt(
         }
     }
     let prompt = store.create_prompt(NewPrompt { name, text, negative_prompt: negative, inputs })?;
+    if as_json {
+        return print_json(out, &json::prompt(&prompt));
+    }
     writeln!(out, "Created prompt {} (name {}; videos: {})", prompt.id, prompt.name.as_deref().unwrap_or("-"), videos.join(", "))?;
     Ok(())
 }
 
-fn create_run(store: &mut Store, a: CreateRun, out: &mut dyn Write) -> Result<()> {
+fn create_run(store: &mut Store, model: spec::Model, a: CreateRun, out: &mut dyn Write) -> Result<()> {
     let prompt_id = store.resolve(IdKind::Prompt, &a.prompt_id)?;
     let prompt = store.prompt(&prompt_id)?;
     let hints = [Hint::Vis, Hint::Edge, Hint::Depth, Hint::Seg];
@@ -454,6 +557,9 @@ fn create_run(store: &mut Store, a: CreateRun, out: &mut dyn Write) -> Result<()
         sim: None,
     };
     let run = store.create_run(&prompt.id, spec)?;
+    if a.json {
+        return print_json(out, &json::run(&run, model));
+    }
     let weights: Vec<String> = hints.iter().zip(&a.weights).map(|(h, w)| format!("{h} {w}")).collect();
     writeln!(out, "Created run {} for prompt {} (weights: {})", run.id, prompt.id, weights.join(", "))?;
     Ok(())
@@ -486,6 +592,7 @@ fn batch_inference(
     prefixes: &[String],
     batch_name: Option<String>,
     dry_run: bool,
+    as_json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let name = batch_name.unwrap_or_else(|| "batch".into());
@@ -493,11 +600,32 @@ fn batch_inference(
         return Err(usage(format!("--batch-name {name:?}: expected 1 to 64 of A-Z a-z 0-9 . _ -")));
     }
     let ids = resolve_all(store, IdKind::Run, prefixes)?;
+    let layout = crate::layout::Layout::of(&config.paths);
     if dry_run {
         let runs = load_runs(store, &ids)?;
         let pairs: Vec<(&str, &RunSpec)> = runs.iter().map(|r| (r.id.as_str(), &r.spec)).collect();
         let batch = nvidia::nvidia_batch(&pairs);
         let folder = format!("batch_{name}_{}", crate::time::Timestamp::now().compact());
+        let refused: Vec<String> = runs
+            .iter()
+            .filter(|r| !matches!(r.status, RunStatus::Pending | RunStatus::Failed | RunStatus::Cancelled))
+            .map(|r| format!("{} is {}", r.id, r.status))
+            .collect();
+        if as_json {
+            let lines: Vec<serde_json::Value> = batch.jsonl().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let base: serde_json::Value = serde_json::from_str(&batch.base_spec_text()).unwrap_or(serde_json::Value::Null);
+            let v = serde_json::json!({
+                "dry_run": true,
+                "batch_name": name,
+                "folder": layout.batch_dir(&folder),
+                "runs": runs.iter().map(|r| serde_json::json!({"id": r.id, "status": r.status, "control_set": r.control_set})).collect::<Vec<_>>(),
+                "jsonl": lines,
+                "base_spec": base,
+                "notes": batch.notes,
+                "refused": refused,
+            });
+            return print_json(out, &v);
+        }
         writeln!(out, "# dry run: nothing was queued")?;
         writeln!(out, "# batch {name}: {} runs -> {}", runs.len(), crate::layout::Layout::of(&config.paths).batch_dir(&folder).display())?;
         for (i, r) in runs.iter().enumerate() {
@@ -507,11 +635,7 @@ fn batch_inference(
         write!(out, "{}", batch.jsonl())?;
         writeln!(out, "# --- batch_spec.json (NVIDIA transfer.py --controlnet_specs) ---")?;
         write!(out, "{}", batch.base_spec_text())?;
-        let blocked: Vec<String> = runs
-            .iter()
-            .filter(|r| !matches!(r.status, RunStatus::Pending | RunStatus::Failed | RunStatus::Cancelled))
-            .map(|r| format!("{} is {}", r.id, r.status))
-            .collect();
+        let blocked = refused;
         if !batch.notes.is_empty() || !blocked.is_empty() {
             writeln!(out, "# --- notes ---")?;
             for note in &batch.notes {
@@ -526,6 +650,15 @@ fn batch_inference(
     check_model(store, config, &ids)?;
     stage_inputs(store, config, &ids)?;
     let batch = store.queue_batch(&name, &ids)?;
+    if as_json {
+        let v = serde_json::json!({
+            "batch": json::batch(&batch),
+            "runs": ids,
+            "outbox": config.paths.outbox,
+            "batch_folder": layout.batch_dir(&batch.folder_name()),
+        });
+        return print_json(out, &v);
+    }
     writeln!(out, "Queued batch {} ({}): {} runs", batch.name, batch.id, ids.len())?;
     for id in &ids {
         writeln!(out, "  {id}")?;
@@ -590,6 +723,7 @@ fn inference(
     prefixes: &[String],
     upscale: Option<f64>,
     dry_run: bool,
+    as_json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     if let Some(w) = upscale {
@@ -599,6 +733,20 @@ fn inference(
     }
     let ids = resolve_all(store, IdKind::Run, prefixes)?;
     if dry_run {
+        let model = spec::Model::from_config(config);
+        if as_json {
+            let runs: Vec<serde_json::Value> = load_runs(store, &ids)?
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id,
+                        "spec": crate::scheduler::worker_spec(&r.spec, model),
+                        "upscale_weight": upscale.or(r.spec.upscale_weight),
+                    })
+                })
+                .collect();
+            return print_json(out, &serde_json::json!({"dry_run": true, "runs": runs}));
+        }
         writeln!(out, "# dry run: nothing was queued")?;
         for run in load_runs(store, &ids)? {
             writeln!(out, "# --- {} spec.json (what the {} worker gets) ---", run.id, config.runtime.backend.as_str())?;
@@ -620,6 +768,10 @@ fn inference(
     }
     stage_inputs(store, config, &ids)?;
     store.queue_single(&ids, upscale)?;
+    if as_json {
+        let queued: Vec<serde_json::Value> = ids.iter().map(|id| serde_json::json!({"id": id, "upscale_weight": upscale})).collect();
+        return print_json(out, &serde_json::json!({"queued": queued}));
+    }
     for id in &ids {
         match upscale {
             Some(w) => writeln!(out, "Queued run {id} (then upscale at weight {w})")?,
@@ -778,13 +930,14 @@ fn write_plain(v: &serde_json::Value, indent: &str, out: &mut dyn Write) -> std:
     Ok(())
 }
 
-fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<()> {
+fn validate(config: &Config, paths: &[PathBuf], as_json: bool, out: &mut dyn Write) -> Result<()> {
     let mut roots = config.paths.input_roots.clone();
     roots.push(config.paths.inbox.clone());
     // The daemon's own rules: its backend, its default controls.
     let rules = spec::Rules::from_config(config);
     let mut problems_total = 0u64;
     let (mut ok, mut checked) = (0usize, 0usize);
+    let mut files = Vec::new();
     for p in paths {
         checked += 1;
         let (report, shown) = match std::fs::metadata(p) {
@@ -798,6 +951,20 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
         };
         if report.is_ok() {
             ok += 1;
+        } else {
+            problems_total += report.problem_count();
+        }
+        if as_json {
+            let problems: Vec<serde_json::Value> =
+                report.problems.iter().map(|p| serde_json::json!({"line": p.line, "key": p.key, "message": p.message})).collect();
+            files.push(serde_json::json!({
+                "path": shown,
+                "ok": report.is_ok(),
+                "runs": report.runs,
+                "problems": problems,
+                "problems_not_listed": report.problems_not_kept,
+            }));
+        } else if report.is_ok() {
             writeln!(
                 out,
                 "{}: ok, {} run{} for the {} backend",
@@ -807,9 +974,12 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
                 rules.model.name()
             )?;
         } else {
-            problems_total += report.problem_count();
             write!(out, "{}", report.render(&shown))?;
         }
+    }
+    if as_json {
+        let v = serde_json::json!({"ok": problems_total == 0, "backend": rules.model.name(), "problems": problems_total, "files": files});
+        print_json(out, &v)?;
     }
     if problems_total == 0 {
         Ok(())
@@ -824,22 +994,109 @@ fn validate(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> Result<(
     }
 }
 
-fn delete(store: &mut Store, what: DeleteWhat, prefixes: &[String], force: bool, out: &mut dyn Write) -> Result<()> {
-    match what {
+fn delete(
+    store: &mut Store,
+    config: &Config,
+    what: DeleteWhat,
+    prefixes: &[String],
+    force: bool,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let layout = crate::layout::Layout::of(&config.paths);
+    let (prompts, runs) = match what {
         DeleteWhat::Run => {
             let ids = resolve_all(store, IdKind::Run, prefixes)?;
             store.delete_runs(&ids, force)?;
-            for id in ids {
-                writeln!(out, "Deleted run {id}")?;
-            }
+            (Vec::new(), ids)
         }
         DeleteWhat::Prompt => {
             let ids = resolve_all(store, IdKind::Prompt, prefixes)?;
-            store.delete_prompts(&ids, force)?;
-            for id in ids {
-                writeln!(out, "Deleted prompt {id}")?;
+            // Their runs go with them (with --force): so do those runs' work folders.
+            let mut runs = Vec::new();
+            for id in &ids {
+                runs.extend(store.runs_where(RunLink::Prompt, id)?.into_iter().map(|r| r.id));
             }
+            store.delete_prompts(&ids, force)?;
+            (ids, runs)
+        }
+    };
+    // The store no longer knows these runs: their work folders (spec, log, outputs not yet
+    // published) would stay forever. Published run folders in the outbox are the user's.
+    let mut work_folders = Vec::new();
+    for id in &runs {
+        let dir = layout.run_work(id);
+        if dir.exists() {
+            crate::fsutil::remove_any(&dir).map_err(crate::fsutil::at("cannot remove the work folder", &dir))?;
+            work_folders.push(dir);
         }
     }
+    if as_json {
+        return print_json(out, &serde_json::json!({"prompts": prompts, "runs": runs, "work_folders": work_folders}));
+    }
+    for id in &runs {
+        writeln!(out, "Deleted run {id}")?;
+    }
+    for id in &prompts {
+        writeln!(out, "Deleted prompt {id}")?;
+    }
+    for dir in &work_folders {
+        writeln!(out, "Removed {}", dir.display())?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and option of every command, with the commands that lack help.
+    fn bare(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+            for v in arg.get_possible_values() {
+                if !v.is_hide_set() && v.get_help().is_none() && arg.get_help().is_none() {
+                    out.push(format!("{path} {id}={}", v.get_name()));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (no about)", sub.get_name()));
+            }
+            bare(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut missing = Vec::new();
+        bare(&Cli::command(), "cosmos", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_bare_argument_check_finds_one() {
+        // The check above could not pass by finding nothing: it finds an argument without help.
+        let cmd = clap::Command::new("x").arg(clap::Arg::new("undocumented").long("undocumented"));
+        let mut missing = Vec::new();
+        bare(&cmd, "x", &mut missing);
+        assert_eq!(missing, vec!["x undocumented"]);
+    }
+
+    #[test]
+    fn prune_ages_read_as_configuration_durations() {
+        assert_eq!(parse_age("30d").map(|d| d.0), Ok(std::time::Duration::from_secs(30 * 86_400)));
+        assert!(parse_age("soon").is_err());
+    }
 }

@@ -6,12 +6,13 @@
 
 use super::{usage, CliError, Result};
 use crate::config::Config;
-use crate::fsutil::link_or_copy;
+use crate::fsutil::{at, link_or_copy, PathIo};
 use crate::intake::fate::submission_sha256;
 use crate::layout::{stem_of, Layout};
 use crate::spec;
 use crate::store::{RunLink, RunStatus, Store, Submission, SubmissionStatus};
 use crate::time::Timestamp;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 /// How long `submit` waits for the daemon to take a file in before it says so and stops.
 const RECEIPT_WAIT: Duration = Duration::from_secs(30);
 
-pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: bool, out: &mut dyn Write) -> Result<()> {
+pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: bool, as_json: bool, out: &mut dyn Write) -> Result<()> {
     let inbox = inbox.unwrap_or_else(|| config.paths.inbox.clone());
     if !inbox.is_dir() {
         return Err(usage(format!("--inbox {}: no such folder (is cosmosd's paths.inbox right?)", inbox.display())));
@@ -48,16 +49,20 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
 
     let since = Timestamp::now().rfc3339();
     let mut delivered = Vec::new();
+    let mut shown = Vec::new();
     for p in &plans {
-        let (name, path, sha) =
-            deliver(p, &inbox).map_err(|e| CliError::Io(std::io::Error::other(format!("cannot deliver {}: {e}", p.source.display()))))?;
-        writeln!(out, "submitted {} as {}", p.source.display(), path.display())?;
+        let (name, path, sha) = deliver(p, &inbox)?;
+        if !as_json {
+            writeln!(out, "submitted {} as {}", p.source.display(), path.display())?;
+        }
+        shown.push(json!({"source": p.source, "delivered_as": path}));
         delivered.push((name, sha));
     }
 
     let store = Store::open(&config.paths.database())?;
     let mut subs = Vec::new();
-    for (name, sha) in &delivered {
+    let mut missing = None;
+    for (i, (name, sha)) in delivered.iter().enumerate() {
         match wait_for_submission(&store, name, sha, &since)? {
             Some(sub) => {
                 let receipt = Layout::of(&config.paths).receipt(name, &sub.id);
@@ -68,30 +73,49 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
                     (_, Some(first)) => format!("rejected again, {} problem(s), the same as {first}", sub.problems),
                     _ => format!("rejected, {} problem(s){before}", sub.problems),
                 };
-                writeln!(out, "receipt {} ({fate})", receipt.display())?;
+                if !as_json {
+                    writeln!(out, "receipt {} ({fate})", receipt.display())?;
+                }
+                shown[i]["receipt"] = json!(receipt);
+                shown[i]["submission"] = super::json::submission(&sub);
                 subs.push(sub);
             }
             None => {
-                writeln!(
-                    out,
+                let why = format!(
                     "{name} is in the inbox but no daemon took it within {}s (is cosmosd running?); its receipt will be {}/{}.sb_*.json",
                     RECEIPT_WAIT.as_secs(),
                     Layout::of(&config.paths).receipts().display(),
                     stem_of(name)
-                )?;
-                if wait {
-                    return Err(CliError::Io(std::io::Error::other("cannot --wait: cosmosd did not take the submission in")));
+                );
+                if !as_json {
+                    writeln!(out, "{why}")?;
                 }
+                shown[i]["receipt"] = Value::Null;
+                shown[i]["submission"] = Value::Null;
+                missing.get_or_insert(why);
             }
         }
     }
+    let report = |out: &mut dyn Write, runs: Option<Vec<Value>>| -> Result<()> {
+        if as_json {
+            super::print_json(out, &json!({"submissions": shown, "runs": runs}))?;
+        }
+        Ok(())
+    };
     if !wait {
-        return Ok(());
+        return report(out, None);
+    }
+    if let Some(why) = missing {
+        report(out, None)?;
+        return Err(CliError::Failed(format!("cannot --wait: cosmosd did not take the submission in ({why})")));
     }
     if let Some(rejected) = subs.iter().find(|s| s.status == SubmissionStatus::Rejected) {
+        report(out, None)?;
         return Err(CliError::Invalid(format!("{} was rejected; see its receipt", rejected.file)));
     }
-    follow(&store, &subs, out)
+    let (runs, ended) = follow(&store, &subs, as_json, out)?;
+    report(out, Some(runs))?;
+    ended
 }
 
 /// What to deliver for one argument.
@@ -154,36 +178,36 @@ fn free_name(inbox: &Path, name: &str) -> String {
 /// Writes the plan into the inbox under a hidden temp name, then renames it into place.
 /// Returns the name in the inbox, its path and the sha256 the daemon will record (taken
 /// before the rename: the daemon may claim it the moment it appears).
-fn deliver(p: &Plan, inbox: &Path) -> std::io::Result<(String, PathBuf, String)> {
+fn deliver(p: &Plan, inbox: &Path) -> std::result::Result<(String, PathBuf, String), PathIo> {
     let file_name = p.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jobs.jsonl".into());
     let tmp = inbox.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let _ = std::fs::remove_file(&tmp);
+    let _ = crate::fsutil::remove_any(&tmp);
     let name = if p.bundle && !p.source.is_dir() {
-        std::fs::create_dir_all(&tmp)?;
-        link_or_copy(&p.source, &tmp.join(&file_name))?;
+        std::fs::create_dir_all(&tmp).map_err(at("cannot create", &tmp))?;
+        link_or_copy(&p.source, &tmp.join(&file_name)).map_err(at("cannot copy", &p.source))?;
         for (rel, src) in &p.carry {
             let dst = tmp.join(rel);
             if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
+                std::fs::create_dir_all(parent).map_err(at("cannot create", parent))?;
             }
-            link_or_copy(src, &dst)?;
+            link_or_copy(src, &dst).map_err(at("cannot copy", src))?;
         }
-        std::fs::write(tmp.join("READY"), b"")?;
+        std::fs::write(tmp.join("READY"), b"").map_err(at("cannot write in", &tmp))?;
         free_name(inbox, &stem_of(&file_name))
     } else if p.source.is_dir() {
         let options = fs_extra::dir::CopyOptions::new().copy_inside(true);
-        fs_extra::dir::copy(&p.source, &tmp, &options).map_err(|e| std::io::Error::other(e.to_string()))?;
-        std::fs::write(tmp.join("READY"), b"")?;
+        fs_extra::dir::copy(&p.source, &tmp, &options)
+            .map_err(|e| at("cannot copy", &p.source)(std::io::Error::other(format!("{e} (into {})", tmp.display()))))?;
+        std::fs::write(tmp.join("READY"), b"").map_err(at("cannot write in", &tmp))?;
         free_name(inbox, &file_name)
     } else {
-        std::fs::copy(&p.source, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::copy(&p.source, &tmp).map_err(at("cannot copy", &p.source))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(at("cannot sync", &tmp))?;
         free_name(inbox, &file_name)
     };
-    let sha = submission_sha256(&tmp)?;
+    let sha = submission_sha256(&tmp).map_err(at("cannot hash", &tmp))?;
     let dst = inbox.join(&name);
-    std::fs::rename(&tmp, &dst)?;
+    std::fs::rename(&tmp, &dst).map_err(at("cannot deliver into", &dst))?;
     Ok((name, dst, sha))
 }
 
@@ -202,7 +226,8 @@ fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Res
 
 /// Follows the runs of the submissions until every one has ended. Exit 0 only if every run
 /// completed.
-fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()> {
+/// Returns the runs as they ended (JSON) and whether that is a success.
+fn follow(store: &Store, subs: &[Submission], as_json: bool, out: &mut dyn Write) -> Result<(Vec<Value>, Result<()>)> {
     // A duplicate's runs are the original's. (A rejected one never gets here.)
     let ids: Vec<String> = subs
         .iter()
@@ -218,7 +243,7 @@ fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()>
         Ok(all)
     };
     let total = runs_of(store)?.len() as u64;
-    let bar = std::io::stderr().is_terminal().then(|| {
+    let bar = (std::io::stderr().is_terminal() && !as_json).then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs ended  {msg}")
@@ -239,7 +264,7 @@ fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()>
                 b.set_position(ended);
                 b.set_message(line.clone());
             }
-            None if line != last_line => writeln!(out, "{line}")?,
+            None if line != last_line && !as_json => writeln!(out, "{line}")?,
             None => {}
         }
         last_line = line;
@@ -247,14 +272,21 @@ fn follow(store: &Store, subs: &[Submission], out: &mut dyn Write) -> Result<()>
             if let Some(b) = &bar {
                 b.finish();
             }
-            for r in runs.iter().filter(|r| r.status != RunStatus::Completed) {
-                writeln!(out, "{} {}: {}", r.id, r.status, r.error.as_deref().unwrap_or(""))?;
+            if !as_json {
+                for r in runs.iter().filter(|r| r.status != RunStatus::Completed) {
+                    writeln!(out, "{} {}: {}", r.id, r.status, r.error.as_deref().unwrap_or(""))?;
+                }
             }
-            return if done == runs.len() {
+            let shown = runs
+                .iter()
+                .map(|r| json!({"id": r.id, "status": r.status, "error": r.error, "outputs": r.outputs, "line": r.line, "name": r.name}))
+                .collect();
+            let ended = if done == runs.len() {
                 Ok(())
             } else {
-                Err(CliError::Io(std::io::Error::other(format!("{} of {} runs did not complete", runs.len() - done, runs.len()))))
+                Err(CliError::Failed(format!("{} of {} runs did not complete", runs.len() - done, runs.len())))
             };
+            return Ok((shown, ended));
         }
         std::thread::sleep(Duration::from_millis(500));
     }

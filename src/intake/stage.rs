@@ -117,6 +117,10 @@ impl Stager {
         let mut created = Vec::new();
         for (staged, p) in self.planned {
             if staged.is_file() {
+                // Stored already: its time is brought up to now, so that `cosmos prune`
+                // (which removes only inputs older than its cut-off that no kept run
+                // names) leaves it to the runs about to name it. Best effort.
+                let _ = std::fs::File::options().write(true).open(&staged).and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 continue;
             }
             let tmp = crate::fsutil::temp_beside(&staged);
@@ -263,8 +267,12 @@ mod tests {
         // A later submission of the same content stores nothing new.
         let mut again = Stager::new(&store);
         let mut s = spec(&src.join("same-as-color.mp4"), &src.join("d.mp4"));
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        std::fs::File::options().write(true).open(staged).unwrap().set_modified(old).unwrap();
         again.plan(&mut s).unwrap();
         assert_eq!(again.commit().unwrap().len(), 0);
+        // ... but brings the stored copy's time up to now (`cosmos prune` keeps it).
+        assert!(std::fs::metadata(staged).unwrap().modified().unwrap() > old + std::time::Duration::from_secs(86_400));
     }
 
     #[test]

@@ -58,6 +58,36 @@ impl Scheduler {
             Err(StoreError::IllegalTransition { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let started = self.attempt_started(&run);
+        if let Err(e) = &started {
+            // The run in hand goes back to the queue: on an error that ends this thread (and
+            // cosmosd, which systemd restarts) the next daemon runs it again; on one that
+            // passes, this scheduler does once it has.
+            self.hand_back_on_error(&run, e);
+        }
+        started
+    }
+
+    /// Hands `run` back to the queue because its attempt stopped on `error`.
+    pub(super) fn hand_back_on_error(&mut self, run: &Run, error: &super::SchedulerError) {
+        self.run_log(&format!("the attempt stopped on an error ({error}): handing the run back to the queue"));
+        // The worker is not running it: errors come before the run is sent or after it ended.
+        self.hand.state = if self.hand.worker.is_some() { WorkerState::Idle } else { WorkerState::Down };
+        self.board.current = None;
+        self.close_run_log();
+        let reason = format!("handed back: the scheduler stopped on an error: {error}");
+        match self.store.change(&run.id, Change::Requeue { reason }) {
+            Ok(_) => tracing::warn!(run = %run.id, error = %error, "handed the run back to the queue before stopping"),
+            // Already settled (queued for a retry, failed): nothing to hand back.
+            Err(StoreError::IllegalTransition { .. }) => {}
+            Err(e) => tracing::error!(run = %run.id, error = %e, "cannot hand the run back; start-up recovery will requeue it"),
+        }
+    }
+
+    /// The attempt of a run just marked running; an error leaves it running (the caller
+    /// hands it back).
+    fn attempt_started(&mut self, run: &Run) -> Result<()> {
+        let run = run.clone();
         let out = self.layout.run_output(&run.id);
         std::fs::create_dir_all(&out).map_err(at("cannot create", &out))?;
         let _ = std::fs::remove_file(out.join(crate::layout::run_files::RESULT));
@@ -248,6 +278,9 @@ impl Scheduler {
                 self.hand.loaded = Some(set.to_string());
                 self.shared.metrics.record_load(Some(seconds));
                 self.run_log(&format!("model loaded in {seconds:.1}s (load {} of this worker)", self.hand.loads));
+                if let Some(c) = self.board.current.as_mut() {
+                    c.load_seconds = Some(seconds);
+                }
                 // Cancelled while loading: the run ends, the model stays loaded.
                 Some(if cancelling { Ending::Cancelled } else { Ending::Done { outputs: Outputs::default(), seconds } })
             }
@@ -305,7 +338,8 @@ impl Scheduler {
                 self.shared.metrics.record_run(seconds);
                 self.publish_pending();
                 let gpu = self.run_gpu.to_json();
-                self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, gpu });
+                let load_seconds = self.board.current.as_ref().and_then(|c| c.load_seconds);
+                self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, load_seconds, gpu });
                 note(self, "done");
             }
             Ending::Cancelled => {

@@ -17,6 +17,9 @@ pub struct Current {
     pub steps: u64,
     pub started_at: String,
     pub started: Option<Instant>,
+    /// The model load this attempt waited for, in seconds (`None`: the worker held the
+    /// run's control set already).
+    pub load_seconds: Option<f64>,
 }
 
 impl Current {
@@ -33,6 +36,8 @@ impl Current {
 /// What one scheduler contributes to status.json.
 pub struct Board {
     pub started_at: String,
+    /// See [`gpus_asked`].
+    gpus_asked: bool,
     last_written: Option<Instant>,
     pub gpus: Box<dyn crate::gpu::GpuProbe>,
     pub samples: Vec<crate::gpu::GpuSample>,
@@ -44,12 +49,23 @@ pub struct Board {
     write_failure: Option<(String, Instant)>,
 }
 
+/// Whether the daemon's workers use GPUs at all: not with the sim backend or `gpus = []`
+/// (unless fake GPUs are set for a test). Where they do not, NVML is not even opened, and
+/// status.json says nothing of it.
+pub fn gpus_asked(config: &crate::config::Config) -> bool {
+    let fake = std::env::var("COSMOS_FAKE_GPUS").is_ok_and(|v| !v.is_empty());
+    let none = config.runtime.backend == crate::config::Backend::Sim
+        || matches!(&config.runtime.gpus, crate::config::Gpus::Each(v) if v.is_empty());
+    fake || !none
+}
+
 impl Board {
-    pub fn new() -> Board {
+    pub fn new(gpus_asked: bool) -> Board {
         Board {
             started_at: Timestamp::now().rfc3339(),
             last_written: None,
-            gpus: crate::gpu::probe(),
+            gpus_asked,
+            gpus: if gpus_asked { crate::gpu::probe() } else { Box::new(crate::gpu::NoNvml("no GPU is asked for".into())) },
             samples: Vec::new(),
             current: None,
             waiting: None,
@@ -76,9 +92,10 @@ impl Scheduler {
             self.run_gpu.add(&mine);
         }
         let counts = self.store.counts().unwrap_or_default();
+        let paused_since = self.store.paused_since().unwrap_or(None);
         let state = if self.stop.load(Ordering::SeqCst) {
             "draining"
-        } else if self.store.paused().unwrap_or(false) {
+        } else if paused_since.is_some() || self.store.paused().unwrap_or(false) {
             "paused"
         } else {
             "running"
@@ -104,14 +121,14 @@ impl Scheduler {
         let current = board.values().find_map(|(_, c)| c.clone());
         let waiting = board.values().find_map(|(w, _)| w["waiting"].as_str().map(str::to_string));
         let status = json!({
-            "daemon": {"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "started_at": self.board.started_at, "state": state},
+            "daemon": {"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "started_at": self.board.started_at, "state": state, "paused_since": paused_since},
             "queue": counts,
             "current": current,
             "waiting": waiting,
             "workers": workers,
             "intake": {"stuck": self.shared.intake_stuck.lock().map(|s| s.clone()).unwrap_or(Value::Null)},
             "gpus": self.board.samples,
-            "nvml": self.board.gpus.describe(),
+            "nvml": self.board.gpus_asked.then(|| self.board.gpus.describe()),
             "updated_at": Timestamp::now().rfc3339(),
         });
         self.shared.metrics.set_status(&status);

@@ -276,7 +276,7 @@ impl Scheduler {
         let store = Store::open(&layout.database())?;
         store.relax_sync()?;
         let outbox = Outbox::new(&layout, config.outbox.mode.0);
-        outbox.create_all().map_err(|source| SchedulerError::Io { what: "cannot create", path: layout.outbox().to_path_buf(), source })?;
+        outbox.create_all()?;
         std::fs::create_dir_all(layout.work()).map_err(|source| SchedulerError::Io {
             what: "cannot create",
             path: layout.work(),
@@ -304,7 +304,7 @@ impl Scheduler {
             },
             adopt: None,
             log: Arc::new(Mutex::new(None)),
-            board: board::Board::new(),
+            board: board::Board::new(board::gpus_asked(config)),
             pending: std::collections::VecDeque::new(),
             publish_blocked: None,
             last_done: None,
@@ -358,9 +358,21 @@ impl Scheduler {
                     trouble = Some(why);
                     self.sleep_unless_stopping(TROUBLE_RETRY);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The run in hand was handed back (see `attempt`); what is finished is
+                    // published and the worker let go, as at a stop.
+                    self.wind_down();
+                    return Err(e);
+                }
             }
         }
+        self.wind_down();
+        Ok(())
+    }
+
+    /// What a scheduler does last: publish what finished, write the receipts, let the
+    /// worker go, say so in status.json.
+    fn wind_down(&mut self) {
         self.publish_pending();
         self.flush_receipts(true);
         if let Some(w) = self.hand.worker.take() {
@@ -368,7 +380,6 @@ impl Scheduler {
         }
         self.hand.state = WorkerState::Down;
         self.write_status_if_due(true);
-        Ok(())
     }
 
     /// One turn of the loop: take a reloaded configuration, write status.json when due,

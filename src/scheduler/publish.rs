@@ -17,6 +17,8 @@ pub struct Finished {
     pub run_id: String,
     pub outputs: Outputs,
     pub seconds: f64,
+    /// The model load the run waited for (`None`: the model was loaded already).
+    pub load_seconds: Option<f64>,
     /// GPU peak and mean over the run, for its manifest.
     pub gpu: Value,
 }
@@ -86,7 +88,8 @@ impl Scheduler {
             .as_ref()
             .map(|w| w.info())
             .unwrap_or_else(|| WorkerInfo { backend: self.config.runtime.backend.as_str().to_string(), ..Default::default() });
-        let dir = self.outbox.publish_run(&run, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), f.seconds, f.gpu.clone())?;
+        let timing = crate::outbox::RunTiming { seconds: f.seconds, load_seconds: f.load_seconds };
+        let dir = self.outbox.publish_run(&run, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), timing, f.gpu.clone())?;
         let video = dir.join(run_files::OUTPUT_VIDEO);
         let outputs = json!({
             "type": if batch.is_some() { "batch_inference" } else { "inference" },

@@ -39,7 +39,7 @@ impl Scheduler {
             match result {
                 Some(Event::Done { outputs, seconds, .. }) if video_ok(&outputs, &out) => {
                     tracing::info!(run = %run.id, "finished while the daemon was down: publishing");
-                    self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, gpu: Value::Null });
+                    self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, load_seconds: None, gpu: Value::Null });
                     self.publish_pending();
                 }
                 _ => {

@@ -263,6 +263,54 @@ fn one_load_per_control_set_and_every_run_published_whole() {
 }
 
 #[test]
+fn manifests_time_the_model_load_and_carry_the_prompt() {
+    let mut b = bench();
+    let ids = b.queue(&[("a", Hint::Edge), ("b", Hint::Edge)]);
+    b.run_until(all_ended(&ids));
+    let manifest = |id: &str| -> Value {
+        let text = std::fs::read_to_string(b.config.paths.outbox.join(format!("run_{id}/manifest.json"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let (first, second) = (manifest(&ids[0]), manifest(&ids[1]));
+    assert_eq!(first["prompt"], "prompt of a");
+    assert_eq!(second["prompt"], "prompt of b");
+    assert!(first.get("negative_prompt").is_some_and(Value::is_null));
+    // The fake's load takes 0.01 s and its runs 0.01 s; the second run reuses the model.
+    assert_eq!(first["timings"]["load_seconds"], 0.01);
+    assert_eq!(first["timings"]["model_loaded"], true);
+    assert_eq!(first["timings"]["total_seconds"], 0.02);
+    assert!(second["timings"]["load_seconds"].is_null(), "{second}");
+    assert_eq!(second["timings"]["model_loaded"], false);
+    assert_eq!(second["timings"]["total_seconds"], second["timings"]["seconds"]);
+}
+
+#[test]
+fn an_error_that_ends_the_scheduler_hands_its_run_back_first() {
+    let mut b = bench();
+    let ids = b.queue(&[("a", Hint::Edge)]);
+    // The run's work folder cannot be made: a file stands where it goes.
+    let work = b.config.paths.state.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join(&ids[0]), b"in the way").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sched = Scheduler::with_spawner(&b.config, stop.clone(), 0, None, Shared::new(1), b.spawner()).unwrap();
+    let handle = std::thread::spawn(move || sched.run());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let err = handle.join().unwrap().expect_err("the scheduler ends on the error");
+    let output = work.join(&ids[0]).join("output");
+    assert!(err.to_string().contains(&output.display().to_string()), "the error names its path: {err}");
+    assert!(!err.is_transient());
+    let run = b.store.run(&ids[0]).unwrap();
+    assert_eq!(run.status, RunStatus::Queued, "handed back before the thread ended");
+    assert!(run.error.as_deref().is_some_and(|e| e.starts_with("handed back") && e.contains("cannot create")), "{:?}", run.error);
+    assert_eq!(b.log(), ["spawn", "leave"], "the worker is let go; the run never reached it");
+}
+
+#[test]
 fn a_worker_that_dies_mid_run_is_replaced_and_the_run_retried_with_a_new_load() {
     let mut b = bench();
     b.script.lock().unwrap().on_run.insert("a".into(), VecDeque::from([OnRun::Die]));

@@ -738,17 +738,79 @@ impl Store {
         self.run(run_id)
     }
 
+    /// Pauses or resumes the queue. The time of the pause is kept (`paused_since`): pausing
+    /// again keeps the first time, resuming forgets it.
     pub fn set_paused(&mut self, paused: bool) -> Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "INSERT INTO daemon_state (key, value) VALUES ('paused', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [if paused { "1" } else { "0" }],
         )?;
+        if paused {
+            tx.execute("INSERT OR IGNORE INTO daemon_state (key, value) VALUES ('paused_at', ?1)", [Timestamp::now().rfc3339()])?;
+        } else {
+            tx.execute("DELETE FROM daemon_state WHERE key = 'paused_at'", [])?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// When the queue was paused, while it is (a store paused before this was kept: none).
+    pub fn paused_since(&self) -> Result<Option<String>> {
+        if !self.paused()? {
+            return Ok(None);
+        }
+        Ok(self.conn.query_row("SELECT value FROM daemon_state WHERE key = 'paused_at'", [], |r| r.get(0)).optional()?)
     }
 
     pub fn paused(&self) -> Result<bool> {
         let v: Option<String> = self.conn.query_row("SELECT value FROM daemon_state WHERE key = 'paused'", [], |r| r.get(0)).optional()?;
         Ok(v.as_deref() == Some("1"))
+    }
+
+    // ---- pruning ------------------------------------------------------------------
+
+    /// Whether a run's files may be pruned at `cutoff`: `Some(true)` for a run that ended
+    /// (completed, failed, cancelled) before it, `Some(false)` for any other, `None` for
+    /// no such run (deleted).
+    pub fn ended_before(&self, run_id: &str, cutoff: &str) -> Result<Option<bool>> {
+        let mut stmt = self.conn.prepare_cached("SELECT status, finished_at FROM runs WHERE id = ?1")?;
+        let row: Option<(String, Option<String>)> = stmt.query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        Ok(row.map(|(status, finished)| {
+            let ended = RunStatus::parse(&status).is_some_and(RunStatus::is_final);
+            ended && finished.is_some_and(|f| f.as_str() < cutoff)
+        }))
+    }
+
+    /// Whether a submission is over at `cutoff`: every run of it ended before it (or it
+    /// has none and was received before it). `None`: no such submission.
+    pub fn submission_ended_before(&self, submission: &str, cutoff: &str) -> Result<Option<bool>> {
+        let received: Option<String> =
+            self.conn.query_row("SELECT received_at FROM submissions WHERE id = ?1", [submission], |r| r.get(0)).optional()?;
+        let Some(received) = received else { return Ok(None) };
+        let (unfinished, last): (i64, Option<String>) = self.conn.query_row(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'queued', 'running') OR finished_at IS NULL), max(finished_at) \
+             FROM runs WHERE submission_id = ?1",
+            [submission],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let last = last.unwrap_or(received);
+        Ok(Some(unfinished == 0 && last.as_str() < cutoff))
+    }
+
+    /// Calls `f` with the spec (JSON text) of every run whose files a prune at `cutoff`
+    /// keeps: not ended, or ended at or after it. Streamed: a million queued runs are not
+    /// held at once.
+    pub fn for_each_kept_spec(&self, cutoff: &str, mut f: impl FnMut(&str)) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT spec FROM runs WHERE status IN ('pending', 'queued', 'running') OR finished_at IS NULL OR finished_at >= ?1",
+        )?;
+        let mut rows = stmt.query([cutoff])?;
+        while let Some(row) = rows.next()? {
+            let text: String = row.get(0)?;
+            f(&text);
+        }
+        Ok(())
     }
 
     // ---- batches and submissions ----------------------------------------------------

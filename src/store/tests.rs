@@ -193,3 +193,42 @@ fn listing_by_status_is_newest_first_whether_the_status_is_common_or_rare() {
     assert!(store.list_runs(Some(RunStatus::Cancelled), Some(5)).unwrap().is_empty());
     assert_eq!(store.list_runs(None, Some(3)).unwrap().len(), 3);
 }
+
+#[test]
+fn pause_keeps_the_time_it_was_made() {
+    let (_d, mut store) = store();
+    assert_eq!(store.paused_since().unwrap(), None);
+    store.set_paused(true).unwrap();
+    let first = store.paused_since().unwrap().expect("paused since");
+    assert!(crate::time::Timestamp::parse_rfc3339(&first).is_some(), "{first}");
+    std::thread::sleep(Duration::from_millis(5));
+    store.set_paused(true).unwrap();
+    assert_eq!(store.paused_since().unwrap(), Some(first), "pausing again keeps the first time");
+    store.set_paused(false).unwrap();
+    assert_eq!(store.paused_since().unwrap(), None);
+    assert!(!store.paused().unwrap());
+}
+
+#[test]
+fn prune_queries_tell_ended_runs_from_the_rest() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let done = store.create_run(&p.id, spec("done")).unwrap();
+    let live = store.create_run(&p.id, spec("live")).unwrap();
+    store.queue_single(&[done.id.clone(), live.id.clone()], None).unwrap();
+    store.change(&done.id, Change::Start).unwrap();
+    store.finish_unsuccessfully(&done.id, Change::Fail { error: "x".into() }).unwrap();
+    let later = "9999-01-01T00:00:00.000Z";
+    let earlier = "2000-01-01T00:00:00.000Z";
+    assert_eq!(store.ended_before(&done.id, later).unwrap(), Some(true));
+    assert_eq!(store.ended_before(&done.id, earlier).unwrap(), Some(false), "ended after the cut-off");
+    assert_eq!(store.ended_before(&live.id, later).unwrap(), Some(false), "queued runs never");
+    assert_eq!(store.ended_before("rs_nosuchrun000000", later).unwrap(), None);
+    let mut kept = Vec::new();
+    store.for_each_kept_spec(later, |s| kept.push(s.to_string())).unwrap();
+    assert_eq!(kept.len(), 1, "only the queued run is kept at a late cut-off");
+    assert!(kept[0].contains("live"), "{kept:?}");
+    kept.clear();
+    store.for_each_kept_spec(earlier, |s| kept.push(s.to_string())).unwrap();
+    assert_eq!(kept.len(), 2);
+}
