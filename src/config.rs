@@ -50,7 +50,28 @@ pub struct Config {
     pub scheduler: Scheduler,
     pub outbox: Outbox,
     pub daemon: Daemon,
+    pub hooks: Hooks,
     pub log: Log,
+}
+
+/// Commands and URLs told when a run or a submission ends (DESIGN.md section 12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    /// A command run when a run ends: `COSMOS_RUN_ID`, `COSMOS_RUN_STATUS`, `COSMOS_RUN_DIR`.
+    pub on_run: String,
+    /// A command run when every run of a submission ended: `COSMOS_SUBMISSION_ID`, `COSMOS_RECEIPT`.
+    pub on_submission: String,
+    /// URLs that receive the receipt JSON by POST.
+    pub webhook: Vec<String>,
+    /// How long one hook or webhook call may take before it counts as failed.
+    pub timeout: Dur,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks { on_run: String::new(), on_submission: String::new(), webhook: Vec::new(), timeout: Dur::secs(30) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -536,6 +536,7 @@ fn create_run(store: &mut Store, model: spec::Model, a: CreateRun, out: &mut dyn
         );
     }
     let spec = RunSpec {
+        video: None,
         style: SpecStyle::Cli,
         name: None,
         prompt: prompt.prompt.clone(),

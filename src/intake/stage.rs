@@ -223,6 +223,7 @@ mod tests {
         controls.insert(Hint::Depth, Control::from_file(0.5, depth.to_path_buf()));
         controls.insert(Hint::Edge, Control::generated(0.5));
         RunSpec {
+            video: None,
             style: SpecStyle::Jsonl,
             name: None,
             prompt: "p".into(),

@@ -128,6 +128,7 @@ mod tests {
             name: None,
             status: RunStatus::Queued,
             spec: RunSpec {
+                video: None,
                 style: SpecStyle::Cli,
                 name: None,
                 prompt: "p".into(),

@@ -176,6 +176,7 @@ fn spec(name: &str, hint: Hint) -> RunSpec {
     let mut controls = BTreeMap::new();
     controls.insert(hint, Control::generated(0.5));
     RunSpec {
+        video: None,
         style: SpecStyle::Cli,
         name: Some(name.into()),
         prompt: format!("prompt of {name}"),

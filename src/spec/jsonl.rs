@@ -200,6 +200,7 @@ pub(crate) fn parse_line_object(
         None => rules.base.negative_prompt.clone(),
     };
     let spec = RunSpec {
+        video: None,
         style,
         name: ext.name,
         prompt: prompt?,

@@ -221,6 +221,20 @@ pub struct RunSpec {
     pub upscale_weight: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimFault>,
+    /// What probing the input video found (intake's preflight); `None` until it was probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoFacts>,
+}
+
+/// The facts of a video file read from its container (no decoding): what NVIDIA's models
+/// need aligned between an input and its control videos, and what an ETA counts in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoFacts {
+    pub frames: u64,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub duration_seconds: f64,
 }
 
 impl RunSpec {

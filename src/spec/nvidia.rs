@@ -312,6 +312,7 @@ mod tests {
             );
         }
         RunSpec {
+            video: None,
             style: SpecStyle::Cli,
             name: None,
             prompt: "p".into(),

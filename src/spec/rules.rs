@@ -371,6 +371,7 @@ mod tests {
 
     fn spec(hints: &[Hint]) -> RunSpec {
         RunSpec {
+            video: None,
             style: SpecStyle::Jsonl,
             name: None,
             prompt: "p".into(),

@@ -284,6 +284,7 @@ fn finish(
         p.push_general("expected at least one control (vis, edge, depth, seg, ...) with control_weight > 0");
     }
     let spec = RunSpec {
+        video: None,
         style,
         name: ext.name,
         prompt: prompt?,

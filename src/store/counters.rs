@@ -75,6 +75,7 @@ mod tests {
         let mut controls = std::collections::BTreeMap::new();
         controls.insert(Hint::Edge, Control::generated(0.5));
         RunSpec {
+            video: None,
             style: SpecStyle::Cli,
             name: None,
             prompt: prompt.into(),

@@ -9,6 +9,7 @@ fn spec(prompt: &str) -> RunSpec {
     let mut controls = BTreeMap::new();
     controls.insert(Hint::Edge, Control::generated(0.5));
     RunSpec {
+        video: None,
         style: SpecStyle::Cli,
         name: None,
         prompt: prompt.into(),
