@@ -1,31 +1,14 @@
 //! `cosmosd`: the daemon. Parsing, logging set-up and exit codes here; the work is in
-//! the library (`cosmos_workflow::daemon`).
+//! the library (`cosmos_workflow::daemon`); the command line is `cosmos_workflow::cli::daemon_args`.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cosmos_workflow::cli::daemon_args::{DaemonArgs, DaemonCmd};
 use cosmos_workflow::config::ConfigSource;
-use cosmos_workflow::config::GlobalOpts;
 use std::process::ExitCode;
 
-#[derive(Debug, Parser)]
-#[command(name = "cosmosd", version, about = "Cosmos Workflow daemon: inbox -> store -> worker -> outbox")]
-struct Args {
-    #[command(flatten)]
-    global: GlobalOpts,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Validate the configuration and print the effective values
-    CheckConfig,
-    /// Check the host as the daemon will use it (GPUs, Docker, image, NVIDIA's code,
-    /// checkpoints, Hugging Face cache, disk), with the fix for each miss; exit 1 on a miss
-    CheckHost,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    cosmos_workflow::cli::share::group_umask();
+    let args = DaemonArgs::parse();
     let loaded = match args.global.load() {
         Ok(l) => l,
         Err(e) => {
@@ -34,7 +17,7 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
-        Some(Cmd::CheckConfig) => {
+        Some(DaemonCmd::CheckConfig) => {
             let source = match &loaded.source {
                 ConfigSource::File(p) | ConfigSource::SystemFile(p) => p.display().to_string(),
                 ConfigSource::Defaults => "none (built-in defaults)".into(),
@@ -44,7 +27,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.config.to_toml());
             ExitCode::SUCCESS
         }
-        Some(Cmd::CheckHost) => {
+        Some(DaemonCmd::CheckHost) => {
             let (text, missing) = cosmos_workflow::checkhost::render(&cosmos_workflow::checkhost::check_host(&loaded.config));
             print!("{text}");
             if missing {

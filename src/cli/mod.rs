@@ -3,7 +3,10 @@
 //! store. Every command that creates something prints its id.
 
 mod control;
+pub mod daemon_args;
+pub mod docs;
 pub mod json;
+pub mod share;
 mod submit;
 
 use crate::config::{Config, ConfigError};
@@ -152,6 +155,21 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Print the completion script of cosmos (or of cosmosd with --program cosmosd) for SHELL
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+        /// The program to complete
+        #[arg(long, value_enum, default_value = "cosmos")]
+        program: docs::Program,
+    },
+    /// Write the man pages of cosmos and cosmosd into DIR (the packaging script's)
+    #[command(hide = true)]
+    Man {
+        /// The folder to write cosmos.1, cosmos-SUBCOMMAND.1, cosmosd.1... into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Delete prompts or runs (never a running run)
     Delete {
         what: DeleteWhat,
@@ -248,6 +266,19 @@ pub enum DeleteWhat {
 
 /// Runs one `cosmos` command, printing to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    // Generated from the command line alone: no configuration needed (a packaging host has none).
+    match &cli.command {
+        Command::Completions { shell, program } => return Ok(docs::completions(*shell, *program, out)?),
+        Command::Man { out: dir } => {
+            let pages = docs::man_pages(dir)
+                .map_err(|e| CliError::Io(std::io::Error::other(format!("cannot write the man pages into {}: {e}", dir.display()))))?;
+            for page in pages {
+                writeln!(out, "{}", page.display())?;
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let loaded = cli.global.load()?;
     let config = loaded.config;
     let database = config.paths.database();
@@ -284,7 +315,7 @@ fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result
                 Command::Resume => control::pause(&mut store, false, out),
                 Command::Status { json } => control::status(&store, &config, json, out),
                 Command::Logs { run, follow } => control::logs(&store, &config, &run, follow, out),
-                Command::Validate { .. } | Command::Submit { .. } => Ok(()),
+                Command::Validate { .. } | Command::Submit { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
             }
         }
     }

@@ -271,6 +271,8 @@ impl Store {
         // 64 MiB of page cache: a large submission inserts into random-id indexes, which
         // thrash the default 2 MiB cache.
         conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
+        // A shared (setgid) state folder: the files SQLite made are opened to the group.
+        crate::cli::share::share_store_files(path);
         let mut store = Store { conn, path: path.to_path_buf() };
         // Up to date: no write lock taken (another process may hold it; reading goes on).
         if found < known {

@@ -1,0 +1,177 @@
+//! Shared use of one installation by every member of the group that owns its folders
+//! (`cosmos` in the package): files made group-writable where the folder is setgid, and root
+//! acting as the owner of the state folder, so that neither leaves a file the daemon cannot
+//! write.
+
+use crate::config::{Config, GlobalOpts};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(
+        "running as root: cannot act as uid {uid} gid {gid}, the owner of {} ({source}); nothing was changed. \
+         Run cosmos as a member of the folder's group instead",
+        .path.display()
+    )]
+    Switch { path: PathBuf, uid: u32, gid: u32, source: std::io::Error },
+}
+
+/// Umask 0002 for the whole process: what the daemon and the CLI create is group-writable, so
+/// in setgid folders (group `cosmos`) every member of the group can use it. Modes set
+/// explicitly (`outbox.mode`) are not affected.
+pub fn group_umask() {
+    // SAFETY: umask(2) cannot fail; it only changes this process's creation mask.
+    unsafe { libc::umask(0o002) };
+}
+
+/// Who owns the state folder (or, while it does not exist yet, the nearest folder above it).
+fn state_owner(state: &Path) -> Option<(PathBuf, u32, u32)> {
+    state.ancestors().find_map(|p| std::fs::metadata(p).ok().map(|m| (p.to_path_buf(), m.uid(), m.gid())))
+}
+
+/// The state folder the command will use, found without creating anything (`--root` creates
+/// its folders when the configuration is loaded). None when the configuration does not load:
+/// loading it again reports why, before anything is touched.
+fn state_folder(global: &GlobalOpts) -> Option<PathBuf> {
+    if let Some(root) = &global.root {
+        return Some(crate::fsutil::absolute(root).join("state"));
+    }
+    let from_env = std::env::var_os("COSMOS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+    Config::load(global.config.clone().or(from_env).as_deref()).ok().map(|l| l.config.paths.state)
+}
+
+/// Run as root, `cosmos` takes the uid and gid of the state folder's owner before it touches
+/// anything: the store, receipts and inbox files it then makes are the daemon user's, exactly
+/// as if that user had run it, where root-owned ones would later stop the scheduler. (Refusing
+/// would push operators to `sudo -u cosmos`, which does the same by hand.) A root-owned state
+/// folder is root's own installation: nothing changes. Returns who it now acts as.
+pub fn act_as_state_owner(global: &GlobalOpts) -> Result<Option<(u32, u32, PathBuf)>, ShareError> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let Some((path, uid, gid)) = state_folder(global).as_deref().and_then(state_owner) else { return Ok(None) };
+    if uid == 0 {
+        return Ok(None);
+    }
+    let fail = |path: &Path| ShareError::Switch { path: path.to_path_buf(), uid, gid, source: std::io::Error::last_os_error() };
+    // Groups first: once the uid is dropped, they can no longer be changed. Only the folder's
+    // group: root's own supplementary groups (docker, disk) must not come along.
+    let groups = [gid as libc::gid_t];
+    // SAFETY: plain system calls on this process; a failure is reported with errno.
+    unsafe {
+        if libc::setgroups(1, groups.as_ptr()) != 0 {
+            return Err(fail(&path));
+        }
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(fail(&path));
+        }
+        if libc::setresuid(uid, uid, uid) != 0 {
+            return Err(fail(&path));
+        }
+    }
+    Ok(Some((uid, gid, path)))
+}
+
+/// Makes the store's files (`cosmos.db`, `-wal`, `-shm`) group-writable when their folder is
+/// setgid (a shared installation) and this process owns them: SQLite creates the database
+/// 0644 whatever the umask, and the `-wal` and `-shm` it makes later copy the database's mode,
+/// so one chmod here is what lets every member of the group open the store read-write.
+pub fn share_store_files(db: &Path) {
+    let Some(folder) = db.parent() else { return };
+    let setgid = std::fs::metadata(if folder.as_os_str().is_empty() { Path::new(".") } else { folder })
+        .is_ok_and(|m| m.mode() & libc::S_ISGID as u32 != 0);
+    if !setgid {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if let Ok(m) = std::fs::metadata(&path) {
+            if m.uid() == me && m.mode() & 0o060 != 0o060 {
+                // Best effort: a member who cannot chmod still reads; the owner fixes it at its next open.
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode((m.mode() & 0o7777) | 0o060));
+            }
+        }
+    }
+}
+
+/// In a shared (setgid) inbox, what `cosmos submit` delivered under `tmp` is made readable by
+/// the group (folders also writable and searchable: the daemon renames and empties them):
+/// a copy keeps its source's mode, and a private `0600` job file would be unreadable to the
+/// daemon. Hard links (more than one name) are the user's own files and are left alone.
+pub fn share_delivery(inbox: &Path, tmp: &Path) {
+    if !std::fs::metadata(inbox).is_ok_and(|m| m.mode() & libc::S_ISGID as u32 != 0) {
+        return;
+    }
+    let Ok(m) = std::fs::symlink_metadata(tmp) else { return };
+    let (want, ok) = if m.is_dir() { (0o070, true) } else { (0o040, m.is_file() && m.nlink() == 1) };
+    if ok && m.mode() & want != want {
+        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode((m.mode() & 0o7777) | want));
+    }
+    if m.is_dir() {
+        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            share_delivery(inbox, &e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_is_found_above_a_state_folder_that_does_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, uid, _) = state_owner(&dir.path().join("a/b/state")).unwrap();
+        assert_eq!(path, dir.path());
+        assert_eq!(uid, std::fs::metadata(dir.path()).unwrap().uid());
+    }
+
+    #[test]
+    fn store_files_become_group_writable_only_in_a_setgid_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (setgid, expected) in [(false, 0o644), (true, 0o664)] {
+            let folder = dir.path().join(format!("s{setgid}"));
+            std::fs::create_dir(&folder).unwrap();
+            let mode = if setgid { 0o2775 } else { 0o775 };
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).unwrap();
+            let db = folder.join("cosmos.db");
+            for f in [db.clone(), folder.join("cosmos.db-wal")] {
+                std::fs::write(&f, b"").unwrap();
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            share_store_files(&db);
+            for f in [db.clone(), folder.join("cosmos.db-wal")] {
+                assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, expected, "{} (setgid {setgid})", f.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_private_delivery_in_a_shared_inbox_is_opened_to_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir(&inbox).unwrap();
+        std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let tmp = inbox.join(".bundle.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let copied = tmp.join("jobs.jsonl");
+        std::fs::write(&copied, b"{}\n").unwrap();
+        std::fs::set_permissions(&copied, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let original = dir.path().join("video.mp4");
+        std::fs::write(&original, b"v").unwrap();
+        std::fs::set_permissions(&original, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&original, tmp.join("video.mp4")).unwrap();
+        share_delivery(&inbox, &tmp);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&tmp), 0o770);
+        assert_eq!(mode(&copied), 0o640);
+        assert_eq!(mode(&original), 0o600, "a hard-linked original keeps its own mode");
+    }
+}
