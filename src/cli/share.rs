@@ -102,22 +102,34 @@ pub fn share_store_files(db: &Path) {
 
 /// In a shared (setgid) inbox, what `cosmos submit` delivered under `tmp` is made readable by
 /// the group (folders also writable and searchable: the daemon renames and empties them):
-/// a copy keeps its source's mode, and a private `0600` job file would be unreadable to the
-/// daemon. Hard links (more than one name) are the user's own files and are left alone.
-pub fn share_delivery(inbox: &Path, tmp: &Path) {
+/// a copy keeps its source's mode, so a private `0600` job file would be unreadable to the
+/// daemon. A hard link is the user's own file, whose mode is not ours to change: one the
+/// group cannot read is replaced by a copy.
+pub fn share_delivery(inbox: &Path, tmp: &Path) -> std::io::Result<()> {
     if !std::fs::metadata(inbox).is_ok_and(|m| m.mode() & libc::S_ISGID as u32 != 0) {
-        return;
+        return Ok(());
     }
-    let Ok(m) = std::fs::symlink_metadata(tmp) else { return };
-    let (want, ok) = if m.is_dir() { (0o070, true) } else { (0o040, m.is_file() && m.nlink() == 1) };
-    if ok && m.mode() & want != want {
-        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode((m.mode() & 0o7777) | want));
+    open_to_group(tmp)
+}
+
+fn open_to_group(path: &Path) -> std::io::Result<()> {
+    let m = std::fs::symlink_metadata(path)?;
+    let want = if m.is_dir() { 0o070 } else { 0o040 };
+    let linked = m.is_file() && m.nlink() > 1;
+    if linked && m.mode() & want != want {
+        let copy = crate::fsutil::temp_beside(path);
+        std::fs::copy(path, &copy)?;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode((m.mode() & 0o7777) | want))?;
+        std::fs::rename(&copy, path)?;
+    } else if !linked && (m.is_dir() || m.is_file()) && m.mode() & want != want {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode((m.mode() & 0o7777) | want))?;
     }
     if m.is_dir() {
-        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
-            share_delivery(inbox, &e.path());
+        for e in std::fs::read_dir(path)? {
+            open_to_group(&e?.path())?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,10 +180,17 @@ mod tests {
         std::fs::write(&original, b"v").unwrap();
         std::fs::set_permissions(&original, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::hard_link(&original, tmp.join("video.mp4")).unwrap();
-        share_delivery(&inbox, &tmp);
+        let public = dir.path().join("public.mp4");
+        std::fs::write(&public, b"p").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(&public, tmp.join("public.mp4")).unwrap();
+        share_delivery(&inbox, &tmp).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&tmp), 0o770);
         assert_eq!(mode(&copied), 0o640);
         assert_eq!(mode(&original), 0o600, "a hard-linked original keeps its own mode");
+        assert_eq!(mode(&tmp.join("video.mp4")), 0o640, "its delivered name is a group-readable copy");
+        assert_eq!(std::fs::read(tmp.join("video.mp4")).unwrap(), b"v");
+        assert_eq!(std::fs::metadata(tmp.join("public.mp4")).unwrap().nlink(), 2, "a readable hard link stays a link");
     }
 }

@@ -181,7 +181,7 @@ fn deliver(p: &Plan, inbox: &Path) -> std::io::Result<(String, PathBuf, String)>
         std::fs::File::open(&tmp)?.sync_all()?;
         free_name(inbox, &file_name)
     };
-    super::share::share_delivery(inbox, &tmp);
+    super::share::share_delivery(inbox, &tmp)?;
     let sha = submission_sha256(&tmp)?;
     let dst = inbox.join(&name);
     std::fs::rename(&tmp, &dst)?;
