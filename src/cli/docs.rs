@@ -78,7 +78,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pages = man_pages(dir.path()).unwrap();
         let names: Vec<String> = pages.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        for expected in ["cosmos.1", "cosmos-submit.1", "cosmos-create-prompt.1", "cosmos-completions.1", "cosmosd.1", "cosmosd-check-host.1"] {
+        for expected in
+            ["cosmos.1", "cosmos-submit.1", "cosmos-create-prompt.1", "cosmos-completions.1", "cosmosd.1", "cosmosd-check-host.1"]
+        {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n == "cosmos-man.1"), "the hidden man command got a page: {names:?}");

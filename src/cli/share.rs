@@ -79,9 +79,11 @@ pub fn act_as_state_owner(global: &GlobalOpts) -> Result<Option<(u32, u32, PathB
 /// 0644 whatever the umask, and the `-wal` and `-shm` it makes later copy the database's mode,
 /// so one chmod here is what lets every member of the group open the store read-write.
 pub fn share_store_files(db: &Path) {
-    let Some(folder) = db.parent() else { return };
-    let setgid = std::fs::metadata(if folder.as_os_str().is_empty() { Path::new(".") } else { folder })
-        .is_ok_and(|m| m.mode() & libc::S_ISGID as u32 != 0);
+    let folder = match db.parent() {
+        Some(f) if !f.as_os_str().is_empty() => f,
+        _ => Path::new("."),
+    };
+    let setgid = std::fs::metadata(folder).is_ok_and(|m| m.mode() & libc::S_ISGID != 0);
     if !setgid {
         return;
     }
@@ -106,7 +108,7 @@ pub fn share_store_files(db: &Path) {
 /// daemon. A hard link is the user's own file, whose mode is not ours to change: one the
 /// group cannot read is replaced by a copy.
 pub fn share_delivery(inbox: &Path, tmp: &Path) -> std::io::Result<()> {
-    if !std::fs::metadata(inbox).is_ok_and(|m| m.mode() & libc::S_ISGID as u32 != 0) {
+    if !std::fs::metadata(inbox).is_ok_and(|m| m.mode() & libc::S_ISGID != 0) {
         return Ok(());
     }
     open_to_group(tmp)
