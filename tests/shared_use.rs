@@ -163,7 +163,7 @@ fn a_second_operator_in_the_group_lists_and_submits_against_the_daemons_state() 
 }
 
 #[test]
-fn root_running_cosmos_acts_as_the_state_owner_and_leaves_no_root_owned_file() {
+fn root_running_cosmos_or_cosmosd_acts_as_the_state_owner_and_leaves_no_root_owned_file() {
     if !root_with_setpriv() {
         return;
     }
@@ -188,6 +188,23 @@ fn root_running_cosmos_acts_as_the_state_owner_and_leaves_no_root_owned_file() {
     // Asked without debug, it says nothing about it.
     let quiet = root_cosmos().env_remove("COSMOS_LOG_LEVEL").args(["list", "runs"]).output().unwrap();
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+
+    // So does cosmosd's host check as root (it makes the work folder and runs the worker's
+    // import check in it), which the package's postinst tells operators to run.
+    let check = Command::new(assert_cmd::cargo::cargo_bin("cosmosd"))
+        .current_dir(home.path())
+        .env_remove("COSMOS_CONFIG")
+        .env("COSMOS_LOG_LEVEL", "debug")
+        .arg("--config")
+        .arg(home.path().join("cosmosd.toml"))
+        .arg("--root")
+        .arg(home.root())
+        .arg("check-host")
+        .output()
+        .unwrap();
+    let check_err = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check_err.contains("acting as the owner of the state folder"), "{check_err}");
+    ok(check, "root's cosmosd check-host", &d);
 
     let mut roots = Vec::new();
     walk(&home.root(), &mut |p, m| {

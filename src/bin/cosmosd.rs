@@ -3,12 +3,27 @@
 
 use clap::Parser;
 use cosmos_workflow::cli::daemon_args::{DaemonArgs, DaemonCmd};
+use cosmos_workflow::cli::share;
 use cosmos_workflow::config::ConfigSource;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    cosmos_workflow::cli::share::group_umask();
+    share::group_umask();
     let args = DaemonArgs::parse();
+    // Before anything is read or made (`--root` makes folders, check-host a work folder): as
+    // root, become the owner of the state folder, as `cosmos` does.
+    let acting_as = match share::act_as_state_owner(&args.global) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cosmosd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let said = |acting_as: &Option<(u32, u32, std::path::PathBuf)>| {
+        if let Some((uid, gid, folder)) = acting_as {
+            tracing::debug!(uid, gid, folder = %folder.display(), "running as root: acting as the owner of the state folder");
+        }
+    };
     let loaded = match args.global.load() {
         Ok(l) => l,
         Err(e) => {
@@ -16,6 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
+    if args.command.is_some() {
+        stderr_logging();
+        said(&acting_as);
+    }
     match args.command {
         Some(DaemonCmd::CheckConfig) => {
             let source = match &loaded.source {
@@ -38,6 +57,7 @@ fn main() -> ExitCode {
         }
         None => {
             let _guard = cosmos_workflow::daemon::init_logging(&loaded.config);
+            said(&acting_as);
             match cosmos_workflow::daemon::run(&args.global, loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -48,4 +68,11 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The subcommands' diagnostics on stderr, only when asked for with `COSMOS_LOG_LEVEL`
+/// (stdout is their report).
+fn stderr_logging() {
+    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
 }

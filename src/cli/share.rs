@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum ShareError {
     #[error(
         "running as root: cannot act as uid {uid} gid {gid}, the owner of {} ({source}); nothing was changed. \
-         Run cosmos as a member of the folder's group instead",
+         Run it as a member of the folder's group instead",
         .path.display()
     )]
     Switch { path: PathBuf, uid: u32, gid: u32, source: std::io::Error },
@@ -41,11 +41,12 @@ fn state_folder(global: &GlobalOpts) -> Option<PathBuf> {
     Config::load(global.config.clone().or(from_env).as_deref()).ok().map(|l| l.config.paths.state)
 }
 
-/// Run as root, `cosmos` takes the uid and gid of the state folder's owner before it touches
-/// anything: the store, receipts and inbox files it then makes are the daemon user's, exactly
-/// as if that user had run it, where root-owned ones would later stop the scheduler. (Refusing
-/// would push operators to `sudo -u cosmos`, which does the same by hand.) A root-owned state
-/// folder is root's own installation: nothing changes. Returns who it now acts as.
+/// Run as root, `cosmos` and `cosmosd` take the uid and gid of the state folder's owner before
+/// they touch anything: the store, work folders and inbox files they then make are the daemon
+/// user's, exactly as if that user had run them, where root-owned ones would later stop the
+/// scheduler. (Refusing would push operators to `sudo -u cosmos`, which does the same by hand.)
+/// A root-owned state folder is root's own installation: nothing changes. Returns who it now
+/// acts as.
 pub fn act_as_state_owner(global: &GlobalOpts) -> Result<Option<(u32, u32, PathBuf)>, ShareError> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -56,12 +57,19 @@ pub fn act_as_state_owner(global: &GlobalOpts) -> Result<Option<(u32, u32, PathB
         return Ok(None);
     }
     let fail = |path: &Path| ShareError::Switch { path: path.to_path_buf(), uid, gid, source: std::io::Error::last_os_error() };
-    // Groups first: once the uid is dropped, they can no longer be changed. Only the folder's
-    // group: root's own supplementary groups (docker, disk) must not come along.
+    // Groups first: once the uid is dropped, they can no longer be changed. The owner's own
+    // supplementary groups (from /etc/group), else only the folder's: root's (docker, disk)
+    // must not come along.
     let groups = [gid as libc::gid_t];
-    // SAFETY: plain system calls on this process; a failure is reported with errno.
+    let name = user_name(uid);
+    // SAFETY: plain system calls on this process (still single-threaded); a failure is
+    // reported with errno. `name` is a NUL-terminated string that outlives the call.
     unsafe {
-        if libc::setgroups(1, groups.as_ptr()) != 0 {
+        let grouped = match &name {
+            Some(n) => libc::initgroups(n.as_ptr(), gid),
+            None => libc::setgroups(1, groups.as_ptr()),
+        };
+        if grouped != 0 {
             return Err(fail(&path));
         }
         if libc::setresgid(gid, gid, gid) != 0 {
@@ -72,6 +80,20 @@ pub fn act_as_state_owner(global: &GlobalOpts) -> Result<Option<(u32, u32, PathB
         }
     }
     Ok(Some((uid, gid, path)))
+}
+
+/// The login name of `uid`, where the password database has one.
+fn user_name(uid: u32) -> Option<std::ffi::CString> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: zeroed passwd is a valid out-parameter; getpwuid_r writes only within `buf`.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+    Some(unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned())
 }
 
 /// Makes the store's files (`cosmos.db`, `-wal`, `-shm`) group-writable when their folder is
@@ -137,6 +159,12 @@ fn open_to_group(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_has_a_name_and_an_unused_uid_has_none() {
+        assert_eq!(user_name(0).as_deref(), Some(c"root"));
+        assert_eq!(user_name(64_999), None);
+    }
 
     #[test]
     fn the_owner_is_found_above_a_state_folder_that_does_not_exist_yet() {
