@@ -206,6 +206,11 @@ fn root_running_cosmos_or_cosmosd_acts_as_the_state_owner_and_leaves_no_root_own
     assert!(check_err.contains("acting as the owner of the state folder"), "{check_err}");
     ok(check, "root's cosmosd check-host", &d);
 
+    // The generators stay root: they touch no state and write where root asked (a build tree).
+    let private = tempfile::tempdir().unwrap();
+    ok(root_cosmos().arg("man").arg("--out").arg(private.path().join("man")).output().unwrap(), "root's cosmos man --out", &d);
+    assert!(private.path().join("man/cosmos.1").is_file());
+
     let mut roots = Vec::new();
     walk(&home.root(), &mut |p, m| {
         if m.uid() == 0 || m.gid() == 0 {

@@ -74,5 +74,10 @@ fn main() -> ExitCode {
 /// (stdout is their report).
 fn stderr_logging() {
     let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
