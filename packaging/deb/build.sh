@@ -2,10 +2,10 @@
 # Builds the .deb: the binaries, their man pages and shell completions, then
 # `cargo deb --no-build` with [package.metadata.deb] of Cargo.toml. Prints the .deb's path
 # (the last line of stdout).
-# Usage: packaging/deb/build.sh [--profile release|deb-ci|dev] [--fast]
-#   release (default): what ships (stripped). deb-ci: release with light optimisation and no
-#   debug info; dev: the debug build the tests already made; both for CI, which only installs
-#   and inspects the package. --fast: quicker, larger compression.
+# Usage: packaging/deb/build.sh [--profile release|dev|NAME] [--fast]
+#   release (default): what ships (stripped). dev: the debug build the tests already made, for
+#   CI, which only installs and inspects the package (4 s here, where a release build takes
+#   5 min). --fast: quicker, larger compression.
 # Needs cargo-deb: cargo install cargo-deb --locked
 set -euo pipefail
 cd "$(dirname "$0")/../.."
