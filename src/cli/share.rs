@@ -96,34 +96,6 @@ fn user_name(uid: u32) -> Option<std::ffi::CString> {
     Some(unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned())
 }
 
-/// Makes the store's files (`cosmos.db`, `-wal`, `-shm`) group-writable when their folder is
-/// setgid (a shared installation) and this process owns them: SQLite creates the database
-/// 0644 whatever the umask, and the `-wal` and `-shm` it makes later copy the database's mode,
-/// so one chmod here is what lets every member of the group open the store read-write.
-pub fn share_store_files(db: &Path) {
-    let folder = match db.parent() {
-        Some(f) if !f.as_os_str().is_empty() => f,
-        _ => Path::new("."),
-    };
-    let setgid = std::fs::metadata(folder).is_ok_and(|m| m.mode() & libc::S_ISGID != 0);
-    if !setgid {
-        return;
-    }
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = db.as_os_str().to_owned();
-        name.push(suffix);
-        let path = PathBuf::from(name);
-        if let Ok(m) = std::fs::metadata(&path) {
-            if m.uid() == me && m.mode() & 0o060 != 0o060 {
-                // Best effort: a member who cannot chmod still reads; the owner fixes it at its next open.
-                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode((m.mode() & 0o7777) | 0o060));
-            }
-        }
-    }
-}
-
 /// In a shared (setgid) inbox, what `cosmos submit` delivered under `tmp` is made readable by
 /// the group (folders also writable and searchable: the daemon renames and empties them):
 /// a copy keeps its source's mode, so a private `0600` job file would be unreadable to the
@@ -172,26 +144,6 @@ mod tests {
         let (path, uid, _) = state_owner(&dir.path().join("a/b/state")).unwrap();
         assert_eq!(path, dir.path());
         assert_eq!(uid, std::fs::metadata(dir.path()).unwrap().uid());
-    }
-
-    #[test]
-    fn store_files_become_group_writable_only_in_a_setgid_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        for (setgid, expected) in [(false, 0o644), (true, 0o664)] {
-            let folder = dir.path().join(format!("s{setgid}"));
-            std::fs::create_dir(&folder).unwrap();
-            let mode = if setgid { 0o2775 } else { 0o775 };
-            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).unwrap();
-            let db = folder.join("cosmos.db");
-            for f in [db.clone(), folder.join("cosmos.db-wal")] {
-                std::fs::write(&f, b"").unwrap();
-                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-            }
-            share_store_files(&db);
-            for f in [db.clone(), folder.join("cosmos.db-wal")] {
-                assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, expected, "{} (setgid {setgid})", f.display());
-            }
-        }
     }
 
     #[test]
