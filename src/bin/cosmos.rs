@@ -1,11 +1,26 @@
 //! `cosmos`: the command line. Parsing and exit codes here; the work is in the library.
 
 use clap::Parser;
-use cosmos_workflow::cli::{self, Cli};
+use cosmos_workflow::cli::{self, share, Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    share::group_umask();
     let args = Cli::parse();
+    init_logging();
+    // Before anything is read or made: as root, become the owner of the state folder. Not for
+    // the generators, which touch no state (and write where root asked, say a build tree).
+    let generator = matches!(args.command, Command::Completions { .. } | Command::Man { .. });
+    match if generator { Ok(None) } else { share::act_as_state_owner(&args.global) } {
+        Ok(Some((uid, gid, folder))) => {
+            tracing::debug!(uid, gid, folder = %folder.display(), "running as root: acting as the owner of the state folder");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("cosmos: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli::run(args, &mut out) {
@@ -18,4 +33,15 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Diagnostics on stderr only when asked for with `COSMOS_LOG_LEVEL` (stdout is the command's).
+fn init_logging() {
+    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }

@@ -1,31 +1,29 @@
 //! `cosmosd`: the daemon. Parsing, logging set-up and exit codes here; the work is in
-//! the library (`cosmos_workflow::daemon`).
+//! the library (`cosmos_workflow::daemon`); the command line is `cosmos_workflow::cli::daemon_args`.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cosmos_workflow::cli::daemon_args::{DaemonArgs, DaemonCmd};
+use cosmos_workflow::cli::share;
 use cosmos_workflow::config::ConfigSource;
-use cosmos_workflow::config::GlobalOpts;
 use std::process::ExitCode;
 
-#[derive(Debug, Parser)]
-#[command(name = "cosmosd", version, about = "Cosmos Workflow daemon: inbox -> store -> worker -> outbox")]
-struct Args {
-    #[command(flatten)]
-    global: GlobalOpts,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Validate the configuration and print the effective values
-    CheckConfig,
-    /// Check the host as the daemon will use it (GPUs, Docker, image, NVIDIA's code,
-    /// checkpoints, Hugging Face cache, disk), with the fix for each miss; exit 1 on a miss
-    CheckHost,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    share::group_umask();
+    let args = DaemonArgs::parse();
+    // Before anything is read or made (`--root` makes folders, check-host a work folder): as
+    // root, become the owner of the state folder, as `cosmos` does.
+    let acting_as = match share::act_as_state_owner(&args.global) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cosmosd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let said = |acting_as: &Option<(u32, u32, std::path::PathBuf)>| {
+        if let Some((uid, gid, folder)) = acting_as {
+            tracing::debug!(uid, gid, folder = %folder.display(), "running as root: acting as the owner of the state folder");
+        }
+    };
     let loaded = match args.global.load() {
         Ok(l) => l,
         Err(e) => {
@@ -33,8 +31,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
+    if args.command.is_some() {
+        stderr_logging();
+        said(&acting_as);
+    }
     match args.command {
-        Some(Cmd::CheckConfig) => {
+        Some(DaemonCmd::CheckConfig) => {
             let source = match &loaded.source {
                 ConfigSource::File(p) | ConfigSource::SystemFile(p) => p.display().to_string(),
                 ConfigSource::Defaults => "none (built-in defaults)".into(),
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.config.to_toml());
             ExitCode::SUCCESS
         }
-        Some(Cmd::CheckHost) => {
+        Some(DaemonCmd::CheckHost) => {
             let (text, missing) = cosmos_workflow::checkhost::render(&cosmos_workflow::checkhost::check_host(&loaded.config));
             print!("{text}");
             if missing {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         }
         None => {
             let _guard = cosmos_workflow::daemon::init_logging(&loaded.config);
+            said(&acting_as);
             match cosmos_workflow::daemon::run(&args.global, loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -65,4 +68,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The subcommands' diagnostics on stderr, only when asked for with `COSMOS_LOG_LEVEL`
+/// (stdout is their report).
+fn stderr_logging() {
+    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }

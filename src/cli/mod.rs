@@ -3,8 +3,11 @@
 //! store. Every command that creates something prints its id.
 
 mod control;
+pub mod daemon_args;
 mod demo;
+pub mod docs;
 pub mod json;
+pub mod share;
 mod submit;
 
 use crate::config::{Config, ConfigError};
@@ -208,6 +211,21 @@ pub enum Command {
     /// Run cosmosd in this process (what `cosmos demo` starts); `cosmosd` is the daemon to use
     #[command(hide = true)]
     Daemon,
+    /// Print the completion script of cosmos (or of cosmosd with --program cosmosd) for SHELL
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+        /// The program to complete
+        #[arg(long, value_enum, default_value = "cosmos")]
+        program: docs::Program,
+    },
+    /// Write the man pages of cosmos and cosmosd into DIR (the packaging script's)
+    #[command(hide = true)]
+    Man {
+        /// The folder to write cosmos.1, cosmos-SUBCOMMAND.1, cosmosd.1... into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Delete prompts or runs (never a running run); a run's work folder goes with it
     Delete {
         /// What to delete: prompt or run
@@ -344,7 +362,17 @@ pub enum DeleteWhat {
 
 /// Runs one `cosmos` command, printing to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    match cli.command {
+    // Generated from the command line alone: no configuration needed (a packaging host has none).
+    match &cli.command {
+        Command::Completions { shell, program } => return Ok(docs::completions(*shell, *program, out)?),
+        Command::Man { out: dir } => {
+            let pages =
+                docs::man_pages(dir).map_err(|e| CliError::Failed(format!("cannot write the man pages into {}: {e}", dir.display())))?;
+            for page in pages {
+                writeln!(out, "{}", page.display())?;
+            }
+            return Ok(());
+        }
         Command::Demo => return demo::demo(&cli.global, out),
         Command::Daemon => {
             let loaded = cli.global.load()?;
@@ -396,7 +424,12 @@ fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result
                 Command::Prune { older_than, outbox, dry_run, json } => {
                     control::prune(&store, &config, older_than, outbox, dry_run, json, out)
                 }
-                Command::Validate { .. } | Command::Submit { .. } | Command::Demo | Command::Daemon => Ok(()),
+                Command::Validate { .. }
+                | Command::Submit { .. }
+                | Command::Demo
+                | Command::Daemon
+                | Command::Completions { .. }
+                | Command::Man { .. } => Ok(()),
             }
         }
     }

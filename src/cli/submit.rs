@@ -205,6 +205,7 @@ fn deliver(p: &Plan, inbox: &Path) -> std::result::Result<(String, PathBuf, Stri
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(at("cannot sync", &tmp))?;
         free_name(inbox, &file_name)
     };
+    super::share::share_delivery(inbox, &tmp).map_err(at("cannot open to the group", &tmp))?;
     let sha = submission_sha256(&tmp).map_err(at("cannot hash", &tmp))?;
     let dst = inbox.join(&name);
     std::fs::rename(&tmp, &dst).map_err(at("cannot deliver into", &dst))?;

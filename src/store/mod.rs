@@ -274,6 +274,8 @@ impl Store {
         // 64 MiB of page cache: a large submission inserts into random-id indexes, which
         // thrash the default 2 MiB cache.
         conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
+        // A shared (setgid) state folder: the files SQLite made are opened to the group.
+        share_store_files(path);
         let mut store = Store { conn, path: path.to_path_buf() };
         // Up to date: no write lock taken (another process may hold it; reading goes on).
         if found < known {
@@ -1491,5 +1493,60 @@ fn submission_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
     })
 }
 
+/// Makes the store's files (`cosmos.db`, `-wal`, `-shm`) group-writable when their folder is
+/// setgid (a shared installation) and this process owns them: SQLite creates the database
+/// 0644 whatever the umask, and the `-wal` and `-shm` it makes later copy the database's mode,
+/// so one chmod here is what lets every member of the group open the store read-write.
+fn share_store_files(db: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let folder = match db.parent() {
+        Some(f) if !f.as_os_str().is_empty() => f,
+        _ => Path::new("."),
+    };
+    let setgid = std::fs::metadata(folder).is_ok_and(|m| m.mode() & libc::S_ISGID != 0);
+    if !setgid {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if let Ok(m) = std::fs::metadata(&path) {
+            if m.uid() == me && m.mode() & 0o060 != 0o060 {
+                // Best effort: a member who cannot chmod still reads; the owner fixes it at its next open.
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode((m.mode() & 0o7777) | 0o060));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod share_tests {
+    use super::share_store_files;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn store_files_become_group_writable_only_in_a_setgid_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (setgid, expected) in [(false, 0o644), (true, 0o664)] {
+            let folder = dir.path().join(format!("s{setgid}"));
+            std::fs::create_dir(&folder).unwrap();
+            let mode = if setgid { 0o2775 } else { 0o775 };
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).unwrap();
+            let db = folder.join("cosmos.db");
+            for f in [db.clone(), folder.join("cosmos.db-wal")] {
+                std::fs::write(&f, b"").unwrap();
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            share_store_files(&db);
+            for f in [db.clone(), folder.join("cosmos.db-wal")] {
+                assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, expected, "{} (setgid {setgid})", f.display());
+            }
+        }
+    }
+}

@@ -206,6 +206,9 @@ def main(argv=None):
     # What NVIDIA's entry points set before anything else (transfer.py top;
     # cosmos_oss/init.py init_environment).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # What the worker writes into state/work is group-writable, as what cosmosd writes is
+    # (the folders are setgid to the operators' group): a container starts with Docker's 0022.
+    os.umask(0o002)
     events = protect_stdout()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     channel = Channel(events)
