@@ -802,6 +802,22 @@ pub fn looks_complete(path: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The README tells how to compute a bundle's sha256 with sha256sum: this is that line.
+    #[test]
+    fn a_bundles_sha256_is_what_the_readme_computes_with_sha256sum() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("bundle");
+        std::fs::create_dir_all(b.join("videos/a")).unwrap();
+        std::fs::write(b.join("jobs.jsonl"), "{}\n").unwrap();
+        std::fs::write(b.join("videos/a/color.mp4"), b"video bytes").unwrap();
+        std::fs::write(b.join("videos/B.mp4"), b"other").unwrap();
+        std::fs::write(b.join("READY"), b"").unwrap();
+        let shell = r#"cd "$1" && find . -type f -printf '%P\n' | LC_ALL=C sort | while read -r f; do printf '%s\0%s\n' "$f" "$(sha256sum "$f" | cut -c1-64)"; done | sha256sum | cut -c1-64"#;
+        let out = std::process::Command::new("sh").args(["-c", shell, "sh"]).arg(&b).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), submission_sha256(&b).unwrap());
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         intake: Intake,
