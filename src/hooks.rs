@@ -195,58 +195,29 @@ impl Deliverer {
             settle.done = true;
             return self.record(owed, &settle);
         }
-        let context = match self.context(owed) {
-            Ok(c) => c,
+        let failed = match self.context(owed) {
+            Ok(context) => match self.run_targets(owed, &todo, &context, &mut settle) {
+                Some(failed) => failed,
+                None => {
+                    // Stopped with the daemon, not failed: what was delivered is kept, the
+                    // rest stays owed for the next start, and the round does not count.
+                    tracing::info!(subject = %owed.subject, "hooks: stopped with the daemon; the rest runs after the next start");
+                    settle.attempts = owed.attempts;
+                    return self.record(owed, &settle);
+                }
+            },
             Err(e) => {
-                tracing::warn!(error = %e, subject = %owed.subject, "hooks: cannot read the event's facts; trying again");
+                tracing::warn!(error = %e, subject = %owed.subject, "hooks: cannot read the event's facts");
                 settle.events.push(("hook".into(), format!("attempt {}: cannot read the event's facts: {e}", settle.attempts)));
-                settle.not_before = Some(Timestamp(Timestamp::now().0 + backoff(settle.attempts).as_millis() as i64));
-                return self.record(owed, &settle);
+                todo.len()
             }
         };
-        let timeout = self.config.hooks.timeout.0;
-        let mut failed = 0;
-        for target in &todo {
-            let started = Instant::now();
-            let outcome = match target {
-                Target::Command { command, .. } => run_command(command, &context.env, timeout, &self.stop),
-                Target::Webhook { url } => post(url, owed.kind, &context.body, timeout),
-            };
-            if self.stopping() && !outcome.ok {
-                // Stopped by the daemon's stop, not failed: owed as it was, for the next start.
-                tracing::info!(hook = %target.name(), subject = %owed.subject, "hooks: stopped with the daemon; it runs again after the next start");
-                return;
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            let mut detail = format!(
-                "{} {} for {} {} ({}, attempt {}, {seconds:.2}s)",
-                target.name(),
-                if outcome.ok { "ok" } else { "failed" },
-                owed.kind.as_str(),
-                owed.status,
-                outcome.summary,
-                settle.attempts
-            );
-            if !outcome.output.is_empty() {
-                detail.push_str(": ");
-                detail.push_str(outcome.output.trim_end());
-            }
-            if outcome.ok {
-                tracing::info!(hook = %target.name(), subject = %owed.subject, result = %outcome.summary, output = %outcome.output.trim_end(), "hook delivered");
-                settle.delivered.push(target.name());
-            } else {
-                tracing::warn!(hook = %target.name(), subject = %owed.subject, result = %outcome.summary, output = %outcome.output.trim_end(), attempt = settle.attempts, "hook failed");
-                failed += 1;
-            }
-            settle.events.push(("hook".into(), detail));
-        }
         if failed == 0 {
             settle.done = true;
         } else if settle.attempts >= MAX_ROUNDS {
             settle.done = true;
-            settle
-                .events
-                .push(("hook_gave_up".into(), format!("{failed} hook(s) still failing after {} attempts; given up", settle.attempts)));
+            let why = format!("{failed} hook(s) still failing after {} attempts; given up", settle.attempts);
+            settle.events.push(("hook_gave_up".into(), why));
             tracing::error!(subject = %owed.subject, attempts = settle.attempts, "hooks: given up");
         } else {
             let wait = backoff(settle.attempts);
@@ -254,6 +225,41 @@ impl Deliverer {
             settle.events.push(("hook_retry".into(), format!("{failed} hook(s) failed; trying again in {}s", wait.as_secs())));
         }
         self.record(owed, &settle);
+    }
+
+    /// Runs the hooks in `todo`, noting each outcome in `settle`; how many failed, or
+    /// `None` when the daemon's stop cut the round short.
+    fn run_targets(&self, owed: &Owed, todo: &[Target], context: &Context, settle: &mut Settle) -> Option<usize> {
+        let timeout = self.config.hooks.timeout.0;
+        let mut failed = 0;
+        for target in todo {
+            let started = Instant::now();
+            let outcome = match target {
+                Target::Command { command, .. } => run_command(command, &context.env, timeout, &self.stop),
+                Target::Webhook { url } => post(url, owed.kind, &context.body, timeout),
+            };
+            if self.stopping() && !outcome.ok {
+                return None;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let verdict = if outcome.ok { "ok" } else { "failed" };
+            let (name, kind, attempt) = (target.name(), owed.kind.as_str(), settle.attempts);
+            let mut detail = format!("{name} {verdict} for {kind} {} ({}, attempt {attempt}, {seconds:.2}s)", owed.status, outcome.summary);
+            let output = outcome.output.trim_end();
+            if !output.is_empty() {
+                detail.push_str(": ");
+                detail.push_str(output);
+            }
+            if outcome.ok {
+                tracing::info!(hook = %name, subject = %owed.subject, result = %outcome.summary, output, "hook delivered");
+                settle.delivered.push(name);
+            } else {
+                tracing::warn!(hook = %name, subject = %owed.subject, result = %outcome.summary, output, attempt, "hook failed");
+                failed += 1;
+            }
+            settle.events.push(("hook".into(), detail));
+        }
+        Some(failed)
     }
 
     fn record(&mut self, owed: &Owed, settle: &Settle) {
@@ -509,5 +515,23 @@ mod tests {
         assert!(!o.ok);
         assert_eq!(o.summary, "no HTTP answer");
         assert!(!o.output.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn webhook_urls_must_be_plain_http() {
+        let ok = Config::from_toml("[hooks]\nwebhook = [\"http://127.0.0.1:8080/done\"]\ntimeout = \"5s\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(ok.hooks.webhook, vec!["http://127.0.0.1:8080/done".to_string()]);
+        let err = Config::from_toml("[hooks]\nwebhook = [\"https://example.org/x\"]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("hooks.webhook") && err.contains("https is not built in"), "{err}");
+        let err = Config::from_toml("[hooks]\nwebhook = [\"example.org\"]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("expected http://HOST[:PORT]/PATH"), "{err}");
+        let err = Config::from_toml("[hooks]\ntimeout = \"0s\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("hooks.timeout"), "{err}");
     }
 }

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(40);
 
-/// A fast sim worker plus `[hooks]` keys.
+/// A fast sim worker plus `[hooks]` keys; the disk guard low, so that a build host's
+/// nearly full disk does not hold the runs (nothing here writes much).
 fn config(hooks: &str) -> String {
-    format!("backend_args = [\"--load-seconds\", \"0.2\", \"--job-seconds\", \"0.2\"]\n[hooks]\n{hooks}\n")
+    format!("backend_args = [\"--load-seconds\", \"0.2\", \"--job-seconds\", \"0.2\"]\n[outbox]\nmin_free = \"1MiB\"\n[hooks]\n{hooks}\n")
 }
 
 /// A hook script that appends one line of what it was told to `out`, copies the receipt it
@@ -252,4 +253,30 @@ fn a_hanging_hook_is_killed_at_the_timeout_and_the_runs_go_on() {
     assert!(other["finished_at"].as_str().unwrap() < event["time"].as_str().unwrap(), "{other} / {event}");
     // Tried again after its backoff.
     assert!(wait_until(LONG, || hook_details(&home, &first, "hook_retry").len() == 1), "{}", daemon.log_text());
+}
+
+#[test]
+fn a_hook_cut_short_by_the_daemon_s_stop_runs_again_after_the_next_start() {
+    let home = Home::new();
+    let (calls, release) = (home.path().join("calls.txt"), home.path().join("release"));
+    // Hangs until `release` exists; the timeout is far off: only the stop can end it.
+    let hooks = format!(
+        "on_run = 'echo \"$COSMOS_RUN_ID\" >> \"{}\"; while [ ! -e \"{}\" ]; do sleep 0.1; done'\ntimeout = \"10m\"",
+        calls.display(),
+        release.display()
+    );
+    let daemon = start(&home, &hooks, &[]);
+    drop_file(&home, "one.jsonl", &home.jobs("stop", 1));
+    assert!(wait_until(LONG, || lines(&calls).len() == 1), "{}", daemon.log_text());
+    // SIGTERM: the daemon does not wait out the hook; it kills it and stops cleanly.
+    assert_eq!(daemon.stop().code(), Some(0));
+    let run_id = lines(&calls)[0].clone();
+    assert!(hook_details(&home, &run_id, "hook").is_empty(), "an interrupted hook is neither ok nor failed");
+
+    std::fs::write(&release, "").unwrap();
+    let daemon = start(&home, &hooks, &[]);
+    assert!(wait_until(LONG, || hook_details(&home, &run_id, "hook").len() == 1), "{}", daemon.log_text());
+    assert_eq!(lines(&calls), vec![run_id.clone(), run_id.clone()], "run again after the restart");
+    let told = hook_details(&home, &run_id, "hook");
+    assert!(told[0].starts_with("on_run ok for run completed (exit 0, attempt 1"), "{told:?}");
 }
