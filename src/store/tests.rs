@@ -243,7 +243,7 @@ fn a_run_end_owes_its_hooks_and_the_last_run_its_submission_s() {
     let (sub, _) = w.commit().unwrap();
     let now = || Timestamp(Timestamp::now().0 + 1000);
 
-    // No hooks wanted: a run's end leaves nothing behind.
+    // Handed back before any hook is wanted; then started again.
     store.change(&a, Change::Start).unwrap();
     store.retry_later(&a, "oom", Timestamp(0)).unwrap();
     store.set_hooks_wanted(true, true).unwrap();
