@@ -609,6 +609,15 @@ impl Config {
                 return Err(bad("runtime.gpus", "a GPU group must name at least one GPU".into()));
             }
         }
+        for url in &self.hooks.webhook {
+            if !url.starts_with("http://") || url.len() == "http://".len() {
+                let why = if url.starts_with("https://") { " (https is not built in: post to an http:// relay on this host)" } else { "" };
+                return Err(bad("hooks.webhook", format!("expected http://HOST[:PORT]/PATH URLs, got {url:?}{why}")));
+            }
+        }
+        if self.hooks.timeout.0.is_zero() {
+            return Err(bad("hooks.timeout", "expected a duration above 0".into()));
+        }
         for m in &self.runtime.mounts {
             parse_mount(m).map_err(|e| bad("runtime.mounts", e))?;
         }

@@ -37,6 +37,8 @@ pub enum DaemonError {
     SchedulerEnded { slot: usize, error: String },
     #[error(transparent)]
     Web(#[from] crate::web::WebError),
+    #[error(transparent)]
+    Hooks(#[from] crate::hooks::HookError),
 }
 
 /// What reaches the daemon's loop.
@@ -284,6 +286,8 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     // scheduler, so a taken address stops the start-up with nothing to undo.
     let metrics = Arc::new(crate::metrics::Registry::new());
     let web = crate::web::Web::start(&config, Arc::clone(&metrics))?;
+    // Before any scheduler: runs that start-up recovery ends owe their hooks too.
+    let hooks = crate::hooks::Hooks::start(&config, Arc::clone(&stop))?;
     let shared = crate::scheduler::Shared::new(groups.len()).with_metrics(Arc::clone(&metrics));
     let mut reload_txs = Vec::new();
     let mut scheduler_threads = Vec::new();
@@ -409,6 +413,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
                     for tx in &reload_txs {
                         let _ = tx.send(new_config.clone());
                     }
+                    hooks.reload(&new_config);
                     config = new_config;
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -448,6 +453,7 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     for thread in scheduler_threads {
         let _ = thread.join();
     }
+    hooks.join();
     web.stop();
     signal_handle.close();
     let _ = signal_thread.join();

@@ -12,6 +12,7 @@ pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
+pub mod hooks;
 pub mod ids;
 pub mod intake;
 pub mod layout;

@@ -22,7 +22,8 @@ const LAYERS: &[&[&str]] = &[
     &["outbox"],
     // The registry the parts record metrics into; the HTTP endpoint reads it.
     &["metrics"],
-    &["web", "prune"],
+    // What reads the store and the outbox for others: the HTTP endpoint, pruning, hooks.
+    &["web", "prune", "hooks"],
     // The two active stages, each driving the ones below.
     &["intake", "scheduler", "checkhost"],
     &["daemon"],

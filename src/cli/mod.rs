@@ -914,6 +914,8 @@ fn show(store: &Store, model: spec::Model, prefix: &str, as_json: bool, out: &mu
         IdKind::Submission => {
             let mut v = json::submission(&store.submission(&id)?);
             v["runs"] = store.runs_where(RunLink::Submission, &id)?.iter().map(json::run_ref).collect();
+            // Its on_submission and webhook outcomes (the submission's own events).
+            v["events"] = store.events(&id)?.iter().map(json::event).collect();
             v
         }
     };

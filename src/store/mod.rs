@@ -3,10 +3,12 @@
 //! one transaction, and illegal transitions are refused.
 
 mod counters;
+mod owed;
 mod schema;
 mod status;
 
 pub use counters::{Finish, FINISHED_KINDS};
+pub use owed::{Owed, OwedKind, Settle};
 
 pub use status::{Change, RunStatus, SubmissionStatus};
 
@@ -729,13 +731,15 @@ impl Store {
     pub fn complete(&mut self, run_id: &str, outputs: Value, child: Option<(&str, RunSpec)>) -> Result<Run> {
         let now = Timestamp::now().rfc3339();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        apply_change(&tx, run_id, &Change::Complete { outputs }, &now)?;
+        // The child first: its submission still has an open run when the parent ends, so
+        // the submission's hooks wait for the child.
         if let Some((child_id, spec)) = child {
             let parent = load_run(&tx, run_id)?;
             insert_run(&tx, child_id, &parent.prompt_id, &spec, RunStatus::Queued, None, parent.submission_id.as_deref(), None, &now)?;
             count_inserted(&tx, RunStatus::Queued, 1)?;
             tx.execute("UPDATE runs SET parent_id = ?2 WHERE id = ?1", params![child_id, run_id])?;
         }
+        apply_change(&tx, run_id, &Change::Complete { outputs }, &now)?;
         tx.commit()?;
         self.run(run_id)
     }
@@ -1413,6 +1417,7 @@ fn apply_change(conn: &Connection, run_id: &str, change: &Change, now: &str) -> 
     }
     let detail = if detail.is_empty() { format!("from {from}") } else { format!("from {from}: {detail}") };
     insert_event(conn, Some(run_id), now, to.as_str(), Some(&detail))?;
+    owed::owe_on_end(conn, run_id, to, now)?;
     Ok(from)
 }
 

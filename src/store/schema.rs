@@ -107,4 +107,25 @@ pub const MIGRATIONS: &[&str] = &[
             UPDATE run_counts SET n = n + 1 WHERE status = NEW.status;
         END;
     "#,
+    // 5: completion hooks owed (at least once across restarts). A row is written in the
+    // transaction that ends its run (or the last open run of its submission) and marked
+    // done once every hook configured for it was delivered or given up on. `delivered`
+    // lists the hooks already done, so a retry does not run a succeeded one again. The
+    // partial indexes keep "what is owed" and "does the submission have open runs" cheap
+    // at a million runs; `hooks` in daemon_state says which kinds the daemon wants.
+    r#"
+    CREATE TABLE hooks_owed (
+        id          INTEGER PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('run', 'submission')),
+        subject     TEXT NOT NULL,            -- run or submission id
+        status      TEXT NOT NULL,            -- the run's final status; 'ended' for a submission
+        created_at  TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        not_before  TEXT,
+        delivered   TEXT NOT NULL DEFAULT '[]',
+        done_at     TEXT
+    );
+    CREATE INDEX hooks_owed_open ON hooks_owed(id) WHERE done_at IS NULL;
+    CREATE INDEX runs_open_by_submission ON runs(submission_id) WHERE status IN ('pending', 'queued', 'running');
+    "#,
 ];

@@ -233,3 +233,77 @@ fn prune_queries_tell_ended_runs_from_the_rest() {
     store.for_each_kept_spec(earlier, |s| kept.push(s.to_string())).unwrap();
     assert_eq!(kept.len(), 2);
 }
+
+#[test]
+fn a_run_end_owes_its_hooks_and_the_last_run_its_submission_s() {
+    let (_d, mut store) = store();
+    let mut w = store.begin_submission("jobs.jsonl", "abc", "jobs").unwrap();
+    let a = w.add(&crate::spec::Job { line: 1, spec: spec("a") }).unwrap();
+    let b = w.add(&crate::spec::Job { line: 2, spec: spec("b") }).unwrap();
+    let (sub, _) = w.commit().unwrap();
+    let now = || Timestamp(Timestamp::now().0 + 1000);
+
+    // Handed back before any hook is wanted; then started again.
+    store.change(&a, Change::Start).unwrap();
+    store.retry_later(&a, "oom", Timestamp(0)).unwrap();
+    store.set_hooks_wanted(true, true).unwrap();
+    // Not final (back to the queue): nothing owed.
+    store.change(&a, Change::Start).unwrap();
+    assert!(store.owed_hooks(now(), 10).unwrap().is_empty());
+
+    store.complete(&a, serde_json::json!({"output_dir": "/o/run_a"}), Some(("rs_child00000001", spec("a-up")))).unwrap();
+    let owed = store.owed_hooks(now(), 10).unwrap();
+    assert_eq!(owed.len(), 1, "run a's hook only: b and a's upscale child are still open: {owed:?}");
+    assert_eq!((owed[0].kind, owed[0].subject.as_str(), owed[0].status.as_str()), (OwedKind::Run, a.as_str(), "completed"));
+
+    store.change(&b, Change::Start).unwrap();
+    store.finish_unsuccessfully(&b, Change::Fail { error: "bad".into() }).unwrap();
+    assert_eq!(store.owed_hooks(now(), 10).unwrap().len(), 2, "the child is still queued: no submission hook yet");
+    store.request_cancel("rs_child00000001").unwrap();
+    let owed = store.owed_hooks(now(), 10).unwrap();
+    let kinds: Vec<_> = owed.iter().map(|o| (o.kind, o.subject.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (OwedKind::Run, a.clone()),
+            (OwedKind::Run, b.clone()),
+            (OwedKind::Run, "rs_child00000001".into()),
+            (OwedKind::Submission, sub.id.clone())
+        ]
+    );
+
+    // A round that failed waits for its backoff, keeping what it delivered.
+    let first = owed[0].clone();
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    let settle = Settle {
+        delivered: vec!["on_run".into()],
+        attempts: 1,
+        not_before: Some(later),
+        done: false,
+        events: vec![("hook".into(), "webhook http://x failed (HTTP 500, attempt 1)".into())],
+    };
+    store.settle_hook(first.id, &first.subject, &settle).unwrap();
+    let due: Vec<i64> = store.owed_hooks(now(), 10).unwrap().iter().map(|o| o.id).collect();
+    assert!(!due.contains(&first.id));
+    assert_eq!(store.next_owed_at().unwrap(), Some(later));
+    let again = store.owed_hooks(Timestamp(later.0 + 1), 10).unwrap();
+    let again = again.iter().find(|o| o.id == first.id).unwrap();
+    assert_eq!((again.attempts, again.delivered.clone()), (1, vec!["on_run".to_string()]));
+    assert!(store.events(&a).unwrap().iter().any(|e| e.kind == "hook" && e.detail.as_deref().unwrap_or("").contains("HTTP 500")));
+
+    // Done: never due again; the submission's outcome is in its own events.
+    for o in store.owed_hooks(Timestamp(later.0 + 1), 10).unwrap() {
+        let settle = Settle { done: true, attempts: 1, events: vec![("hook".into(), format!("ok {}", o.subject))], ..Default::default() };
+        store.settle_hook(o.id, &o.subject, &settle).unwrap();
+    }
+    assert!(store.owed_hooks(Timestamp(later.0 + 1), 10).unwrap().is_empty());
+    assert_eq!(store.next_owed_at().unwrap(), None);
+    assert!(store.events(&sub.id).unwrap().iter().any(|e| e.kind == "hook"));
+
+    // Hooks turned off: the next end owes nothing.
+    store.set_hooks_wanted(false, false).unwrap();
+    store.change(&b, Change::Queue { detail: "retry".into() }).unwrap();
+    store.change(&b, Change::Start).unwrap();
+    store.finish_unsuccessfully(&b, Change::Fail { error: "bad".into() }).unwrap();
+    assert!(store.owed_hooks(Timestamp(later.0 + 1), 10).unwrap().is_empty());
+}
