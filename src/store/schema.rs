@@ -107,4 +107,10 @@ pub const MIGRATIONS: &[&str] = &[
             UPDATE run_counts SET n = n + 1 WHERE status = NEW.status;
         END;
     "#,
+    // 5: OOM healing: the memory-saving options a run's next attempt uses (JSON, the
+    // scheduler's `policy::Remedy`) and the smallest GPU group it may run on.
+    r#"
+    ALTER TABLE runs ADD COLUMN remedy TEXT;
+    ALTER TABLE runs ADD COLUMN min_gpus INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
