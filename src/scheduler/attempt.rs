@@ -301,10 +301,12 @@ impl Scheduler {
                 // Cancelled while loading: the run ends, the model stays loaded.
                 Some(if cancelling { Ending::Cancelled } else { Ending::Done { outputs: Outputs::default(), seconds } })
             }
-            (Phase::Load { .. }, Event::LoadFailed { message, .. }) => {
+            (Phase::Load { .. }, Event::LoadFailed { message, kind, .. }) => {
                 self.hand.loaded = None;
                 self.shared.metrics.record_load(None);
-                Some(Ending::Failed { kind: FailureKind::Load, retryable: true, message: format!("model load failed: {message}") })
+                // Out of GPU memory while loading: healed as a run's OOM is.
+                let kind = if kind == Some(FailureKind::Oom) { FailureKind::Oom } else { FailureKind::Load };
+                Some(Ending::Failed { kind, retryable: true, message: format!("model load failed: {message}") })
             }
             (Phase::Run { .. }, Event::Progress { run_id, step, steps }) if run_id == run.id => {
                 if let Some(c) = self.board.current.as_mut() {

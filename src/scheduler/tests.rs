@@ -91,7 +91,7 @@ impl Worker for FakeWorker {
                 if self.script.lock().unwrap().on_load.unwrap_or(OnLoad::Loaded) == OnLoad::Loaded {
                     self.state = "idle";
                     self.loaded = Some(controls.clone());
-                    self.emit(Event::Loaded { controls: controls.clone(), seconds: 0.01 });
+                    self.emit(Event::Loaded { controls: controls.clone(), seconds: 0.01, options: None });
                 }
             }
             Op::Run { run_id, spec, output_dir, .. } => {

@@ -122,11 +122,15 @@ class Worker:
         except Exception as e:  # a failed load is reported; the worker stays up
             log("load failed: %s\n%s" % (e, traceback.format_exc()))
             self.state = "idle"
-            self.channel.send({"event": "load_failed", "controls": controls, "message": str(e)})
+            event = {"event": "load_failed", "controls": controls, "message": str(e)}
+            if isinstance(e, MemoryError) or classify(e)[0] == "oom":
+                event["kind"] = "oom"  # healed like a run's OOM: the next load saves memory
+            self.channel.send(event)
             return
         self.state = "idle"
         self.controls = controls
-        self.channel.send({"event": "loaded", "controls": controls, "seconds": round(time.monotonic() - start, 3)})
+        self.channel.send({"event": "loaded", "controls": controls, "options": options,
+                           "seconds": round(time.monotonic() - start, 3)})
 
     def do_run(self, op):
         run_id = op.get("run_id")
