@@ -110,7 +110,9 @@ fn an_oom_no_option_cures_fails_after_max_attempts_with_what_was_tried() {
     assert_eq!(run["attempts"], 5);
     let error = run["error"].as_str().unwrap();
     assert!(error.starts_with("CUDA out of memory (simulated) (after 5 attempts); memory-saving options tried: "), "{error}");
-    for tried in ["offload_tokenizer = true", "offload_network = true", "num_video_frames_per_chunk = 61", "num_video_frames_per_chunk = 29"] {
+    for tried in
+        ["offload_tokenizer = true", "offload_network = true", "num_video_frames_per_chunk = 61", "num_video_frames_per_chunk = 29"]
+    {
         assert!(error.contains(tried), "{tried}: {error}");
     }
     assert!(!error.contains("GPU group"), "no larger group here: {error}");
@@ -133,7 +135,10 @@ fn a_larger_gpu_group_takes_a_run_its_own_group_cannot_hold() {
     let go_text = go.display().to_string();
     let daemon = Daemon::start(
         &home,
-        &format!("backend_args = [\"--job-seconds\", \"0.1\"]\ngpus = [[0], [1, 2]]\nmodel_code = \"{}\"\n[scheduler]\nmax_attempts = 4\n", fakes.display()),
+        &format!(
+            "backend_args = [\"--job-seconds\", \"0.1\"]\ngpus = [[0], [1, 2]]\nmodel_code = \"{}\"\n[scheduler]\nmax_attempts = 4\n",
+            fakes.display()
+        ),
         &[("COSMOS_FAKE_GPUS", "3"), ("FAKE_TORCHRUN_UNTIL", &go_text)],
     );
     drop_file(&home, "big.jsonl", &line("big", ", \"sim\": {\"fail\": \"oom\", \"cured_by\": [\"gpus:2\"]}"));

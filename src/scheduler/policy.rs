@@ -5,11 +5,11 @@
 use crate::config::Backend;
 use crate::gpu::GpuSample;
 use crate::runtime::protocol::FailureKind;
+use crate::store::{QueueCandidates, Run};
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use crate::store::{QueueCandidates, Run};
-use crate::time::Timestamp;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -279,7 +279,9 @@ pub fn next_remedy(kind: &FailureKind, tried: &Remedy, attempt: u32, ctx: &HealC
                     }
                     let map = if s.scope == Scope::Load { &mut next.load } else { &mut next.run };
                     let current = map.get(s.name).cloned();
-                    if let (Value::Number(want), Some(own)) = (&s.value, current.as_ref().and_then(Value::as_u64).or(ctx.run_chunk.map(u64::from))) {
+                    if let (Value::Number(want), Some(own)) =
+                        (&s.value, current.as_ref().and_then(Value::as_u64).or(ctx.run_chunk.map(u64::from)))
+                    {
                         // Fewer frames only: never more than the run (or the last step) had.
                         if want.as_u64().is_some_and(|w| w >= own) {
                             continue;
@@ -446,7 +448,11 @@ mod tests {
         // Transfer1 on one GPU of [[0], [1, 2]]: the cheap offloads, the network, the larger group.
         assert_eq!(
             walk(&ctx(Backend::Transfer1, 1, &[1, 2], false)),
-            [s(&["offload_text_encoder_model = true", "offload_tokenizer = true"]), s(&["offload_network = true"]), s(&["a GPU group of 2"])]
+            [
+                s(&["offload_text_encoder_model = true", "offload_tokenizer = true"]),
+                s(&["offload_network = true"]),
+                s(&["a GPU group of 2"])
+            ]
         );
         // Already on the largest group: no group step; equal groups neither.
         assert_eq!(walk(&ctx(Backend::Transfer1, 2, &[1, 2], false)).len(), 2);

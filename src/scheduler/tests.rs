@@ -346,7 +346,12 @@ fn a_retryable_failure_is_tried_again_after_its_backoff() {
     let run = b.store.run(&ids[0]).unwrap();
     assert_eq!((run.status, run.attempts), (RunStatus::Completed, 2));
     let kinds: Vec<String> = b.store.events(&ids[0]).unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["created", "queued", "running", "queued", "running", "completed"]);
+    // An OOM: the retry carries the backend's first memory-saving rung (an event says which).
+    assert_eq!(kinds, ["created", "queued", "running", "queued", "remedy", "running", "completed"]);
+    let remedy: super::policy::Remedy = serde_json::from_value(b.store.remedy(&ids[0]).unwrap().unwrap()).unwrap();
+    assert_eq!(remedy.load.get("offload_text_encoder_model"), Some(&serde_json::Value::Bool(true)), "{remedy:?}");
+    assert_eq!(remedy.load.len(), 3, "the sim backend's first rung: guardrail, T5, tokenizer");
+    assert_eq!(remedy.steps.len(), 1);
 }
 
 #[test]

@@ -166,7 +166,7 @@ const SIM_CURES: &[&str] =
 
 fn parse_cures(v: &Value, p: &mut Problems) -> Option<Vec<String>> {
     let expected = "expected a list of offload_guardrail_models, offload_text_encoder_model, offload_tokenizer, \
-                    offload_network, num_video_frames_per_chunk or gpus:N";
+                    offload_network, num_video_frames_per_chunk or gpus:N (N from 1 to 64)";
     let Some(items) = v.as_array() else {
         p.push("sim.cured_by", format!("{expected}, got {}", describe(v)));
         return None;

@@ -706,7 +706,8 @@ impl Store {
 
     /// The remedy an OOM left for the run's next attempt (`None`: none).
     pub fn remedy(&self, run_id: &str) -> Result<Option<Value>> {
-        let text: Option<Option<String>> = self.conn.query_row("SELECT remedy FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+        let text: Option<Option<String>> =
+            self.conn.query_row("SELECT remedy FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
         Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
     }
 
