@@ -274,6 +274,20 @@ class Transfer1(unittest.TestCase):
             with self.assertRaises(TypeError):  # the fake takes NVIDIA's keywords, none more
                 DiffusionControl2WorldGenerationPipeline(checkpoint_dir="c", checkpoint_name="n", offload_everything=True)
 
+    def test_a_load_out_of_gpu_memory_says_oom_and_the_offload_cures_it(self):
+        self.calls = Calls()
+        w = Proc("--backend", "transfer1", "--checkpoint-dir", "/ckpt", fakes=True,
+                 env=dict(self.calls.env(), FAKE_T1_LOAD_NEEDS_T5_OFFLOAD="1"))
+        self.assertEqual(w.read()["event"], "hello")
+        w.send({"op": "load", "controls": ["edge"], "options": {}})
+        failed = w.until("load_failed")
+        self.assertEqual(failed["kind"], "oom", failed)
+        self.assertIn("CUDA out of memory", failed["message"])
+        w.send({"op": "load", "controls": ["edge"], "options": {"offload_text_encoder_model": True}})
+        self.assertEqual(w.until("loaded")["options"], {"offload_text_encoder_model": True})
+        self.run_spec(w, "rs_a", t1_spec(self.tmp))
+        w.close()
+
     def test_outside_nvidias_checkout_the_load_fails_and_says_how_to_fix_it(self):
         w, _ = self.start(cwd=self.tmp)
         w.send({"op": "load", "controls": ["edge"], "options": {}})

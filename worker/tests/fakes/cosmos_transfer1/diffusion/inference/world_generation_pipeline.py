@@ -13,6 +13,8 @@ Kept from the real one:
   (`_load_model` -> utils/config_helper.py `get_config_module`);
 - `reload_model(control_inputs)`: `_offload_network()` then `_load_network()`;
 - `generate(...)` with disable_guardrail=True blocks nothing: (videos, final prompts).
+For tests: with FAKE_T1_LOAD_NEEDS_T5_OFFLOAD set, building it with the T5 encoder on the
+GPU runs out of memory as torch says it (the 11B encoder is what a smaller GPU cannot hold).
 """
 
 import os
@@ -30,6 +32,8 @@ class DiffusionControl2WorldGenerationPipeline:
                  process_group=None, regional_prompts=None, region_definitions=None, waymo_example=False, disable_guardrail=False,
                  save_input_noise=False):
         assert os.path.isfile(CONFIG_FILE), f"Cosmos config file ({CONFIG_FILE}) not found."
+        if os.environ.get("FAKE_T1_LOAD_NEEDS_T5_OFFLOAD") and not offload_text_encoder_model:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 22.00 GiB (GPU 0; 39.39 GiB total capacity)")
         self.fps = fps
         self.num_video_frames = num_video_frames
         self.offload_network = offload_network
