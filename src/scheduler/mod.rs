@@ -465,7 +465,11 @@ impl Scheduler {
     /// The next run, by [`policy::choose_next`] over the store's candidates.
     fn pick(&self) -> Result<Option<crate::store::Run>> {
         let (loaded, now) = (self.hand.loaded.as_deref(), crate::time::Timestamp::now());
-        let candidates = self.store.queue_candidates_for(loaded, now, self.group_gpus())?;
+        // A run an OOM moved to a larger group than any there is now (the configuration
+        // changed) is not left waiting for ever: the largest group takes any run.
+        let mine = self.group_gpus();
+        let within = if self.group_sizes().into_iter().all(|size| size <= mine) { usize::MAX } else { mine };
+        let candidates = self.store.queue_candidates_for(loaded, now, within)?;
         Ok(policy::choose_next(candidates, loaded, now, self.config.scheduler.max_affinity_wait.0))
     }
 

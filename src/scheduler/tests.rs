@@ -402,6 +402,20 @@ fn a_model_load_out_of_memory_heals_and_other_options_are_another_load() {
 }
 
 #[test]
+fn a_run_moved_to_a_larger_group_than_there_is_runs_on_the_largest() {
+    let mut b = bench();
+    let ids = b.queue(&[("moved", Hint::Edge)]);
+    // An OOM under an earlier configuration moved it to a group of 4; this one has 1 GPU.
+    b.store.change(&ids[0], Change::Start).unwrap();
+    let remedy = serde_json::json!({"load": {}, "run": {}, "min_gpus": 4, "steps": []});
+    b.store.retry_with_remedy(&ids[0], "attempt 1 failed (oom)", crate::time::Timestamp::now(), &remedy, 4).unwrap();
+    assert!(b.store.queue_candidates_for(None, crate::time::Timestamp::now(), 2).unwrap().head.is_none(), "a group of 2 leaves it");
+    assert!(b.store.queue_candidates_for(None, crate::time::Timestamp::now(), 4).unwrap().head.is_some(), "a group of 4 takes it");
+    b.run_until(all_ended(&ids));
+    assert_eq!(b.status(&ids[0]), RunStatus::Completed);
+}
+
+#[test]
 fn cancel_during_a_model_load_ends_the_run_cancelled_without_sending_it() {
     let mut b = bench();
     b.script.lock().unwrap().on_load = Some(OnLoad::Hang);
