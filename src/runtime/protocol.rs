@@ -149,6 +149,9 @@ pub enum Event {
         /// The control set the model holds (a re-attached daemon needs no new load).
         #[serde(default)]
         controls: Option<Vec<String>>,
+        /// The constructor options that model was loaded with (none from older workers).
+        #[serde(default)]
+        options: Option<Value>,
         #[serde(default)]
         version: Option<String>,
         #[serde(default)]

@@ -552,6 +552,7 @@ impl Scheduler {
                         let set = crate::spec::control_set_key(found.controls.iter().filter_map(|c| Hint::parse(c)));
                         tracing::info!(controls = %set, "the worker still holds its model: no new load");
                         self.hand.loaded = Some(set);
+                        self.hand.loaded_options = found.options.clone();
                     }
                     self.adopt = found.running;
                 }

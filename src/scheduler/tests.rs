@@ -84,6 +84,7 @@ impl Worker for FakeWorker {
                     state: self.state.into(),
                     run_id: None,
                     controls: self.loaded.clone(),
+                    options: None,
                     version: None,
                     pid: Some(1),
                 });

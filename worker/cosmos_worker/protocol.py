@@ -64,6 +64,7 @@ class Worker:
         self.state = "idle"
         self.run_id = None
         self.controls = None  # the control set loaded, as the daemon named it
+        self.options = {}  # the constructor options it was loaded with
         self.cancel = threading.Event()
 
     # -- the reader thread ------------------------------------------------------------
@@ -80,7 +81,7 @@ class Worker:
                 continue
             if kind == "ping":
                 self.channel.send({"event": "pong", "state": self.state, "run_id": self.run_id, "controls": self.controls,
-                                   "version": __version__, "pid": os.getpid()})
+                                   "options": self.options, "version": __version__, "pid": os.getpid()})
             elif kind == "cancel":
                 if op.get("run_id") == self.run_id:
                     self.cancel.set()
@@ -129,6 +130,7 @@ class Worker:
             return
         self.state = "idle"
         self.controls = controls
+        self.options = options
         self.channel.send({"event": "loaded", "controls": controls, "options": options,
                            "seconds": round(time.monotonic() - start, 3)})
 

@@ -135,6 +135,8 @@ class SimWorker(unittest.TestCase):
         self.w.send({"op": "load", "controls": ["edge"], "options": {"offload_text_encoder_model": True, "offload_network": True}})
         loaded = self.w.until("loaded")
         self.assertEqual(loaded["options"], {"offload_text_encoder_model": True, "offload_network": True})
+        self.w.send({"op": "ping"})  # a re-attaching daemon learns what the model holds
+        self.assertEqual(self.w.until("pong")["options"], {"offload_text_encoder_model": True, "offload_network": True})
         self.run_op("rs_2", spec(self.tmp, sim=fault), attempt=2)
         self.assertEqual(self.w.until("failed")["kind"], "oom", "the load options alone are not enough")
         self.run_op("rs_3", spec(self.tmp, sim=fault, num_video_frames_per_chunk=61), attempt=3)
