@@ -379,30 +379,7 @@ impl Scheduler {
                         let when = Timestamp(Timestamp::now().0 + after.as_millis() as i64);
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, retry_in = ?after, "run failed; retrying");
                         let why = format!("attempt {} failed ({kind}): {message}", run.attempts);
-                        let groups = self.group_sizes();
-                        let ctx = policy::HealContext {
-                            backend: self.config.runtime.backend,
-                            guardrails: self.config.runtime.guardrails,
-                            group_gpus: self.group_gpus(),
-                            groups: &groups,
-                            may_change_result: self.config.scheduler.oom_may_change_result,
-                            run_chunk: run.spec.settings.num_video_frames_per_chunk,
-                        };
-                        match policy::next_remedy(&kind, &tried, run.attempts, &ctx) {
-                            Some(next) => {
-                                let change = next.steps.last().map(|s| s.changes.join(", ")).unwrap_or_default();
-                                self.run_log(&format!("out of GPU memory: the next attempt adds {change}"));
-                                tracing::warn!(run = %run.id, %change, "out of GPU memory: retrying with memory-saving options");
-                                let value = serde_json::to_value(&next).unwrap_or_default();
-                                self.persist(|s| s.retry_with_remedy(&run.id, &why, when, &value, next.min_gpus))?;
-                            }
-                            None => {
-                                if kind == FailureKind::Oom {
-                                    self.run_log("out of GPU memory, and no memory-saving option is left to add: retrying as it is");
-                                }
-                                self.persist(|s| s.retry_later(&run.id, &why, when))?;
-                            }
-                        }
+                        self.retry_healing(run, &kind, &tried, &why, when)?;
                         note(self, &format!("attempt {} failed ({kind}), retrying", run.attempts));
                     }
                     Verdict::Fail { error } => {
@@ -417,6 +394,36 @@ impl Scheduler {
                         note(self, &format!("failed ({kind})"));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the queue after a retryable failure; after an OOM with the next rung of the
+    /// backend's memory-saving ladder ([`policy::next_remedy`]), kept with the run.
+    fn retry_healing(&mut self, run: &Run, kind: &FailureKind, tried: &policy::Remedy, why: &str, when: Timestamp) -> Result<()> {
+        let groups = self.group_sizes();
+        let ctx = policy::HealContext {
+            backend: self.config.runtime.backend,
+            guardrails: self.config.runtime.guardrails,
+            group_gpus: self.group_gpus(),
+            groups: &groups,
+            may_change_result: self.config.scheduler.oom_may_change_result,
+            run_chunk: run.spec.settings.num_video_frames_per_chunk,
+        };
+        match policy::next_remedy(kind, tried, run.attempts, &ctx) {
+            Some(next) => {
+                let change = next.steps.last().map(|s| s.changes.join(", ")).unwrap_or_default();
+                self.run_log(&format!("out of GPU memory: the next attempt adds {change}"));
+                tracing::warn!(run = %run.id, %change, "out of GPU memory: retrying with memory-saving options");
+                let value = serde_json::to_value(&next).unwrap_or_default();
+                self.persist(|s| s.retry_with_remedy(&run.id, why, when, &value, next.min_gpus))?;
+            }
+            None => {
+                if *kind == FailureKind::Oom {
+                    self.run_log("out of GPU memory, and no memory-saving option is left to add: retrying as it is");
+                }
+                self.persist(|s| s.retry_later(&run.id, why, when))?;
             }
         }
         Ok(())
