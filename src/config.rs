@@ -322,11 +322,20 @@ pub struct Scheduler {
     pub run_timeout: Dur,
     pub max_affinity_wait: Dur,
     pub cancel_grace: Dur,
+    /// A run out of GPU memory may be retried with options that change its output (fewer
+    /// frames per chunk), after those that keep it (offloading, a larger GPU group).
+    pub oom_may_change_result: bool,
 }
 
 impl Default for Scheduler {
     fn default() -> Self {
-        Scheduler { max_attempts: 3, run_timeout: Dur::secs(2 * 3600), max_affinity_wait: Dur::secs(600), cancel_grace: Dur::secs(30) }
+        Scheduler {
+            max_attempts: 3,
+            run_timeout: Dur::secs(2 * 3600),
+            max_affinity_wait: Dur::secs(600),
+            cancel_grace: Dur::secs(30),
+            oom_may_change_result: false,
+        }
     }
 }
 

@@ -90,8 +90,9 @@ impl Outbox {
         worker: &WorkerInfo,
         child: Option<&str>,
         timing: RunTiming,
-        gpu: Value,
+        extra: RunExtra,
     ) -> Result<PathBuf> {
+        let RunExtra { gpu, remedy } = extra;
         let final_dir = self.run_dir(&run.id);
         if final_dir.is_dir() {
             return Ok(final_dir);
@@ -158,6 +159,10 @@ impl Outbox {
                 "gpu": gpu,
                 "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},
                 "attempts": run.attempts,
+                // What running out of GPU memory changed, attempt by attempt: the options
+                // each later attempt added (`load`: the model's constructor, `run`: the
+                // run's spec), the GPU group it needed, whether each keeps the result.
+                "remedy": remedy,
                 // What the model was called with, as the worker reported it (defaults included).
                 "settings": outputs.settings,
                 "files": entries,
@@ -305,6 +310,15 @@ impl Outbox {
         self.set_mode(&path);
         Ok(())
     }
+}
+
+/// What a run's manifest records besides its files and timings.
+#[derive(Debug, Clone, Default)]
+pub struct RunExtra {
+    /// GPU peak and mean over the run.
+    pub gpu: Value,
+    /// The scheduler's OOM remedy (`policy::Remedy` as JSON), if the run needed one.
+    pub remedy: Option<Value>,
 }
 
 /// How long a run took, for its manifest.

@@ -392,16 +392,16 @@ impl DockerWorker {
             Duration::from_secs(15),
             stop,
             |ev| match ev {
-                Event::Pong { state, run_id, controls, version, pid } => Some((state, run_id, controls, version, pid)),
+                Event::Pong { state, run_id, controls, options, version, pid } => Some((state, run_id, controls, options, version, pid)),
                 _ => None,
             },
         );
-        let (state, run_id, controls) = match pong {
-            Awaited::Got((state, run_id, controls, version, pid)) => {
+        let (state, run_id, controls, options) = match pong {
+            Awaited::Got((state, run_id, controls, options, version, pid)) => {
                 w.version = version.unwrap_or_default();
                 w.pid = pid.unwrap_or(0);
                 tracing::info!(%state, run = ?run_id, controls = ?controls, "the re-attached worker reports");
-                (state, run_id, controls.unwrap_or_default())
+                (state, run_id, controls.unwrap_or_default(), options.unwrap_or_else(|| Value::Object(Default::default())))
             }
             Awaited::Exited => return Err(DockerError::Exited),
             Awaited::TimedOut => {
@@ -418,14 +418,16 @@ impl DockerWorker {
                 load_limit,
                 stop,
                 |ev| match ev {
-                    Event::Loaded { controls, .. } => Some(controls),
-                    Event::LoadFailed { .. } => Some(Vec::new()),
+                    Event::Loaded { controls, options, .. } => {
+                        Some((controls, options.unwrap_or_else(|| Value::Object(Default::default()))))
+                    }
+                    Event::LoadFailed { .. } => Some((Vec::new(), Value::Object(Default::default()))),
                     _ => None,
                 },
             );
             return match loaded {
-                Awaited::Got(controls) => {
-                    w.found = Some(Found { running: None, controls });
+                Awaited::Got((controls, options)) => {
+                    w.found = Some(Found { running: None, controls, options });
                     Ok(w)
                 }
                 Awaited::Exited => Err(DockerError::Exited),
@@ -436,7 +438,7 @@ impl DockerWorker {
                 Awaited::Stopped => Err(DockerError::Stopped),
             };
         }
-        w.found = Some(Found { running: (state == "running").then_some(run_id).flatten(), controls });
+        w.found = Some(Found { running: (state == "running").then_some(run_id).flatten(), controls, options });
         Ok(w)
     }
 

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The protocol version this daemon speaks; a worker's `hello` must say the same.
+/// The protocol version this daemon speaks; a worker's `hello` must say the same. Fields
+/// are only added within a version (serde defaults read a worker that leaves them out):
+/// `load.options` (constructor options), `loaded.options`, `load_failed.kind`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Why a run attempt failed. The worker reports `input`, `blocked`, `oom`, `internal` (and
@@ -109,11 +111,19 @@ pub enum Event {
         controls: Vec<String>,
         #[serde(default)]
         seconds: f64,
+        /// The constructor options the load applied (an OOM's remedy), as the worker took
+        /// them. Added in protocol 1 without a bump: older workers leave it out.
+        #[serde(default)]
+        options: Option<Value>,
     },
     LoadFailed {
         #[serde(default)]
         controls: Vec<String>,
         message: String,
+        /// `oom` when the load ran out of GPU memory (healed like a run's OOM); absent from
+        /// older workers: a plain load failure.
+        #[serde(default)]
+        kind: Option<FailureKind>,
     },
     Progress {
         run_id: String,
@@ -139,6 +149,9 @@ pub enum Event {
         /// The control set the model holds (a re-attached daemon needs no new load).
         #[serde(default)]
         controls: Option<Vec<String>>,
+        /// The constructor options that model was loaded with (none from older workers).
+        #[serde(default)]
+        options: Option<Value>,
         #[serde(default)]
         version: Option<String>,
         #[serde(default)]
@@ -265,6 +278,19 @@ pub fn read_result(output_dir: &std::path::Path) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_options_travel_and_a_load_oom_says_so() {
+        let op = Op::Load { controls: vec!["edge".into()], options: serde_json::json!({"offload_network": true}) };
+        assert_eq!(op.to_line(), "{\"op\":\"load\",\"controls\":[\"edge\"],\"options\":{\"offload_network\":true}}\n");
+        let ev = parse_event(r#"{"event":"load_failed","controls":["edge"],"message":"CUDA out of memory","kind":"oom"}"#).unwrap();
+        assert!(matches!(ev, Event::LoadFailed { kind: Some(FailureKind::Oom), .. }), "{ev:?}");
+        // A worker that says neither (older): a plain load failure, options unknown.
+        let ev = parse_event(r#"{"event":"load_failed","message":"m"}"#).unwrap();
+        assert!(matches!(ev, Event::LoadFailed { kind: None, .. }), "{ev:?}");
+        let ev = parse_event(r#"{"event":"loaded","controls":["edge"],"seconds":1.0}"#).unwrap();
+        assert!(matches!(ev, Event::Loaded { options: None, .. }), "{ev:?}");
+    }
 
     #[test]
     fn ops_and_events_have_the_design_card_shape() {

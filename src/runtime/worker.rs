@@ -34,6 +34,8 @@ pub struct WorkerInfo {
 pub struct Found {
     pub running: Option<String>,
     pub controls: Vec<String>,
+    /// The constructor options its model was loaded with (`{}`: none, or not said).
+    pub options: Value,
 }
 
 /// A worker the scheduler drives with protocol ops.

@@ -110,6 +110,14 @@ impl Scheduler {
         self.board.current = Some(Current::new(&run.id));
 
         let mut spec = super::worker_spec(&run.spec, crate::spec::Model::from_config(&self.config));
+        // After an OOM: the options its remedy says (per-run ones are keys of the spec).
+        let remedy = self.remedy_of(&run.id);
+        if !remedy.steps.is_empty() {
+            self.run_log(&format!("memory-saving options for this attempt (after running out of GPU memory): {}", remedy.describe()));
+        }
+        if let Some(obj) = spec.as_object_mut() {
+            obj.extend(remedy.run.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let localized = match &self.hand.worker {
             Some(w) => w.localize(&mut spec, &out).map_err(|e| e.to_string()),
             None => Err("the worker is gone".into()),
@@ -120,7 +128,7 @@ impl Scheduler {
         spec_text.push('\n');
         let spec_path = self.layout.run_spec(&run.id);
         std::fs::write(&spec_path, spec_text.as_bytes()).map_err(at("cannot write", &spec_path))?;
-        let ending = match (self.load_for(&run), localized) {
+        let ending = match (self.load_for(&run, &remedy), localized) {
             (Some(ending), _) => ending,
             (None, Err(message)) => Ending::Failed { kind: FailureKind::Input, retryable: false, message },
             (None, Ok(output_dir)) => {
@@ -160,19 +168,28 @@ impl Scheduler {
 
     /// Makes the worker hold the run's control set: one load per set, not per run.
     /// `Some`: how the attempt ended instead (the load failed, was cancelled, ...).
-    fn load_for(&mut self, run: &Run) -> Option<Ending> {
-        if self.hand.loaded.as_deref() == Some(run.control_set.as_str()) {
+    /// Constructor options (an OOM's remedy) are part of what is loaded: other options are
+    /// another load.
+    fn load_for(&mut self, run: &Run, remedy: &policy::Remedy) -> Option<Ending> {
+        let options = json!(remedy.load);
+        if self.hand.loaded.as_deref() == Some(run.control_set.as_str()) && self.hand.loaded_options == options {
             return None;
         }
         let controls: Vec<String> = run.spec.controls.keys().map(|h| h.as_str().to_string()).collect();
         self.hand.state = WorkerState::Loading;
         self.write_status_if_due(true);
-        self.run_log(&format!("loading the model for controls {}", run.control_set));
-        let sent = self.hand.worker.as_mut().map(|w| w.send(&Op::Load { controls, options: json!({}) }));
+        if remedy.load.is_empty() {
+            self.run_log(&format!("loading the model for controls {}", run.control_set));
+        } else {
+            self.run_log(&format!("loading the model for controls {} with {options}", run.control_set));
+        }
+        let sent = self.hand.worker.as_mut().map(|w| w.send(&Op::Load { controls, options: options.clone() }));
         if !matches!(sent, Some(Ok(()))) {
             self.drop_worker();
             return Some(Ending::Failed { kind: FailureKind::Crash, retryable: true, message: "the worker is gone".into() });
         }
+        // Whatever the worker holds from here on was loaded with these.
+        self.hand.loaded_options = options;
         match self.wait(Phase::Load { set: &run.control_set }, run) {
             Ending::Done { .. } => None,
             other => Some(other),
@@ -284,10 +301,12 @@ impl Scheduler {
                 // Cancelled while loading: the run ends, the model stays loaded.
                 Some(if cancelling { Ending::Cancelled } else { Ending::Done { outputs: Outputs::default(), seconds } })
             }
-            (Phase::Load { .. }, Event::LoadFailed { message, .. }) => {
+            (Phase::Load { .. }, Event::LoadFailed { message, kind, .. }) => {
                 self.hand.loaded = None;
                 self.shared.metrics.record_load(None);
-                Some(Ending::Failed { kind: FailureKind::Load, retryable: true, message: format!("model load failed: {message}") })
+                // Out of GPU memory while loading: healed as a run's OOM is.
+                let kind = if kind == Some(FailureKind::Oom) { FailureKind::Oom } else { FailureKind::Load };
+                Some(Ending::Failed { kind, retryable: true, message: format!("model load failed: {message}") })
             }
             (Phase::Run { .. }, Event::Progress { run_id, step, steps }) if run_id == run.id => {
                 if let Some(c) = self.board.current.as_mut() {
@@ -354,15 +373,21 @@ impl Scheduler {
             }
             Ending::Failed { kind, retryable, message } => {
                 self.run_log(&format!("failed ({kind}): {message}"));
+                let tried = self.remedy_of(&run.id);
                 match policy::retry_verdict(retryable, run.attempts, self.config.scheduler.max_attempts, &message) {
                     Verdict::Retry { after } => {
                         let when = Timestamp(Timestamp::now().0 + after.as_millis() as i64);
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, retry_in = ?after, "run failed; retrying");
                         let why = format!("attempt {} failed ({kind}): {message}", run.attempts);
-                        self.persist(|s| s.retry_later(&run.id, &why, when))?;
+                        self.retry_healing(run, &kind, &tried, &why, when)?;
                         note(self, &format!("attempt {} failed ({kind}), retrying", run.attempts));
                     }
                     Verdict::Fail { error } => {
+                        let error = if kind == FailureKind::Oom && !tried.steps.is_empty() {
+                            format!("{error}; memory-saving options tried: {}", tried.describe())
+                        } else {
+                            error
+                        };
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, "run failed");
                         let r = self.persist(|s| s.finish_unsuccessfully(&run.id, Change::Fail { error: error.clone() }))?;
                         self.after_end(&r);
@@ -372,6 +397,47 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Back to the queue after a retryable failure; after an OOM with the next rung of the
+    /// backend's memory-saving ladder ([`policy::next_remedy`]), kept with the run.
+    fn retry_healing(&mut self, run: &Run, kind: &FailureKind, tried: &policy::Remedy, why: &str, when: Timestamp) -> Result<()> {
+        let groups = self.group_sizes();
+        let ctx = policy::HealContext {
+            backend: self.config.runtime.backend,
+            guardrails: self.config.runtime.guardrails,
+            group_gpus: self.group_gpus(),
+            groups: &groups,
+            may_change_result: self.config.scheduler.oom_may_change_result,
+            run_chunk: run.spec.settings.num_video_frames_per_chunk,
+        };
+        match policy::next_remedy(kind, tried, run.attempts, &ctx) {
+            Some(next) => {
+                let change = next.steps.last().map(|s| s.changes.join(", ")).unwrap_or_default();
+                self.run_log(&format!("out of GPU memory: the next attempt adds {change}"));
+                tracing::warn!(run = %run.id, %change, "out of GPU memory: retrying with memory-saving options");
+                let value = serde_json::to_value(&next).unwrap_or_default();
+                self.persist(|s| s.retry_with_remedy(&run.id, why, when, &value, next.min_gpus))?;
+            }
+            None => {
+                if *kind == FailureKind::Oom {
+                    self.run_log("out of GPU memory, and no memory-saving option is left to add: retrying as it is");
+                }
+                self.persist(|s| s.retry_later(&run.id, why, when))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The remedy earlier OOMs left for the run (none: the default).
+    pub(super) fn remedy_of(&self, run_id: &str) -> policy::Remedy {
+        match self.store.remedy(run_id) {
+            Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "cannot read the run's memory-saving remedy; none used");
+                policy::Remedy::default()
+            }
+        }
     }
 
     /// The run's execution.log receives the worker's stderr and our notes from now.

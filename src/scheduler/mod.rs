@@ -222,6 +222,8 @@ struct Hand {
     state: WorkerState,
     /// The control set the worker holds loaded.
     loaded: Option<String>,
+    /// The constructor options that load was made with (an OOM's remedy; `{}`: none).
+    loaded_options: Value,
     /// Model loads since the worker started.
     loads: u64,
     /// Why the worker cannot start, until it does.
@@ -297,6 +299,7 @@ impl Scheduler {
                 worker: None,
                 state: WorkerState::Down,
                 loaded: None,
+                loaded_options: Value::Object(Default::default()),
                 loads: 0,
                 error: None,
                 next_spawn: Instant::now(),
@@ -462,8 +465,31 @@ impl Scheduler {
     /// The next run, by [`policy::choose_next`] over the store's candidates.
     fn pick(&self) -> Result<Option<crate::store::Run>> {
         let (loaded, now) = (self.hand.loaded.as_deref(), crate::time::Timestamp::now());
-        let candidates = self.store.queue_candidates(loaded, now)?;
+        // A run an OOM moved to a larger group than any there is now (the configuration
+        // changed) is not left waiting for ever: the largest group takes any run.
+        let mine = self.group_gpus();
+        let within = if self.group_sizes().into_iter().all(|size| size <= mine) { usize::MAX } else { mine };
+        let candidates = self.store.queue_candidates_for(loaded, now, within)?;
         Ok(policy::choose_next(candidates, loaded, now, self.config.scheduler.max_affinity_wait.0))
+    }
+
+    /// How many GPUs this worker has (`None`, all: as many as the host has, at least 1).
+    fn group_gpus(&self) -> usize {
+        match &self.slot_gpus {
+            Some(g) => g.len().max(1),
+            None => self.board.samples.len().max(1),
+        }
+    }
+
+    /// The sizes of every worker's GPU group, as the configuration makes them.
+    fn group_sizes(&self) -> Vec<usize> {
+        worker_groups(&self.config.runtime.gpus)
+            .iter()
+            .map(|g| match g {
+                Some(g) => g.len().max(1),
+                None => self.board.samples.len().max(1),
+            })
+            .collect()
     }
 
     fn idle_wait(&mut self) {
@@ -526,6 +552,7 @@ impl Scheduler {
                         let set = crate::spec::control_set_key(found.controls.iter().filter_map(|c| Hint::parse(c)));
                         tracing::info!(controls = %set, "the worker still holds its model: no new load");
                         self.hand.loaded = Some(set);
+                        self.hand.loaded_options = found.options.clone();
                     }
                     self.adopt = found.running;
                 }

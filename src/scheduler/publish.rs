@@ -89,7 +89,10 @@ impl Scheduler {
             .map(|w| w.info())
             .unwrap_or_else(|| WorkerInfo { backend: self.config.runtime.backend.as_str().to_string(), ..Default::default() });
         let timing = crate::outbox::RunTiming { seconds: f.seconds, load_seconds: f.load_seconds };
-        let dir = self.outbox.publish_run(&run, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), timing, f.gpu.clone())?;
+        // What OOMs changed on the way (None: nothing).
+        let remedy = self.store.remedy(&run.id)?;
+        let extra = crate::outbox::RunExtra { gpu: f.gpu.clone(), remedy };
+        let dir = self.outbox.publish_run(&run, &f.outputs, batch.as_ref(), &info, child_id.as_deref(), timing, extra)?;
         let video = dir.join(run_files::OUTPUT_VIDEO);
         let outputs = json!({
             "type": if batch.is_some() { "batch_inference" } else { "inference" },

@@ -42,6 +42,9 @@ enum OnLoad {
 #[derive(Default)]
 struct Script {
     on_load: Option<OnLoad>,
+    /// How many loads without constructor options run out of GPU memory (`load_failed`
+    /// of kind `oom`, as our worker reports a CUDA OOM while loading).
+    load_ooms: u32,
     /// By run name; a name absent here completes. Each entry is used once, then `Done`.
     on_run: BTreeMap<String, VecDeque<OnRun>>,
     /// Everything sent, as `load:<controls>`, `run:<name>`, `cancel`, `ping`, `kill`,
@@ -81,17 +84,32 @@ impl Worker for FakeWorker {
                     state: self.state.into(),
                     run_id: None,
                     controls: self.loaded.clone(),
+                    options: None,
                     version: None,
                     pid: Some(1),
                 });
             }
-            Op::Load { controls, .. } => {
-                self.note(format!("load:{}", controls.join(",")));
+            Op::Load { controls, options } => {
+                let with = if options.as_object().is_some_and(|o| !o.is_empty()) { format!(" with {options}") } else { String::new() };
+                self.note(format!("load:{}{with}", controls.join(",")));
                 self.state = "loading";
+                let oom = {
+                    let mut script = self.script.lock().unwrap();
+                    let oom = with.is_empty() && script.load_ooms > 0;
+                    script.load_ooms -= u32::from(oom);
+                    oom
+                };
+                if oom {
+                    self.state = "idle";
+                    self.loaded = None;
+                    let message = "CUDA out of memory. Tried to allocate 22.00 GiB".to_string();
+                    self.emit(Event::LoadFailed { controls: controls.clone(), message, kind: Some(FailureKind::Oom) });
+                    return Ok(());
+                }
                 if self.script.lock().unwrap().on_load.unwrap_or(OnLoad::Loaded) == OnLoad::Loaded {
                     self.state = "idle";
                     self.loaded = Some(controls.clone());
-                    self.emit(Event::Loaded { controls: controls.clone(), seconds: 0.01 });
+                    self.emit(Event::Loaded { controls: controls.clone(), seconds: 0.01, options: None });
                 }
             }
             Op::Run { run_id, spec, output_dir, .. } => {
@@ -346,7 +364,56 @@ fn a_retryable_failure_is_tried_again_after_its_backoff() {
     let run = b.store.run(&ids[0]).unwrap();
     assert_eq!((run.status, run.attempts), (RunStatus::Completed, 2));
     let kinds: Vec<String> = b.store.events(&ids[0]).unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["created", "queued", "running", "queued", "running", "completed"]);
+    // An OOM: the retry carries the backend's first memory-saving rung (an event says which).
+    assert_eq!(kinds, ["created", "queued", "running", "queued", "remedy", "running", "completed"]);
+    let remedy: super::policy::Remedy = serde_json::from_value(b.store.remedy(&ids[0]).unwrap().unwrap()).unwrap();
+    assert_eq!(remedy.load.get("offload_text_encoder_model"), Some(&serde_json::Value::Bool(true)), "{remedy:?}");
+    assert_eq!(remedy.load.len(), 3, "the sim backend's first rung: guardrail, T5, tokenizer");
+    assert_eq!(remedy.steps.len(), 1);
+}
+
+#[test]
+fn a_model_load_out_of_memory_heals_and_other_options_are_another_load() {
+    let mut b = bench();
+    b.script.lock().unwrap().load_ooms = 1;
+    let ids = b.queue(&[("big", Hint::Edge)]);
+    // Once it healed, the same worker gets a run of the same set with no remedy: a load
+    // without the options, not the model in hand (constructor options are part of a load).
+    let mut store = Store::open(&b.config.paths.database()).unwrap();
+    let inputs = PromptInputs { color: "/videos/color.mp4".into(), depth: None, seg: None, edge: None };
+    let prompt = store.create_prompt(NewPrompt { name: None, text: "t".into(), negative_prompt: None, inputs }).unwrap();
+    let plain = std::cell::RefCell::new(None::<String>);
+    b.run_until(|s| {
+        if plain.borrow().is_none() && s.run(&ids[0]).unwrap().status == RunStatus::Completed {
+            let run = store.create_run(&prompt.id, spec("plain", Hint::Edge)).unwrap();
+            store.change(&run.id, Change::Queue { detail: "test".into() }).unwrap();
+            *plain.borrow_mut() = Some(run.id);
+        }
+        plain.borrow().as_ref().is_some_and(|id| s.run(id).unwrap().status == RunStatus::Completed)
+    });
+    let run = b.store.run(&ids[0]).unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Completed, 2), "{:?}", run.error);
+    let log = b.script.lock().unwrap().log.clone();
+    let loads: Vec<&String> = log.iter().filter(|l| l.starts_with("load:")).collect();
+    let with = "load:edge with {\"offload_guardrail_models\":true,\"offload_text_encoder_model\":true,\"offload_tokenizer\":true}";
+    assert_eq!(loads, ["load:edge", with, "load:edge"], "one load per set and options");
+    assert_eq!(log.iter().filter(|l| *l == "spawn").count(), 1, "one worker throughout: {log:?}");
+    let kinds: Vec<String> = b.store.events(&ids[0]).unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"remedy".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn a_run_moved_to_a_larger_group_than_there_is_runs_on_the_largest() {
+    let mut b = bench();
+    let ids = b.queue(&[("moved", Hint::Edge)]);
+    // An OOM under an earlier configuration moved it to a group of 4; this one has 1 GPU.
+    b.store.change(&ids[0], Change::Start).unwrap();
+    let remedy = serde_json::json!({"load": {}, "run": {}, "min_gpus": 4, "steps": []});
+    b.store.retry_with_remedy(&ids[0], "attempt 1 failed (oom)", crate::time::Timestamp::now(), &remedy, 4).unwrap();
+    assert!(b.store.queue_candidates_for(None, crate::time::Timestamp::now(), 2).unwrap().head.is_none(), "a group of 2 leaves it");
+    assert!(b.store.queue_candidates_for(None, crate::time::Timestamp::now(), 4).unwrap().head.is_some(), "a group of 4 takes it");
+    b.run_until(all_ended(&ids));
+    assert_eq!(b.status(&ids[0]), RunStatus::Completed);
 }
 
 #[test]

@@ -290,6 +290,27 @@ mod tests {
     }
 
     #[test]
+    fn the_sim_oom_fault_names_what_cures_it_and_nothing_else() {
+        let dir = videos();
+        let line = |cures: &str| {
+            format!(
+                r#"{{"visual_input": "city1/color.mp4", "prompt": "p", "control_overrides": {{"edge": {{"control_weight": 0.5}}}}, "sim": {{"fail": "oom", "cured_by": {cures}}}}}"#
+            )
+        };
+        let (report, jobs) = run(&format!("{}\n", line(r#"["offload_network", "gpus:2", "num_video_frames_per_chunk"]"#)), dir.path());
+        assert!(report.is_ok(), "{:?}", report.problems);
+        let cures = jobs[0].spec.sim.as_ref().and_then(|s| s.cured_by.clone()).unwrap();
+        assert_eq!(cures, ["offload_network", "gpus:2", "num_video_frames_per_chunk"]);
+        let (report, jobs) =
+            run(&format!("{}\n{}\n", line(r#"["offload_everything", "gpus:0"]"#), line(r#""offload_network""#)), dir.path());
+        assert!(jobs.is_empty());
+        let shown = report.render(Path::new("f.jsonl"));
+        assert!(shown.contains("f.jsonl:1: sim.cured_by: expected a list of offload_guardrail_models"), "{shown}");
+        assert!(shown.contains("got the string \"offload_everything\"") && shown.contains("got the string \"gpus:0\""), "{shown}");
+        assert!(shown.contains("f.jsonl:2: sim.cured_by:"), "{shown}");
+    }
+
+    #[test]
     fn duplicate_names_and_all_zero_weights_are_refused() {
         let dir = videos();
         let line = |name: &str, w: f64| {

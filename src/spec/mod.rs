@@ -174,6 +174,11 @@ pub struct SimFault {
     /// This run's simulated duration, overriding `--job-seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// `oom` only: what cures it, as a real model's OOM is cured by saving memory: the
+    /// sim's load options (`offload_network`, ...), `num_video_frames_per_chunk` (fewer
+    /// than 93), `gpus:N` (a group of at least N). Every one must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cured_by: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

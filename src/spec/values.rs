@@ -141,7 +141,7 @@ pub(crate) fn read_extensions(obj: &Map<String, Value>, p: &mut Problems) -> Ext
 
 fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
     let obj = fields::object(v, "sim", p)?;
-    check_keys(obj, &["fail", "attempts", "seconds"], Key::from("sim"), p);
+    check_keys(obj, &["fail", "attempts", "seconds", "cured_by"], Key::from("sim"), p);
     let fail = obj.get("fail").and_then(|v| match v.as_str() {
         Some("error") => Some(SimFailure::Error),
         Some("crash") => Some(SimFailure::Crash),
@@ -156,5 +156,30 @@ fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
         fail,
         attempts: obj.get("attempts").and_then(|v| fields::integer(v, "sim.attempts", 0, 1000, p)).map(|x| x as u32),
         seconds: obj.get("seconds").and_then(|v| fields::number(v, "sim.seconds", 0.0, 86_400.0, false, p)),
+        cured_by: obj.get("cured_by").and_then(|v| parse_cures(v, p)),
     })
+}
+
+/// What the sim backend offers to save memory (worker/cosmos_worker/backends/sim.py).
+const SIM_CURES: &[&str] =
+    &["offload_guardrail_models", "offload_text_encoder_model", "offload_tokenizer", "offload_network", "num_video_frames_per_chunk"];
+
+fn parse_cures(v: &Value, p: &mut Problems) -> Option<Vec<String>> {
+    let expected = "expected a list of offload_guardrail_models, offload_text_encoder_model, offload_tokenizer, \
+                    offload_network, num_video_frames_per_chunk or gpus:N (N from 1 to 64)";
+    let Some(items) = v.as_array() else {
+        p.push("sim.cured_by", format!("{expected}, got {}", describe(v)));
+        return None;
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let ok = item.as_str().filter(|s| {
+            SIM_CURES.contains(s) || s.strip_prefix("gpus:").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| (1..=64).contains(&n))
+        });
+        match ok {
+            Some(s) => out.push(s.to_string()),
+            None => p.push("sim.cured_by", format!("{expected}, got {}", describe(item))),
+        }
+    }
+    Some(out)
 }

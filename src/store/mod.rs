@@ -652,13 +652,21 @@ impl Store {
     /// (highest priority, then oldest) among runs that may start now, and the oldest of
     /// the head's priority whose control set is `prefer` (the loaded model's).
     pub fn queue_candidates(&self, prefer: Option<&str>, now: Timestamp) -> Result<QueueCandidates> {
+        self.queue_candidates_for(prefer, now, i64::MAX as usize)
+    }
+
+    /// [`Store::queue_candidates`] for a worker of `gpus` GPUs: runs that need a larger
+    /// group (an OOM moved them, see [`Store::retry_with_remedy`]) are left to another.
+    pub fn queue_candidates_for(&self, prefer: Option<&str>, now: Timestamp, gpus: usize) -> Result<QueueCandidates> {
         let now_text = now.rfc3339();
-        let eligible = "status = 'queued' AND (not_before IS NULL OR not_before <= ?1) \
+        let gpus = gpus.min(i64::MAX as usize) as i64;
+        let eligible = "status = 'queued' AND (not_before IS NULL OR not_before <= ?1) AND min_gpus <= ?4 \
              AND (parent_id IS NULL OR EXISTS (SELECT 1 FROM runs p WHERE p.id = runs.parent_id AND p.status = 'completed'))";
         let head = self
             .conn
+            // ?2 and ?3 belong to the second query; SQLite binds unused numbers as nothing.
             .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} ORDER BY priority DESC, queued_at, rowid LIMIT 1"))?
-            .query_row([&now_text], run_from_row)
+            .query_row(params![now_text, 0, "", gpus], run_from_row)
             .optional()?
             .transpose()?;
         let same_set = match (&head, prefer) {
@@ -667,7 +675,7 @@ impl Store {
                 .prepare_cached(&format!(
                     "SELECT {RUN_COLUMNS} FROM runs WHERE {eligible} AND priority = ?2 AND control_set = ?3 ORDER BY queued_at, rowid LIMIT 1"
                 ))?
-                .query_row(params![now_text, h.priority, set], run_from_row)
+                .query_row(params![now_text, h.priority, set, gpus], run_from_row)
                 .optional()?
                 .transpose()?,
             _ => None,
@@ -683,6 +691,28 @@ impl Store {
         tx.execute("UPDATE runs SET not_before = ?2 WHERE id = ?1", params![run_id, not_before.rfc3339()])?;
         tx.commit()?;
         self.run(run_id)
+    }
+
+    /// [`Store::retry_later`] with the memory-saving remedy (JSON) the next attempt uses and
+    /// the smallest GPU group it may run on, in the same transaction.
+    pub fn retry_with_remedy(&mut self, run_id: &str, reason: &str, not_before: Timestamp, remedy: &Value, min_gpus: usize) -> Result<Run> {
+        let now = Timestamp::now().rfc3339();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_change(&tx, run_id, &Change::Requeue { reason: reason.to_string() }, &now)?;
+        tx.execute(
+            "UPDATE runs SET not_before = ?2, remedy = ?3, min_gpus = ?4 WHERE id = ?1",
+            params![run_id, not_before.rfc3339(), remedy.to_string(), min_gpus.min(i64::MAX as usize) as i64],
+        )?;
+        insert_event(&tx, Some(run_id), &now, "remedy", Some(&remedy.to_string()))?;
+        tx.commit()?;
+        self.run(run_id)
+    }
+
+    /// The remedy an OOM left for the run's next attempt (`None`: none).
+    pub fn remedy(&self, run_id: &str) -> Result<Option<Value>> {
+        let text: Option<Option<String>> =
+            self.conn.query_row("SELECT remedy FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+        Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// `cosmos cancel`: a pending or queued run is cancelled at once; a running one is

@@ -128,4 +128,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX hooks_owed_open ON hooks_owed(id) WHERE done_at IS NULL;
     CREATE INDEX runs_open_by_submission ON runs(submission_id) WHERE status IN ('pending', 'queued', 'running');
     "#,
+    // 6: OOM healing: the memory-saving options a run's next attempt uses (JSON, the
+    // scheduler's `policy::Remedy`) and the smallest GPU group it may run on.
+    r#"
+    ALTER TABLE runs ADD COLUMN remedy TEXT;
+    ALTER TABLE runs ADD COLUMN min_gpus INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

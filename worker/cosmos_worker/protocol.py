@@ -64,6 +64,7 @@ class Worker:
         self.state = "idle"
         self.run_id = None
         self.controls = None  # the control set loaded, as the daemon named it
+        self.options = {}  # the constructor options it was loaded with
         self.cancel = threading.Event()
 
     # -- the reader thread ------------------------------------------------------------
@@ -80,7 +81,7 @@ class Worker:
                 continue
             if kind == "ping":
                 self.channel.send({"event": "pong", "state": self.state, "run_id": self.run_id, "controls": self.controls,
-                                   "version": __version__, "pid": os.getpid()})
+                                   "options": self.options, "version": __version__, "pid": os.getpid()})
             elif kind == "cancel":
                 if op.get("run_id") == self.run_id:
                     self.cancel.set()
@@ -122,11 +123,16 @@ class Worker:
         except Exception as e:  # a failed load is reported; the worker stays up
             log("load failed: %s\n%s" % (e, traceback.format_exc()))
             self.state = "idle"
-            self.channel.send({"event": "load_failed", "controls": controls, "message": str(e)})
+            event = {"event": "load_failed", "controls": controls, "message": str(e)}
+            if isinstance(e, MemoryError) or classify(e)[0] == "oom":
+                event["kind"] = "oom"  # healed like a run's OOM: the next load saves memory
+            self.channel.send(event)
             return
         self.state = "idle"
         self.controls = controls
-        self.channel.send({"event": "loaded", "controls": controls, "seconds": round(time.monotonic() - start, 3)})
+        self.options = options
+        self.channel.send({"event": "loaded", "controls": controls, "options": options,
+                           "seconds": round(time.monotonic() - start, 3)})
 
     def do_run(self, op):
         run_id = op.get("run_id")

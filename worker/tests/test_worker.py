@@ -127,6 +127,31 @@ class SimWorker(unittest.TestCase):
         self.run_op("rs_missing", {"prompt": "p", "input_video_path": "/nope.mp4", "edge": {"control_weight": 1}})
         self.assertEqual(self.w.until("failed")["kind"], "input")
 
+    def test_an_oom_goes_away_once_the_memory_it_needs_is_saved(self):
+        # Cured by two load options and fewer frames per chunk, all three, in any order given.
+        fault = {"fail": "oom", "cured_by": ["offload_text_encoder_model", "offload_network", "num_video_frames_per_chunk"]}
+        self.run_op("rs_1", spec(self.tmp, sim=fault))
+        self.assertEqual(self.w.until("failed")["kind"], "oom", "nothing saved")
+        self.w.send({"op": "load", "controls": ["edge"], "options": {"offload_text_encoder_model": True, "offload_network": True}})
+        loaded = self.w.until("loaded")
+        self.assertEqual(loaded["options"], {"offload_text_encoder_model": True, "offload_network": True})
+        self.w.send({"op": "ping"})  # a re-attaching daemon learns what the model holds
+        self.assertEqual(self.w.until("pong")["options"], {"offload_text_encoder_model": True, "offload_network": True})
+        self.run_op("rs_2", spec(self.tmp, sim=fault), attempt=2)
+        self.assertEqual(self.w.until("failed")["kind"], "oom", "the load options alone are not enough")
+        self.run_op("rs_3", spec(self.tmp, sim=fault, num_video_frames_per_chunk=61), attempt=3)
+        done = self.w.until("done")
+        self.assertEqual(done["outputs"]["settings"]["num_video_frames_per_chunk"], 61)
+        self.assertEqual(done["outputs"]["settings"]["load_options"], {"offload_text_encoder_model": True, "offload_network": True})
+        # A group it needs: one process here, so no load option cures it.
+        self.run_op("rs_4", spec(self.tmp, sim={"fail": "oom", "cured_by": ["gpus:2"]}, num_video_frames_per_chunk=29))
+        self.assertEqual(self.w.until("failed")["kind"], "oom")
+        # An option no backend has is refused, as a constructor refuses a keyword.
+        self.w.send({"op": "load", "controls": ["edge"], "options": {"offload_everything": True}})
+        failed = self.w.until("load_failed")
+        self.assertIn("offload_everything", failed["message"])
+        self.assertNotIn("kind", failed, "not an OOM")
+
     def test_ping_mid_run_and_cancel(self):
         self.run_op("rs_c", spec(self.tmp, sim={"seconds": 5}))
         self.w.send({"op": "ping"})
@@ -212,6 +237,57 @@ class Transfer1(unittest.TestCase):
         self.assertIn("wrote no output.mp4", failed["message"])
         oom = self.run_spec(w, "rs_FAIL2", t1_spec(self.tmp, prompt="RAISE_OOM"))
         self.assertEqual((oom["kind"], oom["retryable"]), ("oom", True))
+        w.close()
+
+    def test_memory_saving_options_reach_nvidias_inner_pipeline_and_other_options_are_another_load(self):
+        w, _ = self.start()
+        oom = self.run_spec(w, "rs_FAIL", t1_spec(self.tmp, prompt="OOM_UNLESS_T5_OFFLOADED"))
+        self.assertEqual((oom["kind"], oom["retryable"]), ("oom", True))
+        options = {"offload_text_encoder_model": True, "offload_tokenizer": True}
+        w.send({"op": "load", "controls": ["edge"], "options": options})
+        self.assertEqual(w.until("loaded")["options"], options)
+        done = self.run_spec(w, "rs_healed", t1_spec(self.tmp, prompt="OOM_UNLESS_T5_OFFLOADED"))
+        self.assertEqual(done["outputs"]["settings"]["load_options"], options)
+        # The same options again: nothing is built; none: built again without them.
+        w.send({"op": "load", "controls": ["edge"], "options": options})
+        w.until("loaded")
+        w.send({"op": "load", "controls": ["edge"], "options": {}})
+        w.until("loaded")
+        w.send({"op": "load", "controls": ["edge"], "options": {"offload_guardrail_models": True}})
+        refused = w.until("load_failed")
+        self.assertIn("offload_guardrail_models", refused["message"], "TransferPipeline runs no guardrail: nothing to offload")
+        w.close()
+        inits = self.calls.all("TransferPipeline.__init__")
+        self.assertEqual(len(inits), 3, "built at first, with the options, without them")
+        loads = self.calls.all("pipeline.load")
+        self.assertEqual([(l["offload_text_encoder_model"], l["offload_tokenizer"], l["offload_network"]) for l in loads],
+                         [(False, False, False), (True, True, False), (False, False, False)])
+        # NVIDIA's own keywords are kept: guardrail disabled, no upsampler, the others as
+        # TransferPipeline passes them; the T5 and tokenizer are not loaded up front.
+        self.assertEqual({(l["disable_guardrail"], l["upsample_prompt"], l["offload_guardrail_models"]) for l in loads},
+                         {(True, False, False)})
+        self.assertEqual(loads[1]["loaded"], ["network"])
+        self.assertEqual(loads[0]["loaded"], ["text_encoder", "network", "tokenizer"])
+        with fakes_on_path():
+            from cosmos_transfer1.diffusion.inference import transfer_pipeline
+            from cosmos_transfer1.diffusion.inference.world_generation_pipeline import DiffusionControl2WorldGenerationPipeline
+
+            self.assertIs(transfer_pipeline.DiffusionControl2WorldGenerationPipeline, DiffusionControl2WorldGenerationPipeline)
+            with self.assertRaises(TypeError):  # the fake takes NVIDIA's keywords, none more
+                DiffusionControl2WorldGenerationPipeline(checkpoint_dir="c", checkpoint_name="n", offload_everything=True)
+
+    def test_a_load_out_of_gpu_memory_says_oom_and_the_offload_cures_it(self):
+        self.calls = Calls()
+        w = Proc("--backend", "transfer1", "--checkpoint-dir", "/ckpt", fakes=True,
+                 env=dict(self.calls.env(), FAKE_T1_LOAD_NEEDS_T5_OFFLOAD="1"))
+        self.assertEqual(w.read()["event"], "hello")
+        w.send({"op": "load", "controls": ["edge"], "options": {}})
+        failed = w.until("load_failed")
+        self.assertEqual(failed["kind"], "oom", failed)
+        self.assertIn("CUDA out of memory", failed["message"])
+        w.send({"op": "load", "controls": ["edge"], "options": {"offload_text_encoder_model": True}})
+        self.assertEqual(w.until("loaded")["options"], {"offload_text_encoder_model": True})
+        self.run_spec(w, "rs_a", t1_spec(self.tmp))
         w.close()
 
     def test_outside_nvidias_checkout_the_load_fails_and_says_how_to_fix_it(self):
@@ -404,6 +480,27 @@ class Transfer25(unittest.TestCase):
             w.close()
             init = self.calls.all("Control2WorldInference.__init__")[0]
             self.assertEqual((init["guardrails"], init["offload_guardrail_models"]), (off, offload), mode)
+
+    def test_memory_saving_reaches_setup_arguments_and_the_run_the_chunk_length(self):
+        w = self.start()
+        self.run_spec(w, "rs_a", t25_spec(self.tmp, edge={"control_weight": 0.5}))
+        w.send({"op": "load", "controls": ["edge"], "options": {"offload_guardrail_models": True}})
+        self.assertEqual(w.until("loaded")["options"], {"offload_guardrail_models": True})
+        done = self.run_spec(w, "rs_b", t25_spec(self.tmp, edge={"control_weight": 0.5}, num_video_frames_per_chunk=61))
+        self.assertEqual(done["outputs"]["settings"]["num_video_frames_per_chunk"], 61)
+        self.assertEqual(done["outputs"]["settings"]["load_options"], {"offload_guardrail_models": True})
+        w.send({"op": "load", "controls": ["edge"], "options": {"offload_text_encoder_model": True}})
+        self.assertIn("offload_text_encoder_model", w.until("load_failed")["message"], "SetupArguments has no such option")
+        w.close()
+        inits = self.calls.all("Control2WorldInference.__init__")
+        self.assertEqual([(i["guardrails"], i["offload_guardrail_models"]) for i in inits], [(True, False), (True, True)],
+                         "another load, guardrails still on")
+        self.assertEqual([g["num_video_frames_per_chunk"] for g in self.calls.all("generate")], [93, 61])
+        with fakes_on_path():
+            from cosmos_transfer2.config import InferenceArguments
+
+            with self.assertRaises(Exception):  # pydantic: a chunk length must be positive
+                InferenceArguments(**t25_spec(self.tmp, edge={"control_weight": 0.5}, num_video_frames_per_chunk=0))
 
     def test_under_torchrun_every_rank_runs_context_parallel(self):
         w = self.start(torchrun=2)

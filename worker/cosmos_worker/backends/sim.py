@@ -1,7 +1,15 @@
 """The sim backend: no model. Simulates load and run time, writes a real output video (a copy
 of the input, or an ffmpeg transform where ffmpeg exists) and the control videos, and injects
 the faults a per-run `sim` key asks for: error, crash, hang, oom; `attempts` fails only the
-first N attempts; `seconds` overrides this run's duration."""
+first N attempts; `seconds` overrides this run's duration.
+
+Its `oom` behaves as a real model's: with `cured_by` it goes away once enough memory is
+saved, and only then. The sim takes the memory-saving options both NVIDIA backends have, in
+the scopes they have them: constructor options at load (Transfer1's
+DiffusionControl2WorldGenerationPipeline offload_network / offload_tokenizer /
+offload_text_encoder_model, Transfer2.5's SetupArguments offload_guardrail_models; other
+options are refused, as a constructor refuses an unknown keyword), and the run's own
+`num_video_frames_per_chunk` (Transfer2.5's InferenceArguments, default 93)."""
 
 import os
 import shutil
@@ -12,7 +20,10 @@ from cosmos_worker import ranks
 from cosmos_worker.backends import Backend, RunCancelled, RunFailure
 
 GENERATED = ("vis", "edge", "depth", "seg", "keypoint")
-SETTINGS = ("negative_prompt", "seed", "num_steps", "guidance", "sigma_max", "fps", "blur_strength", "canny_threshold")
+SETTINGS = ("negative_prompt", "seed", "num_steps", "guidance", "sigma_max", "fps", "blur_strength", "canny_threshold",
+            "num_video_frames_per_chunk")
+LOAD_OPTIONS = ("offload_guardrail_models", "offload_text_encoder_model", "offload_tokenizer", "offload_network")
+DEFAULT_FRAMES_PER_CHUNK = 93
 
 
 class SimBackend(Backend):
@@ -20,13 +31,31 @@ class SimBackend(Backend):
         self.load_seconds = load_seconds
         self.job_seconds = job_seconds
         self.loaded = None
+        self.options = {}
         self.ffmpeg = shutil.which("ffmpeg")
         # Under torchrun, as with NVIDIA's models, only rank 0 writes the outputs.
         self.leader = ranks.rank() == 0
 
     def load(self, controls, options):
+        unknown = sorted(set(options or {}) - set(LOAD_OPTIONS))
+        if unknown:
+            raise TypeError("sim: unexpected load option(s) %s; it takes %s" % (", ".join(unknown), ", ".join(LOAD_OPTIONS)))
         time.sleep(self.load_seconds)
         self.loaded = sorted(controls)
+        self.options = {k: bool(v) for k, v in (options or {}).items()}
+
+    def _cured(self, spec, cured_by):
+        """Whether every memory saving the fault needs is in effect for this run."""
+        for need in cured_by:
+            if need.startswith("gpus:"):
+                if ranks.world_size() < int(need[5:]):
+                    return False
+            elif need == "num_video_frames_per_chunk":
+                if int(spec.get(need) or DEFAULT_FRAMES_PER_CHUNK) >= DEFAULT_FRAMES_PER_CHUNK:
+                    return False
+            elif not self.options.get(need):
+                return False
+        return True
 
     def run(self, spec, output_dir, attempt, progress, cancelled, channel):
         sim = spec.get("sim") or {}
@@ -34,6 +63,9 @@ class SimBackend(Backend):
         fail = sim.get("fail")
         limit = sim.get("attempts")
         failing = fail is not None and (limit is None or attempt <= int(limit))
+        cured_by = sim.get("cured_by")
+        if failing and fail == "oom" and cured_by is not None and self._cured(spec, cured_by):
+            failing = False
         if failing and fail == "crash":
             os._exit(3)
         if failing and fail == "hang":
@@ -73,6 +105,7 @@ class SimBackend(Backend):
             f.write(spec.get("prompt", ""))
         settings = {k: spec[k] for k in SETTINGS if k in spec}
         settings["world_size"] = ranks.world_size()
+        settings["load_options"] = dict(self.options)
         return {"video": video, "controls": controls, "settings": settings}
 
     def _make_video(self, source, target):

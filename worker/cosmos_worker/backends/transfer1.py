@@ -27,8 +27,20 @@ What NVIDIA's code does, and so what this backend does:
   pipeline is built).
 - Multi-GPU: every rank builds the pipeline and calls `generate`; NVIDIA's
   `distributed.init()` (cosmos_transfer1/utils/distributed.py) joins the NCCL group.
+- Memory-saving options (the daemon's `load` options after an OOM): `TransferPipeline`'s
+  constructor takes none; it builds `DiffusionControl2WorldGenerationPipeline`
+  (world_generation_pipeline.py), whose constructor has `offload_network`,
+  `offload_tokenizer`, `offload_text_encoder_model` (and `offload_guardrail_models`,
+  `offload_prompt_upsampler`, which save nothing here: TransferPipeline passes
+  `disable_guardrail=True` and `upsample_prompt=False`), and passes them all False. With
+  options the pipeline is built with them: TransferPipeline's own constructor runs, and
+  the class it looks up in its module for the inner pipeline is, for that call, one that
+  adds the options to NVIDIA's keywords. Other options are another load (the pipeline is
+  let go and built again).
 """
 
+import contextlib
+import gc
 import glob
 import os
 import sys
@@ -57,6 +69,29 @@ SETTINGS = {
     "canny_threshold": "medium",
 }
 HINT_NAMES = ("vis", "edge", "depth", "seg", "keypoint", "hdmap", "lidar", "upscale")
+# DiffusionControl2WorldGenerationPipeline keywords that save memory here.
+LOAD_OPTIONS = ("offload_network", "offload_tokenizer", "offload_text_encoder_model")
+
+
+@contextlib.contextmanager
+def inner_pipeline_options(module, options):
+    """While TransferPipeline is constructed, its inner pipeline gets `options` on top of
+    the keywords TransferPipeline passes (which sets them all False)."""
+    if not options:
+        yield
+        return
+    original = module.DiffusionControl2WorldGenerationPipeline
+
+    class WithOptions(original):
+        def __init__(self, *args, **kwargs):
+            kwargs.update(options)
+            super().__init__(*args, **kwargs)
+
+    module.DiffusionControl2WorldGenerationPipeline = WithOptions
+    try:
+        yield
+    finally:
+        module.DiffusionControl2WorldGenerationPipeline = original
 
 
 class Transfer1Backend(Backend):
@@ -66,6 +101,7 @@ class Transfer1Backend(Backend):
         self.guardrails = guardrails
         self.pipeline = None
         self.loaded = None  # the hints the pipeline holds, as a set
+        self.options = {}  # the constructor options it was built with
 
     def init_distributed(self):
         self._check_code()
@@ -87,6 +123,11 @@ class Transfer1Backend(Backend):
 
     def load(self, controls, options):
         self._check_code()
+        options = {k: bool(v) for k, v in (options or {}).items()}
+        unknown = sorted(set(options) - set(LOAD_OPTIONS))
+        if unknown:
+            raise TypeError("transfer1: %s not a memory-saving option of DiffusionControl2WorldGenerationPipeline here; it has %s"
+                            % (", ".join(unknown), ", ".join(LOAD_OPTIONS)))
         allowed = self._allowed()
         wanted = [c for c in controls if c in HINT_NAMES]
         refused = [c for c in wanted if c not in allowed]
@@ -95,11 +136,21 @@ class Transfer1Backend(Backend):
                 "TransferPipeline%s serves %s; asked for %s"
                 % (" (Sample-AV)" if self.av_sample else "", ", ".join(sorted(allowed)), ", ".join(controls) or "nothing")
             )
+        if self.pipeline is not None and options != self.options:
+            # Constructor options: another load. The old pipeline goes first (two need not fit).
+            self.pipeline = None
+            self.loaded = None
+            gc.collect()
+            import torch
+
+            if hasattr(torch, "cuda") and hasattr(torch.cuda, "empty_cache"):
+                torch.cuda.empty_cache()
         if self.pipeline is None:
             import torch
 
             torch.set_grad_enabled(False)
             from cosmos_transfer1 import checkpoints
+            from cosmos_transfer1.diffusion.inference import transfer_pipeline
             from cosmos_transfer1.diffusion.inference.transfer_pipeline import TransferPipeline
 
             if self.guardrails != "off":
@@ -108,12 +159,14 @@ class Transfer1Backend(Backend):
                     "(disable_guardrail=True in transfer_pipeline.py); runtime.guardrails = %r has no effect\n" % self.guardrails
                 )
             order = wanted + sorted(set(allowed) - set(wanted))
-            self.pipeline = TransferPipeline(
-                num_gpus=ranks.world_size(),
-                checkpoint_dir=self.checkpoint_dir,
-                checkpoint_name=checkpoints.BASE_7B_CHECKPOINT_AV_SAMPLE_PATH if self.av_sample else checkpoints.BASE_7B_CHECKPOINT_PATH,
-                hint_keys=order,
-            )
+            with inner_pipeline_options(transfer_pipeline, options):
+                self.pipeline = TransferPipeline(
+                    num_gpus=ranks.world_size(),
+                    checkpoint_dir=self.checkpoint_dir,
+                    checkpoint_name=checkpoints.BASE_7B_CHECKPOINT_AV_SAMPLE_PATH if self.av_sample else checkpoints.BASE_7B_CHECKPOINT_PATH,
+                    hint_keys=order,
+                )
+            self.options = options
         # What generate() does when the set changes, done now (transfer_pipeline.py generate).
         specs = {c: {"control_weight": 0.5} for c in wanted}
         if self.pipeline.update_controlnet_spec(checkpoint_dir=self.pipeline.checkpoint_dir, controlnet_specs=specs):
@@ -145,7 +198,7 @@ class Transfer1Backend(Backend):
         if not input_video or not os.path.isfile(input_video):
             raise RunFailure("input", "input video not found: %s" % input_video)
         if self.pipeline is None or set(controlnet_specs) != self.loaded:
-            self.load(list(controlnet_specs), {})
+            self.load(list(controlnet_specs), self.options)
         kwargs = {key: spec.get(key, default) for key, default in SETTINGS.items()}
         result = self.pipeline.generate(
             controlnet_specs=controlnet_specs,
@@ -173,5 +226,5 @@ class Transfer1Backend(Backend):
             if made:
                 controls[hint] = made[0]
         settings = dict(kwargs, controlnet_specs=controlnet_specs, fps=24, num_gpus=ranks.world_size(),
-                        checkpoint="Sample-AV" if self.av_sample else "7B")
+                        checkpoint="Sample-AV" if self.av_sample else "7B", load_options=dict(self.options))
         return {"video": video, "controls": controls, "settings": settings}

@@ -17,6 +17,11 @@ up the way NVIDIA's own worker does it (cosmos_transfer2/gradio/control2world_wo
   validates it here, and a refusal is the run's input error, not a crash.
 - `generate(samples, output_dir) -> list[str]` writes `{name}.mp4`, `{name}_control_{key}.mp4`
   on rank 0. The sample is named `output`.
+- Memory-saving options (after an OOM): the load option `offload_guardrail_models`
+  (SetupArguments; inference.py hands it to the guardrail runners as
+  `offload_model_to_cpu`), a constructor option: other options are another load. The
+  per-run one, `num_video_frames_per_chunk`, is an `InferenceArguments` field the daemon
+  writes into the run's spec.
 - Multi-GPU: `context_parallel_size` = WORLD_SIZE; NVIDIA's `init_environment()`
   (cosmos_oss/init.py) joins the process group when RANK is set, and sets
   TOKENIZERS_PARALLELISM=false.
@@ -31,6 +36,7 @@ from cosmos_worker import ranks
 from cosmos_worker.backends import Backend, RunFailure
 
 CONTROL_KEYS = ["edge", "vis", "depth", "seg"]
+LOAD_OPTIONS = ("offload_guardrail_models",)
 # The daemon's keys that are not InferenceArguments fields.
 PRIVATE_KEYS = ("sim",)
 
@@ -41,6 +47,7 @@ class Transfer25Backend(Backend):
         self.output_root = output_root or os.path.join(tempfile.gettempdir(), "cosmos-transfer2-setup")
         self.inference = None
         self.model_key = None  # "edge" ... or "multicontrol"
+        self.options = {}  # the load options it was set up with
 
     def init_distributed(self):
         from cosmos_oss.init import init_environment
@@ -56,8 +63,13 @@ class Transfer25Backend(Backend):
         refused = [c for c in controls if c not in CONTROL_KEYS]
         if refused or not controls:
             raise RuntimeError("Transfer2.5 serves %s; asked for %s" % (", ".join(CONTROL_KEYS), ", ".join(controls) or "nothing"))
+        options = {k: bool(v) for k, v in (options or {}).items()}
+        unknown = sorted(set(options) - set(LOAD_OPTIONS))
+        if unknown:
+            raise TypeError("transfer2_5: %s not a memory-saving option of SetupArguments here; it has %s"
+                            % (", ".join(unknown), ", ".join(LOAD_OPTIONS)))
         key = self.key_of(controls)
-        if self.inference is not None and key == self.model_key:
+        if self.inference is not None and key == self.model_key and options == self.options:
             return
         import torch
         from cosmos_transfer2.config import SetupArguments
@@ -75,7 +87,7 @@ class Transfer25Backend(Backend):
             context_parallel_size=ranks.world_size(),
             keep_going=True,
             disable_guardrails=self.guardrails == "off",
-            offload_guardrail_models=self.guardrails == "offload",
+            offload_guardrail_models=self.guardrails == "offload" or options.get("offload_guardrail_models", False),
         )
         batch_hint_keys = list(CONTROL_KEYS) if key == "multicontrol" else [key]
         # Let go of the old model first: two need not fit at once.
@@ -84,6 +96,7 @@ class Transfer25Backend(Backend):
         gc.collect()
         self.inference = Control2WorldInference(setup, batch_hint_keys=batch_hint_keys)
         self.model_key = key
+        self.options = options
 
     def run(self, spec, output_dir, attempt, progress, cancelled, channel):
         sample = {k: v for k, v in spec.items() if k not in PRIVATE_KEYS}
@@ -105,7 +118,7 @@ class Transfer25Backend(Backend):
             args = InferenceArguments(**sample)
         except Exception as e:  # pydantic's ValidationError: NVIDIA's model refused the run
             raise RunFailure("input", "NVIDIA's InferenceArguments refused the run: %s" % " ".join(str(e).split()))
-        self.load(hints, {})
+        self.load(hints, self.options)
         paths = self.inference.generate([args], Path(output_dir))
         if ranks.rank() != 0:
             return {}
@@ -125,4 +138,5 @@ class Transfer25Backend(Backend):
         settings["model"] = self.model_key
         settings["num_gpus"] = ranks.world_size()
         settings["guardrails"] = self.guardrails
+        settings["load_options"] = dict(self.options)
         return {"video": produced, "controls": controls, "settings": settings}

@@ -67,7 +67,8 @@ class Control2WorldInference:
                sigma_max=None if sample.sigma_max is None else float(sample.sigma_max), guidance=sample.guidance,
                seed=sample.seed, negative_prompt=sample.negative_prompt, num_steps=sample.num_steps,
                preset_blur_strength=sample.preset_blur_strength, preset_edge_threshold=sample.preset_edge_threshold,
-               resolution=sample.resolution, device_rank=self.device_rank,
+               resolution=sample.resolution, num_video_frames_per_chunk=sample.num_video_frames_per_chunk,
+               device_rank=self.device_rank,
                grad_enabled=torch.is_grad_enabled(), tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
         if self.device_rank == 0:
             for key in sample.hint_keys:

@@ -5,6 +5,9 @@ As torchrun does: starts N processes of `python -u [-m] SCRIPT ARGS` with RANK, 
 WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; they inherit its stdin,
 stdout and stderr; when one fails the others are stopped and torchrun exits non-zero;
 SIGTERM and SIGINT are passed on to them.
+
+For tests only (no torchrun has it): with FAKE_TORCHRUN_UNTIL=PATH it exits 1 at once while
+PATH does not exist, as a GPU group whose processes cannot start yet.
 """
 
 import os
@@ -22,6 +25,10 @@ def _free_port():
 
 
 def main(argv):
+    until = os.environ.get("FAKE_TORCHRUN_UNTIL")
+    if until and not os.path.exists(until):
+        sys.stderr.write("fake torchrun: not starting until %s exists (FAKE_TORCHRUN_UNTIL)\n" % until)
+        return 1
     nproc, module, rest = 1, False, []
     i = 0
     while i < len(argv):

@@ -17,7 +17,12 @@ What it keeps of the real one (each from transfer_pipeline.py unless named):
   `{hint}_input_control_{LOCAL_RANK}.mp4` for hints without an input_control,
   preprocessors.py), and on rank 0 writes `output.mp4` and `output.txt`. It has NO return
   statement: it always returns None. Its `negative_prompt` default is "".
-- The pipeline is built with `disable_guardrail=True`: nothing is ever blocked.
+- The constructor takes none of the memory-saving options: it builds
+  `DiffusionControl2WorldGenerationPipeline` (looked up in this module's globals, imported
+  from world_generation_pipeline.py as NVIDIA's does) with `offload_network`,
+  `offload_text_encoder_model`, `offload_guardrail_models`, `offload_prompt_upsampler` False,
+  `upsample_prompt=False`, `fps=24`, `num_input_frames=1`, `disable_guardrail=True`: nothing
+  is ever blocked.
 It prints to stdout, as model code does; the worker must keep that out of its event stream.
 """
 
@@ -28,6 +33,7 @@ import shutil
 import torch
 from calls import record
 from cosmos_transfer1 import checkpoints
+from cosmos_transfer1.diffusion.inference.world_generation_pipeline import DiffusionControl2WorldGenerationPipeline
 from cosmos_transfer1.utils import distributed
 
 hint_keys = {"vis", "seg", "edge", "depth", "upscale"}
@@ -45,28 +51,8 @@ default_model_names = {
     "lidar": checkpoints.LIDAR2WORLD_CONTROLNET_7B_CHECKPOINT_PATH,
 }
 
-CONFIG_FILE = "cosmos_transfer1/diffusion/config/transfer/config.py"
 # preprocessors.py: the hints it can make from the input video.
 GENERATED = ("depth", "seg", "keypoint", "vis", "edge")
-
-
-class _InnerPipeline:
-    """DiffusionControl2WorldGenerationPipeline, as far as TransferPipeline uses it."""
-
-    def __init__(self, checkpoint_dir, checkpoint_name, control_inputs, disable_guardrail):
-        # world_generation_pipeline.py _load_model -> config_helper.get_config_module
-        assert os.path.isfile(CONFIG_FILE), f"Cosmos config file ({CONFIG_FILE}) not found."
-        self.fps = 24
-        self.disable_guardrail = disable_guardrail
-        record("pipeline.load", checkpoint_dir=checkpoint_dir, checkpoint_name=checkpoint_name,
-               controls=sorted(control_inputs), disable_guardrail=disable_guardrail)
-
-    def reload_model(self, control_inputs):
-        record("reload_model", controls=sorted(control_inputs))
-
-    def generate(self, prompt, video_path, negative_prompt, control_inputs, save_folder, batch_size):
-        # With disable_guardrail=True nothing is blocked: (videos, final prompts).
-        return [video_path[0]], list(prompt)
 
 
 class TransferPipeline:
@@ -88,7 +74,20 @@ class TransferPipeline:
         self.video_save_name = "output"
         record("TransferPipeline.__init__", num_gpus=num_gpus, checkpoint_dir=checkpoint_dir, checkpoint_name=checkpoint_name,
                hint_keys=list(hint_keys), first_key=first_key, cwd=os.getcwd())
-        self.pipeline = _InnerPipeline(checkpoint_dir, checkpoint_name, self.control_inputs, disable_guardrail=True)
+        self.pipeline = DiffusionControl2WorldGenerationPipeline(
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_name=checkpoint_name,
+            control_inputs=self.control_inputs,
+            process_group=None,
+            offload_network=False,
+            offload_text_encoder_model=False,
+            offload_guardrail_models=False,
+            offload_prompt_upsampler=False,
+            upsample_prompt=False,
+            fps=24,
+            num_input_frames=1,
+            disable_guardrail=True,
+        )
 
     def update_controlnet_spec(self, checkpoint_dir, controlnet_specs):
         config_changed = False
@@ -125,6 +124,10 @@ class TransferPipeline:
                grad_enabled=torch.is_grad_enabled(), tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
         if "RAISE_OOM" in prompt:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        # An OOM that the T5 encoder's memory cures (it is freed after encoding with
+        # offload_text_encoder_model, base_world_generation_pipeline.py).
+        if "OOM_UNLESS_T5_OFFLOADED" in prompt and not self.pipeline.offload_text_encoder_model:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 11.00 GiB")
         batch_outputs = self.pipeline.generate(prompt=[prompt], video_path=[input_video], negative_prompt=negative_prompt,
                                                control_inputs=[current], save_folder=output_dir, batch_size=1)
         if batch_outputs is None:
