@@ -101,6 +101,10 @@ fn enqueue_is_idempotent_across_hosts() {
     assert_eq!(a.counts().unwrap().queued, 3);
     let kinds: Vec<String> = a.events("rs_1").unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["enqueued"], "one enqueue recorded");
+    let orphan = NewRun { id: "rs_orphan", spec: &first, created_at: Timestamp::now(), parent_id: Some("rs_missing") };
+    let err = a.enqueue(&[run("rs_4", &first), orphan]).expect_err("a parent must be in the queue");
+    assert!(err.is_usage() && err.to_string().contains("rs_missing"), "{err}");
+    assert!(matches!(a.run("rs_4"), Err(ClusterError::NotFound(_))), "all or none: rs_4 was not added either");
     assert!(matches!(a.run("rs_nope"), Err(ClusterError::NotFound(_))));
     assert_eq!(a.resolve("rs_3").unwrap(), "rs_3");
     assert!(matches!(a.resolve("rs_"), Err(ClusterError::Ambiguous { count: 3, .. })));

@@ -164,6 +164,15 @@ impl PgQueue {
             let mut out = Vec::with_capacity(runs.len());
             for (run, spec) in runs.iter().zip(&specs) {
                 let created = to_system(run.created_at);
+                if let Some(parent) = run.parent_id {
+                    // Earlier runs of this same call are visible here: a parent may come first.
+                    if tx.query_opt("SELECT 1 FROM cosmos_runs WHERE id = $1", &[&parent])?.is_none() {
+                        return Err(Failure::Queue(ClusterError::Refused(format!(
+                            "run {} waits on run {parent}, which is not in the shared queue: enqueue the parent first",
+                            run.id
+                        ))));
+                    }
+                }
                 let set = run.spec.control_set();
                 let n = tx.execute(&insert, &[&run.id, &run.spec.priority, &set, spec, &host, &run.parent_id, &created])?;
                 if n == 1 {
