@@ -185,7 +185,7 @@ fn claims_follow_priority_then_affinity_then_age_and_max_affinity_wait() {
     enqueue_one(&mut q, "rs_c_vis", &[Hint::Vis], 0);
     enqueue_one(&mut q, "rs_d_edge", &[Hint::Edge], 0);
     assert_eq!(take(&mut q, None, HOUR).as_deref(), Some("rs_a_vis"), "nothing loaded: the oldest");
-    assert_eq!(take(&mut q, Some("edge"), HOUR).as_deref(), Some("rs_b_edge"), "the loaded set first");
+    assert_eq!(take(&mut q, Some("edge"), Duration::MAX).as_deref(), Some("rs_b_edge"), "the loaded set first (no wait is too long)");
     assert_eq!(take(&mut q, Some("edge"), HOUR).as_deref(), Some("rs_d_edge"), "still the loaded set, past an older run");
     assert_eq!(take(&mut q, Some("edge"), HOUR).as_deref(), Some("rs_c_vis"), "none of the loaded set left: the head");
     assert_eq!(take(&mut q, Some("edge"), HOUR), None, "an empty queue");
@@ -199,12 +199,13 @@ fn claims_follow_priority_then_affinity_then_age_and_max_affinity_wait() {
     // No starvation: once the head waited past max_affinity_wait it goes first.
     enqueue_one(&mut q, "rs_old_vis", &[Hint::Vis], 0);
     enqueue_one(&mut q, "rs_new_edge", &[Hint::Edge], 0);
-    let wait = Duration::from_millis(300);
+    let wait = Duration::from_secs(1);
     let c = q.claim(&req("gpu0", Some("edge"), wait)).unwrap().expect("a run");
-    assert_eq!(c.run.id, "rs_new_edge", "the head has not waited 300ms yet");
-    q.finish(&c.run.id, c.token, &Outcome::HandBack { reason: "test".into() }).unwrap();
-    assert_eq!(q.run("rs_new_edge").unwrap().attempts, 0, "a hand-back is not an attempt");
-    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(c.run.id, "rs_new_edge", "the head has not waited 1s yet");
+    let back = q.finish(&c.run.id, c.token, &Outcome::HandBack { reason: "test".into() }).unwrap();
+    assert_eq!(back.attempts, 0, "a hand-back is not an attempt");
+    assert_eq!(back.queued_at, c.run.queued_at, "a requeued run keeps its place by age");
+    std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(take(&mut q, Some("edge"), wait).as_deref(), Some("rs_old_vis"), "the head waited too long");
     assert_eq!(take(&mut q, Some("edge"), wait).as_deref(), Some("rs_new_edge"));
 
@@ -255,10 +256,12 @@ fn a_lapsed_lease_is_reaped_and_its_late_holder_is_fenced() {
     enqueue_one(&mut a, "rs_lapse", &[Hint::Edge], 0);
     let short = ClaimRequest { slot: "gpu0", loaded: None, max_affinity_wait: HOUR, lease: Duration::from_millis(300) };
     let first = a.claim(&short).unwrap().expect("a claims");
-    assert!(!a.renew("rs_lapse", first.token, Duration::from_millis(300)).unwrap(), "renewed, no cancel");
+    assert!(!a.renew("rs_lapse", first.token, HOUR).unwrap(), "renewed, no cancel");
     assert!(b.reap(3).unwrap().is_empty(), "a live lease is not reaped");
-    // Host a stops renewing (crash, SIGSTOP, partition): its lease lapses.
-    std::thread::sleep(Duration::from_millis(500));
+    // Its last renewal is a short one; then host a stops renewing (crash, SIGSTOP,
+    // partition) and the lease lapses.
+    assert!(!a.renew("rs_lapse", first.token, Duration::from_millis(200)).unwrap());
+    std::thread::sleep(Duration::from_millis(400));
     let reaped = b.reap(3).unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!((reaped[0].run_id.as_str(), reaped[0].host.as_str(), reaped[0].token), ("rs_lapse", "host-a", first.token));

@@ -116,6 +116,7 @@ pub enum Outcome {
     /// A retryable failure: back to the queue, not to start before `after` has passed.
     Retry { reason: String, after: Duration },
     /// Given back unfinished (the daemon stops): queued again at once, the attempt not counted.
+    /// Requeued runs keep their place by age, as in the SQLite store.
     HandBack { reason: String },
 }
 
@@ -194,8 +195,7 @@ impl PgQueue {
     /// right now are skipped, not waited for. `None`: nothing may start.
     pub fn claim(&mut self, req: &ClaimRequest<'_>) -> Result<Option<Claim>> {
         let host = self.host_id.clone();
-        let wait = req.max_affinity_wait.as_secs_f64();
-        let lease = req.lease.as_secs_f64();
+        let (wait, lease) = (seconds(req.max_affinity_wait), seconds(req.lease));
         let pick = format!(
             "WITH head AS (SELECT r.priority, r.queued_at FROM cosmos_runs r WHERE {ELIGIBLE} ORDER BY r.priority DESC, r.queued_at, r.id LIMIT 1) \
              SELECT r.id FROM cosmos_runs r CROSS JOIN head h WHERE {ELIGIBLE} \
@@ -231,7 +231,7 @@ impl PgQueue {
     /// requested (the holder then stops the run and finishes it `Cancelled`).
     /// [`ClusterError::Fenced`]: the lease is gone; stop and discard the output.
     pub fn renew(&mut self, run_id: &str, token: Token, lease: Duration) -> Result<bool> {
-        let lease = lease.as_secs_f64();
+        let lease = seconds(lease);
         self.conn.run("renew a lease", |c| {
             let row = c.query_opt(
                 "UPDATE cosmos_runs SET lease_expires = now() + $3::float8 * interval '1 second' \
@@ -260,7 +260,7 @@ impl PgQueue {
         self.conn.run("finish a run", |c| {
             let mut tx = c.transaction()?;
             let after = match outcome {
-                Outcome::Retry { after, .. } => after.as_secs_f64(),
+                Outcome::Retry { after, .. } => seconds(*after),
                 _ => 0.0,
             };
             let (set, detail, extra): (&str, &str, Vec<&(dyn postgres::types::ToSql + Sync)>) = match outcome {
@@ -270,12 +270,12 @@ impl PgQueue {
                 Outcome::Failed { error } => ("status = 'failed', error = $3, finished_at = now()", error, vec![error]),
                 Outcome::Cancelled => ("status = 'cancelled', error = 'cancelled by request', finished_at = now()", "", vec![]),
                 Outcome::Retry { reason, .. } => (
-                    "status = 'queued', error = $3, queued_at = now(), not_before = now() + $4::float8 * interval '1 second'",
+                    "status = 'queued', error = $3, not_before = now() + $4::float8 * interval '1 second'",
                     reason,
                     vec![reason, &after],
                 ),
                 Outcome::HandBack { reason } => {
-                    ("status = 'queued', attempts = GREATEST(attempts - 1, 0), queued_at = now(), not_before = NULL", reason, vec![])
+                    ("status = 'queued', attempts = GREATEST(attempts - 1, 0), not_before = NULL", reason, vec![])
                 }
             };
             let sql = format!(
@@ -348,7 +348,7 @@ impl PgQueue {
                     policy::Verdict::Retry { after } => {
                         tx.execute(
                             "UPDATE cosmos_runs SET status = 'queued', lease_token = NULL, lease_host = NULL, lease_slot = NULL, \
-                             lease_expires = NULL, error = $2, queued_at = now(), not_before = now() + $3::float8 * interval '1 second', \
+                             lease_expires = NULL, error = $2, not_before = now() + $3::float8 * interval '1 second', \
                              updated_at = now() WHERE id = $1",
                             &[&id, &why, &after.as_secs_f64()],
                         )?;
@@ -445,7 +445,7 @@ impl PgQueue {
                 &format!(
                     "UPDATE cosmos_runs SET status = 'queued', attempts = 0, error = NULL, cancel_requested = false, lease_token = NULL, \
                      lease_host = NULL, lease_slot = NULL, lease_expires = NULL, not_before = NULL, finished_at = NULL, \
-                     queued_at = now(), updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+                     updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[&run_id],
             )?;
@@ -538,6 +538,12 @@ impl PgQueue {
                 .collect()
         })
     }
+}
+
+/// A duration as SQL interval seconds, held below PostgreSQL's interval range (a "forever"
+/// written as a huge duration must not make the statement fail).
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64().min(100.0 * 365.0 * 86_400.0)
 }
 
 pub(super) fn to_system(t: Timestamp) -> SystemTime {
