@@ -52,6 +52,62 @@ pub struct Config {
     pub daemon: Daemon,
     pub hooks: Hooks,
     pub log: Log,
+    pub cluster: Cluster,
+}
+
+/// `[cluster]` (DESIGN.md, "Several hosts"): an empty `database` keeps the single-host
+/// SQLite queue; a PostgreSQL URL makes every host's daemon share one queue there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME`, or key=value form; empty: one host.
+    pub database: String,
+    /// Storage every host mounts, for staged inputs and outputs in flight.
+    pub shared_dir: PathBuf,
+    /// This host's name in the shared queue; empty: the hostname.
+    pub host_id: String,
+    /// How long a claimed run stays with its slot without a renewal.
+    pub lease: Dur,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { database: String::new(), shared_dir: PathBuf::new(), host_id: String::new(), lease: Dur::secs(90) }
+    }
+}
+
+impl Cluster {
+    /// Whether the shared queue is in use (a database is named).
+    pub fn enabled(&self) -> bool {
+        !self.database.trim().is_empty()
+    }
+
+    /// `host_id`, else the hostname (else "localhost" where the host has none).
+    pub fn effective_host_id(&self) -> String {
+        let id = self.host_id.trim();
+        if !id.is_empty() {
+            return id.to_string();
+        }
+        hostname().unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+/// The kernel's hostname, `None` where it is empty or unreadable.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Host ids go into the queue, status and receipts: a name, not arbitrary text.
+fn valid_host_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 253 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Commands and URLs told when a run or a submission ends (DESIGN.md section 12).
@@ -662,9 +718,33 @@ impl Config {
                 return Err(bad("jobs.default_controls", format!("{hint}.input_control: expected an absolute path")));
             }
         }
+        self.check_cluster(&bad)?;
         let level = self.log.level.to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
             return Err(bad("log.level", format!("expected error, warn, info, debug or trace, got {:?}", self.log.level)));
+        }
+        Ok(())
+    }
+
+    fn check_cluster(&self, bad: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.host_id.is_empty() && !valid_host_id(&c.host_id) {
+            return Err(bad(
+                "cluster.host_id",
+                format!("expected letters, digits, '.', '_' or '-' (or \"\" for the hostname), got {:?}", c.host_id),
+            ));
+        }
+        if c.lease.0 < Duration::from_secs(1) {
+            return Err(bad("cluster.lease", format!("expected at least 1s (a run is renewed at a third of it), got {}", c.lease)));
+        }
+        if !c.shared_dir.as_os_str().is_empty() && !c.shared_dir.is_absolute() {
+            return Err(bad("cluster.shared_dir", format!("expected an absolute path, got {:?}", c.shared_dir.display().to_string())));
+        }
+        if c.enabled() {
+            parse_database_url(&c.database).map_err(|e| bad("cluster.database", e))?;
+            if c.shared_dir.as_os_str().is_empty() {
+                return Err(bad("cluster.shared_dir", "expected the folder every host mounts, since cluster.database is set".into()));
+            }
         }
         Ok(())
     }
@@ -710,6 +790,40 @@ pub use crate::fsutil::absolute;
 
 fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+/// Parses `cluster.database` without connecting: it parses, names a host and a user, and
+/// asks for no TLS (not built in yet). Errors never show the password.
+pub fn parse_database_url(url: &str) -> Result<postgres::Config, String> {
+    let url = url.trim();
+    let config = <postgres::Config as std::str::FromStr>::from_str(url).map_err(|e| {
+        // The parser's message may quote what it choked on: the password never shows.
+        let why = match password_in(url) {
+            Some(secret) => e.to_string().replace(secret, "***"),
+            None => e.to_string(),
+        };
+        format!("{why}: expected \"postgres://USER@HOST[:PORT]/DBNAME\" or \"host=... user=... dbname=...\"")
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err("no host named: expected \"postgres://USER@HOST[:PORT]/DBNAME\"".into());
+    }
+    if config.get_user().is_none() {
+        return Err("no user named: expected \"postgres://USER@HOST[:PORT]/DBNAME\"".into());
+    }
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err("sslmode=require: TLS to the queue database is not built in yet; use a trusted network or a tunnel (stunnel, ssh, WireGuard) and sslmode=disable or prefer".into());
+    }
+    Ok(config)
+}
+
+/// The password of a URL that may not parse: `scheme://user:PASSWORD@...` or `password=PASSWORD`.
+fn password_in(url: &str) -> Option<&str> {
+    if let Some((_, rest)) = url.split_once("://") {
+        let userinfo = rest.rsplit_once('@')?.0;
+        return userinfo.split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty());
+    }
+    let start = url.find("password=")? + "password=".len();
+    url[start..].split_whitespace().next().map(|p| p.trim_matches('\'')).filter(|p| !p.is_empty())
 }
 
 #[cfg(test)]
@@ -909,6 +1023,31 @@ mod tests {
         assert_eq!(Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap(), c);
         let err = Config::from_toml("[runtime]\nshm_size = \"512m\"\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("c.toml") && err.contains("shm_size") && err.contains("\"512m\""), "{err}");
+    }
+
+    #[test]
+    fn cluster_is_off_by_default_and_checked_when_on() {
+        let c = Config::default();
+        assert!(!c.cluster.enabled());
+        assert_eq!(c.cluster.lease.0, Duration::from_secs(90));
+        assert!(!c.cluster.effective_host_id().is_empty(), "the hostname stands in");
+        let text = "[cluster]\ndatabase = \"postgres://cosmos@db.internal/cosmos\"\nshared_dir = \"/mnt/cosmos\"\nhost_id = \"gpu-07\"\nlease = \"2m\"\n";
+        let c = Config::from_toml(text, Path::new("c.toml")).unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!((c.cluster.effective_host_id().as_str(), c.cluster.lease.0), ("gpu-07", Duration::from_secs(120)));
+        assert_eq!(Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap(), c);
+        for (bad, key, says) in [
+            ("[cluster]\ndatabase = \"postgres://cosmos@db/q\"", "cluster.shared_dir", "every host mounts"),
+            ("[cluster]\ndatabase = \"mysql://x\"\nshared_dir = \"/mnt\"", "cluster.database", "invalid connection string"),
+            ("[cluster]\ndatabase = \"postgres://u:pw@db/q?sslmode=require\"\nshared_dir = \"/m\"", "cluster.database", "TLS"),
+            ("[cluster]\nshared_dir = \"relative\"", "cluster.shared_dir", "absolute"),
+            ("[cluster]\nhost_id = \"gpu 7\"", "cluster.host_id", "letters, digits"),
+            ("[cluster]\nlease = \"500ms\"", "cluster.lease", "at least 1s"),
+            ("[cluster]\nleese = \"90s\"", "leese", "unknown field"),
+        ] {
+            let err = Config::from_toml(bad, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says) && !err.contains("pw@"), "{bad}: {err}");
+        }
     }
 
     #[test]

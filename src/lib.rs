@@ -6,6 +6,7 @@
 
 pub mod checkhost;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

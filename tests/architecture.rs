@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["web", "prune", "hooks"],
     // The two active stages, each driving the ones below.
     &["intake", "scheduler", "checkhost"],
+    // The shared PostgreSQL queue (issue 14, not yet wired in): the scheduler's order, in SQL.
+    &["cluster"],
     &["daemon"],
     &["cli"],
     // Test support: the fuzz targets' properties.
