@@ -3,10 +3,12 @@
 //! one transaction, and illegal transitions are refused.
 
 mod counters;
+mod rates;
 mod schema;
 mod status;
 
 pub use counters::{Finish, FINISHED_KINDS};
+pub use rates::{QueuedRun, Rate, RateKey, Unit as RateUnit};
 
 pub use status::{Change, RunStatus, SubmissionStatus};
 
