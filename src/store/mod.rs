@@ -8,7 +8,7 @@ mod schema;
 mod status;
 
 pub use counters::{Finish, FINISHED_KINDS};
-pub use rates::{QueuedRun, Rate, RateKey, Unit as RateUnit};
+pub use rates::{per_unit as rates_per_unit, QueuedRun, Rate, RateKey, Unit as RateUnit};
 
 pub use status::{Change, RunStatus, SubmissionStatus};
 
