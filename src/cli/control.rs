@@ -131,9 +131,9 @@ pub fn prune(
 }
 
 /// When queued and running runs are expected to end, as of now: the daemon's learned paces
-/// (the store) over its workers as status.json last told them (the model each holds, when
-/// each is free, less the file's age), or, with no daemon running, the configured workers,
-/// idle with nothing loaded.
+/// (the store) over its workers as status.json last told them (backend, the model each
+/// holds, when each is free, less the file's age), or, with no daemon running, the
+/// configured workers, idle with nothing loaded.
 pub(super) struct Outlook {
     queue: HashMap<String, RunForecast>,
     /// Seconds left of each running run, where known.
@@ -167,7 +167,9 @@ impl Outlook {
                 running.insert(id.to_string(), w["current"]["eta_seconds"].as_f64().map(less_age));
             }
         }
-        let rates = store.rates(config.runtime.backend.as_str())?;
+        // The daemon's backend, which a `cosmos` without its configuration file cannot know.
+        let backend = status.as_ref().and_then(|s| s["workers"][0]["backend"].as_str()).unwrap_or(config.runtime.backend.as_str());
+        let rates = store.rates(backend)?;
         let queue = store.queue_for_eta(crate::scheduler::ETA_RUNS)?;
         let forecast = policy::forecast(&queue, &views, &policy::paces(&rates));
         let queue = forecast.runs.into_iter().map(|r| (r.run_id.clone(), r)).collect();
