@@ -9,9 +9,9 @@ use crate::ids::IdKind;
 use crate::prune::Kind;
 use crate::scheduler::policy::{self, RunForecast, WorkerView};
 use crate::store::{Change, Run, RunStatus, Store};
-use std::collections::HashMap;
 use crate::time::Timestamp;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -358,7 +358,10 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     if let Some(s) = status.filter(|_| alive) {
         match s["current"].as_object() {
             Some(c) => {
-                let eta = c.get("eta_seconds").and_then(Value::as_f64).map_or(", no ETA yet".to_string(), |e| format!(", ETA {}", policy::duration_words(e)));
+                let eta = c
+                    .get("eta_seconds")
+                    .and_then(Value::as_f64)
+                    .map_or(", no ETA yet".to_string(), |e| format!(", ETA {}", policy::duration_words(e)));
                 writeln!(
                     out,
                     "current: {} step {}/{}{} (since {})",

@@ -218,8 +218,12 @@ impl Scheduler {
         let Some(sample) = sample else { return };
         let key = self.rate_key(control_set);
         match self.store.record_rate(&key, unit, sample) {
-            Ok(r) => tracing::debug!(controls = %control_set, unit = unit.as_str(), sample, estimate = r.seconds, samples = r.samples, "pace learned"),
-            Err(e) => tracing::warn!(error = %e, controls = %control_set, unit = unit.as_str(), "cannot record the pace; the ETA goes without this sample"),
+            Ok(r) => {
+                tracing::debug!(controls = %control_set, unit = unit.as_str(), sample, estimate = r.seconds, samples = r.samples, "pace learned")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, controls = %control_set, unit = unit.as_str(), "cannot record the pace; the ETA goes without this sample")
+            }
         }
         self.board.eta = None;
     }
@@ -249,7 +253,10 @@ impl Scheduler {
         let pace = paces.get(&(run.control_set.clone(), policy::gpu_group_key(self.slot_gpus.as_deref())));
         // Loading now (and not loaded yet): the load is part of what is left.
         let loading = self.hand.state == super::WorkerState::Loading;
-        let expected = Expected { load: loading.then(|| pace.and_then(|p| p.load)), run: policy::run_seconds(pace, run.spec.video.as_ref().map(|v| v.frames)) };
+        let expected = Expected {
+            load: loading.then(|| pace.and_then(|p| p.load)),
+            run: policy::run_seconds(pace, run.spec.video.as_ref().map(|v| v.frames)),
+        };
         if let Some(c) = self.board.current.as_mut() {
             c.expected = Some(expected);
         }
@@ -370,5 +377,50 @@ impl Scheduler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A current attempt that started `ago` seconds back.
+    fn current(ago: u64, step: u64, load_seconds: Option<f64>, expected: Option<Expected>) -> Current {
+        let started = Instant::now().checked_sub(Duration::from_secs(ago));
+        Current { run_id: "rs_x".into(), step, steps: 10, started, load_seconds, expected, ..Current::default() }
+    }
+
+    #[test]
+    fn the_attempt_in_hand_counts_down_its_load_then_its_run() {
+        let run = Some((30.0, policy::Basis::Frames));
+        let loading = Expected { load: Some(Some(20.0)), run };
+        let no_load = Expected { load: None, run };
+        let table: &[(&str, Current, Option<f64>)] = &[
+            ("loading: the rest of the load and the run", current(5, 0, None, Some(loading)), Some(45.0)),
+            ("loading, its load never measured", current(5, 0, None, Some(Expected { load: Some(None), run })), None),
+            ("loaded in 20 s: the run's pace is over the run alone", current(25, 0, Some(20.0), Some(loading)), Some(25.0)),
+            ("steps reported: its own pace, the load left out", current(30, 5, Some(20.0), Some(loading)), Some(10.0)),
+            ("no load, learned duration", current(10, 0, None, Some(no_load)), Some(20.0)),
+            ("nothing learned, no step yet", current(10, 0, None, Some(Expected::default())), None),
+            ("not looked up yet", current(10, 0, None, None), None),
+        ];
+        for (case, c, want) in table {
+            assert_eq!(c.remaining(), *want, "{case}");
+        }
+    }
+
+    #[test]
+    fn workers_are_read_back_from_their_status_entries() {
+        let status = json!({"workers": [
+            {"slot": 0, "gpus": null, "loaded_controls": ["edge", "vis"], "free_in_seconds": 12.0},
+            {"slot": 1, "gpus": [2, 3], "loaded_controls": null, "free_in_seconds": null},
+            {"slot": 2, "gpus": [], "loaded_controls": [], "free_in_seconds": 0.0},
+            {"no slot": true},
+        ]});
+        let views = worker_views(&status);
+        let seen: Vec<(usize, &str, Option<&str>, Option<f64>)> =
+            views.iter().map(|v| (v.slot, v.gpus.as_str(), v.loaded.as_deref(), v.free_in)).collect();
+        assert_eq!(seen, vec![(0, "all", Some("edge,vis"), Some(12.0)), (1, "2,3", None, None), (2, "none", None, Some(0.0))]);
+        assert!(worker_views(&json!({})).is_empty());
     }
 }

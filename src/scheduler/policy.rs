@@ -5,8 +5,8 @@
 
 use crate::gpu::GpuSample;
 use crate::store::{QueueCandidates, QueuedRun, Rate, RateUnit, Run};
-use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::time::Timestamp;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -461,7 +461,8 @@ mod tests {
         let both = Pace { per_frame: Some(0.5), per_run: Some(30.0), load: None };
         let per_run = Pace { per_run: Some(30.0), ..Pace::default() };
         let per_frame = Pace { per_frame: Some(0.5), ..Pace::default() };
-        let table: &[(Option<&Pace>, Option<u64>, Option<(f64, Basis)>)] = &[
+        type Case<'a> = (Option<&'a Pace>, Option<u64>, Option<(f64, Basis)>);
+        let table: &[Case] = &[
             (None, Some(10), None),
             (Some(&both), Some(10), Some((5.0, Basis::Frames))),
             (Some(&both), None, Some((30.0, Basis::Run))),
@@ -496,7 +497,10 @@ mod tests {
         WorkerView { slot, gpus: gpus.into(), loaded: loaded.map(str::to_string), free_in }
     }
 
-    fn pace_table(rows: &[(&str, &str, Option<f64>, Option<f64>, Option<f64>)]) -> Paces {
+    /// (control set, GPU group, per frame, per run, per load).
+    type PaceRow<'a> = (&'a str, &'a str, Option<f64>, Option<f64>, Option<f64>);
+
+    fn pace_table(rows: &[PaceRow]) -> Paces {
         rows.iter()
             .map(|(set, gpus, per_frame, per_run, load)| {
                 ((set.to_string(), gpus.to_string()), Pace { per_frame: *per_frame, per_run: *per_run, load: *load })
@@ -505,7 +509,9 @@ mod tests {
     }
 
     /// (run, slot, load, seconds, done_in) of each forecast run, in the order they start.
-    fn plan(f: &Forecast) -> Vec<(&str, usize, bool, Option<f64>, Option<f64>)> {
+    type Step<'a> = (&'a str, usize, bool, Option<f64>, Option<f64>);
+
+    fn plan(f: &Forecast) -> Vec<Step<'_>> {
         f.runs.iter().map(|r| (r.run_id.as_str(), r.slot, r.load, r.seconds, r.done_in)).collect()
     }
 
@@ -575,7 +581,12 @@ mod tests {
         assert_eq!((none.unknown_runs, none.unknown_loads, none.loads), (3, 2, 2));
         assert_eq!(
             none.missing.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["model load of controls edge on GPU 0", "model load of controls vis on GPU 0", "run of controls edge on GPU 0", "run of controls vis on GPU 0"]
+            [
+                "model load of controls edge on GPU 0",
+                "model load of controls vis on GPU 0",
+                "run of controls edge on GPU 0",
+                "run of controls vis on GPU 0"
+            ]
         );
         // Edge measured, vis not: edge's runs have times, vis's none, and nor has the queue.
         let paces = pace_table(&[("edge", "0", Some(0.2), None, Some(4.0))]);

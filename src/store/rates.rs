@@ -151,7 +151,12 @@ impl Store {
         )?;
         let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], |r| {
             let frames: Option<i64> = r.get(3).ok().flatten();
-            Ok(QueuedRun { id: r.get(0)?, control_set: r.get(1)?, priority: r.get(2)?, frames: frames.filter(|f| *f > 0).map(|f| f as u64) })
+            Ok(QueuedRun {
+                id: r.get(0)?,
+                control_set: r.get(1)?,
+                priority: r.get(2)?,
+                frames: frames.filter(|f| *f > 0).map(|f| f as u64),
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -214,7 +219,12 @@ mod tests {
             rates.iter().map(|r| (r.key.control_set.as_str(), r.key.gpus.as_str(), r.unit.as_str(), r.seconds, r.samples)).collect();
         assert_eq!(
             seen,
-            vec![("edge", "0", "frame", 0.5, 3), ("edge", "0", "load", 40.0, 1), ("edge", "1", "frame", 2.0, 1), ("vis", "0", "run", 7.0, 1)]
+            vec![
+                ("edge", "0", "frame", 0.5, 3),
+                ("edge", "0", "load", 40.0, 1),
+                ("edge", "1", "frame", 2.0, 1),
+                ("vis", "0", "run", 7.0, 1)
+            ]
         );
         assert!(store.rates("transfer1").unwrap().is_empty(), "per backend");
         // The hardware changed: once the new pace is most of the recent samples it rules.
