@@ -138,6 +138,8 @@ pub(super) struct Outlook {
     queue: HashMap<String, RunForecast>,
     /// Seconds left of each running run, where known.
     running: HashMap<String, Option<f64>>,
+    paces: policy::Paces,
+    groups: Vec<String>,
 }
 
 impl Outlook {
@@ -171,9 +173,10 @@ impl Outlook {
         let backend = status.as_ref().and_then(|s| s["workers"][0]["backend"].as_str()).unwrap_or(config.runtime.backend.as_str());
         let rates = store.rates(backend)?;
         let queue = store.queue_for_eta(crate::scheduler::ETA_RUNS)?;
-        let forecast = policy::forecast(&queue, &views, &policy::paces(&rates));
+        let paces = policy::paces(&rates);
+        let forecast = policy::forecast(&queue, &views, &paces);
         let queue = forecast.runs.into_iter().map(|r| (r.run_id.clone(), r)).collect();
-        Ok(Outlook { queue, running })
+        Ok(Outlook { queue, running, paces, groups: views.into_iter().map(|v| v.gpus).collect() })
     }
 
     /// Seconds until `run` ends: `Some(None)` when there is no estimate; `None` for a run
@@ -181,7 +184,22 @@ impl Outlook {
     pub fn done_in(&self, run: &Run) -> Option<Option<f64>> {
         match run.status {
             RunStatus::Queued => Some(self.queue.get(&run.id).and_then(|f| f.done_in)),
-            RunStatus::Running => Some(self.running.get(&run.id).copied().flatten()),
+            RunStatus::Running => Some(match self.running.get(&run.id) {
+                Some(left) => *left,
+                // Started since status.json was written: its whole learned duration (on the
+                // slowest GPU group that has one, not knowing which took it).
+                None => self
+                    .groups
+                    .iter()
+                    .filter_map(|g| {
+                        policy::run_seconds(
+                            self.paces.get(&(run.control_set.clone(), g.clone())),
+                            run.spec.video.as_ref().map(|v| v.frames),
+                        )
+                    })
+                    .map(|(s, _)| s)
+                    .reduce(f64::max),
+            }),
             _ => None,
         }
     }

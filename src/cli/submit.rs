@@ -260,7 +260,7 @@ fn follow(store: &Store, config: &Config, subs: &[Submission], as_json: bool, ou
         let (running, queued) = (count(RunStatus::Running), count(RunStatus::Queued) + count(RunStatus::Pending));
         let ended = (done + failed + cancelled) as u64;
         let line = format!("{done} completed, {failed} failed, {cancelled} cancelled, {running} running, {queued} queued");
-        if outlook.as_ref().is_none_or(|(at, _)| at.elapsed() >= OUTLOOK_EVERY) {
+        if line != last_line || outlook.as_ref().is_none_or(|(at, _)| at.elapsed() >= OUTLOOK_EVERY) {
             outlook = super::control::Outlook::of(store, config).ok().map(|o| (Instant::now(), o));
         }
         let eta = outlook.as_ref().map_or_else(|| "no ETA".to_string(), |(at, o)| submission_eta(o, &runs, at.elapsed()));
@@ -298,15 +298,19 @@ fn follow(store: &Store, config: &Config, subs: &[Submission], as_json: bool, ou
     }
 }
 
-/// How often `submit --wait` forecasts the queue again (it reads up to
-/// [`crate::scheduler::ETA_RUNS`] queued runs each time).
+/// How often `submit --wait` forecasts the queue again while its runs' counts hold (it
+/// reads up to [`crate::scheduler::ETA_RUNS`] queued runs each time).
 const OUTLOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// When the last of `runs` not ended yet is expected to end (`age`: how old the outlook
 /// is): `ETA 3m05s`, or `no ETA yet` while any of them has no estimate.
 fn submission_eta(outlook: &super::control::Outlook, runs: &[crate::store::Run], age: Duration) -> String {
+    let open: Vec<&crate::store::Run> = runs.iter().filter(|r| !r.status.is_final()).collect();
+    if open.is_empty() {
+        return "all ended".to_string();
+    }
     let mut last: Option<f64> = Some(0.0);
-    for r in runs.iter().filter(|r| !r.status.is_final()) {
+    for r in open {
         // A pending run (not queued) has no place in the queue: no estimate.
         let done_in = outlook.done_in(r).flatten();
         last = last.zip(done_in).map(|(a, b)| a.max(b));

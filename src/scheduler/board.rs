@@ -36,6 +36,9 @@ pub struct Current {
     /// What the attempt is expected to take, by the learned paces; looked up at the first
     /// status write of the attempt (`None` until then).
     pub expected: Option<Expected>,
+    /// The run's control set, looked up with `expected`: what the worker holds once the
+    /// attempt is over.
+    pub control_set: Option<String>,
 }
 
 /// What an attempt is expected to take.
@@ -102,7 +105,12 @@ fn worker_view(w: &Value) -> Option<policy::WorkerView> {
         (Value::Array(_), false) => gpus,
         _ => "all".to_string(),
     };
-    let loaded = w["loaded_controls"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","));
+    // The set it will hold once free (a worker loading for its run holds the old one until
+    // loaded); from an older status.json, the set it holds.
+    let loaded = match w["holds_next"].as_str() {
+        Some(set) => Some(set.to_string()),
+        None => w["loaded_controls"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+    };
     Some(policy::WorkerView {
         slot: w["slot"].as_u64()? as usize,
         gpus,
@@ -259,6 +267,7 @@ impl Scheduler {
         };
         if let Some(c) = self.board.current.as_mut() {
             c.expected = Some(expected);
+            c.control_set = Some(run.control_set);
         }
     }
 
@@ -334,6 +343,8 @@ impl Scheduler {
             "gpus": self.slot_gpus,
             "current": current,
             "free_in_seconds": free_in,
+            // What it holds when free: the set of the run in hand (loading or loaded for it).
+            "holds_next": self.board.current.as_ref().and_then(|c| c.control_set.clone()).or_else(|| self.hand.loaded.clone()),
             "waiting": self.board.waiting.as_ref().or(self.hand.error.as_ref()),
         });
         // One status.json for all workers, written under the board's lock.
@@ -415,12 +426,21 @@ mod tests {
             {"slot": 0, "gpus": null, "loaded_controls": ["edge", "vis"], "free_in_seconds": 12.0},
             {"slot": 1, "gpus": [2, 3], "loaded_controls": null, "free_in_seconds": null},
             {"slot": 2, "gpus": [], "loaded_controls": [], "free_in_seconds": 0.0},
+            {"slot": 3, "gpus": [1], "loaded_controls": ["vis"], "holds_next": "edge", "free_in_seconds": 4.0},
             {"no slot": true},
         ]});
         let views = worker_views(&status);
         let seen: Vec<(usize, &str, Option<&str>, Option<f64>)> =
             views.iter().map(|v| (v.slot, v.gpus.as_str(), v.loaded.as_deref(), v.free_in)).collect();
-        assert_eq!(seen, vec![(0, "all", Some("edge,vis"), Some(12.0)), (1, "2,3", None, None), (2, "none", None, Some(0.0))]);
+        assert_eq!(
+            seen,
+            vec![
+                (0, "all", Some("edge,vis"), Some(12.0)),
+                (1, "2,3", None, None),
+                (2, "none", None, Some(0.0)),
+                (3, "1", Some("edge"), Some(4.0))
+            ]
+        );
         assert!(worker_views(&json!({})).is_empty());
     }
 }
