@@ -1,14 +1,17 @@
 //! Talking to a running daemon through the store and the outbox: `cancel`, `retry`,
 //! `pause`, `resume` write the store (the daemon reads it every 250 ms); `status` reads
-//! status.json; `logs` reads a run's execution.log.
+//! status.json; `logs` reads a run's execution.log. [`Outlook`] is when runs are expected
+//! to end (`list runs`, `submit --wait`).
 
 use super::{print_json, resolve_all, usage, CliError, Result};
 use crate::config::Config;
 use crate::ids::IdKind;
 use crate::prune::Kind;
-use crate::store::{Change, RunStatus, Store};
+use crate::scheduler::policy::{self, RunForecast, WorkerView};
+use crate::store::{Change, Run, RunStatus, Store};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,6 +128,135 @@ pub fn prune(
     } else {
         Err(CliError::Failed(format!("{} thing(s) could not be removed (see above)", report.errors.len())))
     }
+}
+
+/// When queued and running runs are expected to end, as of now: the daemon's learned paces
+/// (the store) over its workers as status.json last told them (backend, the model each
+/// holds, when each is free, less the file's age), or, with no daemon running, the
+/// configured workers, idle with nothing loaded.
+pub(super) struct Outlook {
+    queue: HashMap<String, RunForecast>,
+    /// Seconds left of each running run, where known.
+    running: HashMap<String, Option<f64>>,
+    paces: policy::Paces,
+    groups: Vec<String>,
+}
+
+impl Outlook {
+    pub fn of(store: &Store, config: &Config) -> Result<Outlook> {
+        let layout = crate::layout::Layout::of(&config.paths);
+        let status = read_status(config).filter(|_| daemon_lock(&layout) != DaemonLock::Free);
+        let age = status
+            .as_ref()
+            .and_then(|s| s["updated_at"].as_str())
+            .and_then(Timestamp::parse_rfc3339)
+            .map_or(0.0, |t| ((Timestamp::now().0 - t.0).max(0) as f64) / 1000.0);
+        let less_age = |x: f64| (x - age).max(0.0).round();
+        let mut views: Vec<WorkerView> = status.as_ref().map(crate::scheduler::worker_views).unwrap_or_default();
+        for v in &mut views {
+            v.free_in = v.free_in.map(less_age);
+        }
+        if views.is_empty() {
+            views = crate::scheduler::worker_groups(&config.runtime.gpus)
+                .iter()
+                .enumerate()
+                .map(|(slot, g)| WorkerView { slot, gpus: policy::gpu_group_key(g.as_deref()), loaded: None, free_in: Some(0.0) })
+                .collect();
+        }
+        let mut running = HashMap::new();
+        for w in status.as_ref().and_then(|s| s["workers"].as_array()).into_iter().flatten() {
+            if let Some(id) = w["current"]["run_id"].as_str() {
+                running.insert(id.to_string(), w["current"]["eta_seconds"].as_f64().map(less_age));
+            }
+        }
+        // The daemon's backend, which a `cosmos` without its configuration file cannot know.
+        let backend = status.as_ref().and_then(|s| s["workers"][0]["backend"].as_str()).unwrap_or(config.runtime.backend.as_str());
+        let rates = store.rates(backend)?;
+        let queue = store.queue_for_eta(crate::scheduler::ETA_RUNS)?;
+        let paces = policy::paces(&rates);
+        let forecast = policy::forecast(&queue, &views, &paces);
+        let queue = forecast.runs.into_iter().map(|r| (r.run_id.clone(), r)).collect();
+        Ok(Outlook { queue, running, paces, groups: views.into_iter().map(|v| v.gpus).collect() })
+    }
+
+    /// Seconds until `run` ends: `Some(None)` when there is no estimate; `None` for a run
+    /// that is neither queued nor running.
+    pub fn done_in(&self, run: &Run) -> Option<Option<f64>> {
+        match run.status {
+            RunStatus::Queued => Some(self.queue.get(&run.id).and_then(|f| f.done_in)),
+            RunStatus::Running => Some(match self.running.get(&run.id) {
+                Some(left) => *left,
+                // Started since status.json was written: its whole learned duration (on the
+                // slowest GPU group that has one, not knowing which took it).
+                None => self
+                    .groups
+                    .iter()
+                    .filter_map(|g| {
+                        policy::run_seconds(
+                            self.paces.get(&(run.control_set.clone(), g.clone())),
+                            run.spec.video.as_ref().map(|v| v.frames),
+                        )
+                    })
+                    .map(|(s, _)| s)
+                    .reduce(f64::max),
+            }),
+            _ => None,
+        }
+    }
+
+    /// `eta` of `cosmos list runs --json`.
+    pub fn json(&self, run: &Run) -> Value {
+        match (run.status, self.queue.get(&run.id)) {
+            (RunStatus::Queued, Some(f)) => crate::scheduler::run_forecast_json(f),
+            (RunStatus::Queued, None) => json!({"run_id": run.id, "seconds": null, "done_in": null, "beyond": crate::scheduler::ETA_RUNS}),
+            (RunStatus::Running, _) => json!({"run_id": run.id, "done_in": self.done_in(run).flatten()}),
+            _ => Value::Null,
+        }
+    }
+
+    /// The ETA column of `cosmos list runs`.
+    pub fn words(&self, run: &Run) -> String {
+        match self.done_in(run) {
+            Some(Some(s)) => policy::duration_words(s),
+            Some(None) => "no estimate".into(),
+            None => "-".into(),
+        }
+    }
+}
+
+/// `cosmos status`'s lines about status.json's `eta`.
+fn eta_lines(eta: &Value, out: &mut dyn Write) -> Result<()> {
+    if !eta.is_object() {
+        return Ok(());
+    }
+    let (queued, covered) = (eta["queued"].as_u64().unwrap_or(0), eta["covered"].as_u64().unwrap_or(0));
+    let of = if covered < queued { format!("the first {covered} of {queued} queued runs") } else { format!("{queued} queued run(s)") };
+    let loads = eta["loads"].as_u64().unwrap_or(0);
+    match eta["seconds"].as_f64() {
+        Some(s) => writeln!(out, "eta: queue done in {} ({of}, {loads} model load(s) ahead)", policy::duration_words(s))?,
+        None => {
+            let missing: Vec<&str> = eta["no_estimate"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            writeln!(
+                out,
+                "eta: no estimate yet for {of}: {} run(s) and {} load(s) of a kind not measured yet ({})",
+                eta["unknown_runs"].as_u64().unwrap_or(0),
+                eta["unknown_loads"].as_u64().unwrap_or(0),
+                if missing.is_empty() { "a worker's current run".to_string() } else { missing.join("; ") }
+            )?
+        }
+    }
+    for p in eta["paces"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  pace: controls {} on {}: {:.3} s per {} ({} sample(s))",
+            p["control_set"].as_str().unwrap_or("?"),
+            policy::group_words(p["gpus"].as_str().unwrap_or("?")),
+            p["seconds"].as_f64().unwrap_or(0.0),
+            p["unit"].as_str().unwrap_or("?"),
+            p["samples"]
+        )?;
+    }
+    Ok(())
 }
 
 fn read_status(config: &Config) -> Option<Value> {
@@ -244,7 +376,10 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     if let Some(s) = status.filter(|_| alive) {
         match s["current"].as_object() {
             Some(c) => {
-                let eta = c.get("eta_seconds").and_then(Value::as_f64).map_or(String::new(), |e| format!(", ETA {e:.0}s"));
+                let eta = c
+                    .get("eta_seconds")
+                    .and_then(Value::as_f64)
+                    .map_or(", no ETA yet".to_string(), |e| format!(", ETA {}", policy::duration_words(e)));
                 writeln!(
                     out,
                     "current: {} step {}/{}{} (since {})",
@@ -260,6 +395,7 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
         if let Some(w) = s["waiting"].as_str() {
             writeln!(out, "waiting: {w}")?;
         }
+        eta_lines(&s["eta"], out)?;
         for w in s["workers"].as_array().into_iter().flatten() {
             let container = w["container_id"].as_str().map_or(String::new(), |c| format!(" container {}", &c[..c.len().min(12)]));
             let gpus = w["gpus"].as_array().map_or("all GPUs".to_string(), |g| {

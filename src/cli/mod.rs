@@ -412,7 +412,7 @@ fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result
                 Command::Inference { runs, upscale_weight, dry_run, json } => {
                     inference(&mut store, &config, &runs, upscale_weight, dry_run, json, out)
                 }
-                Command::List { what, status, limit, json } => list(&store, model, what, status, limit, json, out),
+                Command::List { what, status, limit, json } => list(&store, &config, model, what, status, limit, json, out),
                 Command::Show { id, json } => show(&store, model, &id, json, out),
                 Command::Delete { what, ids, force, json } => delete(&mut store, &config, what, &ids, force, json, out),
                 Command::Cancel { runs, json } => control::cancel(&mut store, &runs, json, out),
@@ -815,8 +815,10 @@ fn inference(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn list(
     store: &Store,
+    config: &Config,
     model: spec::Model,
     what: ListWhat,
     status: Option<RunStatus>,
@@ -856,18 +858,36 @@ fn list(
         }
         ListWhat::Runs => {
             let runs = store.list_runs(status, limit)?;
+            // When each queued or running run is expected to end (the queue ahead of it
+            // and its own learned pace); only looked up when one is listed.
+            let outlook = match runs.iter().any(|r| matches!(r.status, RunStatus::Queued | RunStatus::Running)) {
+                true => Some(control::Outlook::of(store, config)?),
+                false => None,
+            };
             if as_json {
-                let arr: Vec<_> = runs.iter().map(|r| json::run(r, model)).collect();
+                let arr: Vec<_> = runs
+                    .iter()
+                    .map(|r| {
+                        let mut v = json::run(r, model);
+                        v["eta"] = outlook.as_ref().map_or(serde_json::Value::Null, |o| o.json(r));
+                        v
+                    })
+                    .collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&arr).unwrap_or_default())?;
                 return Ok(());
             }
-            writeln!(out, "{:<16} {:<10} {:<16} {:<20} {:<16} {:<24} PROMPT", "ID", "STATUS", "PROMPT_ID", "CONTROLS", "BATCH", "CREATED")?;
+            writeln!(
+                out,
+                "{:<16} {:<10} {:<12} {:<16} {:<20} {:<16} {:<24} PROMPT",
+                "ID", "STATUS", "ETA", "PROMPT_ID", "CONTROLS", "BATCH", "CREATED"
+            )?;
             for r in runs {
                 writeln!(
                     out,
-                    "{:<16} {:<10} {:<16} {:<20} {:<16} {:<24} {}",
+                    "{:<16} {:<10} {:<12} {:<16} {:<20} {:<16} {:<24} {}",
                     r.id,
                     r.status,
+                    outlook.as_ref().map_or("-".to_string(), |o| o.words(&r)),
                     r.prompt_id,
                     r.control_set,
                     r.batch_id.as_deref().unwrap_or("-"),

@@ -113,7 +113,7 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
         report(out, None)?;
         return Err(CliError::Invalid(format!("{} was rejected; see its receipt", rejected.file)));
     }
-    let (runs, ended) = follow(&store, &subs, as_json, out)?;
+    let (runs, ended) = follow(&store, config, &subs, as_json, out)?;
     report(out, Some(runs))?;
     ended
 }
@@ -228,7 +228,7 @@ fn wait_for_submission(store: &Store, name: &str, sha: &str, since: &str) -> Res
 /// Follows the runs of the submissions until every one has ended. Exit 0 only if every run
 /// completed.
 /// Returns the runs as they ended (JSON) and whether that is a success.
-fn follow(store: &Store, subs: &[Submission], as_json: bool, out: &mut dyn Write) -> Result<(Vec<Value>, Result<()>)> {
+fn follow(store: &Store, config: &Config, subs: &[Submission], as_json: bool, out: &mut dyn Write) -> Result<(Vec<Value>, Result<()>)> {
     // A duplicate's runs are the original's. (A rejected one never gets here.)
     let ids: Vec<String> = subs
         .iter()
@@ -253,6 +253,7 @@ fn follow(store: &Store, subs: &[Submission], as_json: bool, out: &mut dyn Write
         bar
     });
     let mut last_line = String::new();
+    let mut outlook: Option<(Instant, super::control::Outlook)> = None;
     loop {
         let runs = runs_of(store)?;
         let count = |s: RunStatus| runs.iter().filter(|r| r.status == s).count();
@@ -260,12 +261,17 @@ fn follow(store: &Store, subs: &[Submission], as_json: bool, out: &mut dyn Write
         let (running, queued) = (count(RunStatus::Running), count(RunStatus::Queued) + count(RunStatus::Pending));
         let ended = (done + failed + cancelled) as u64;
         let line = format!("{done} completed, {failed} failed, {cancelled} cancelled, {running} running, {queued} queued");
+        if line != last_line || outlook.as_ref().is_none_or(|(at, _)| at.elapsed() >= OUTLOOK_EVERY) {
+            outlook = super::control::Outlook::of(store, config).ok().map(|o| (Instant::now(), o));
+        }
+        let eta = outlook.as_ref().map_or_else(|| "no ETA".to_string(), |(at, o)| submission_eta(o, &runs, at.elapsed()));
         match &bar {
             Some(b) => {
                 b.set_position(ended);
-                b.set_message(line.clone());
+                b.set_message(format!("{line}, {eta}"));
             }
-            None if line != last_line && !as_json => writeln!(out, "{line}")?,
+            // Not a terminal: a line when the counts change, with the ETA of that moment.
+            None if line != last_line && !as_json => writeln!(out, "{line}, {eta}")?,
             None => {}
         }
         last_line = line;
@@ -290,5 +296,28 @@ fn follow(store: &Store, subs: &[Submission], as_json: bool, out: &mut dyn Write
             return Ok((shown, ended));
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How often `submit --wait` forecasts the queue again while its runs' counts hold (it
+/// reads up to [`crate::scheduler::ETA_RUNS`] queued runs each time).
+const OUTLOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// When the last of `runs` not ended yet is expected to end (`age`: how old the outlook
+/// is): `ETA 3m05s`, or `no ETA yet` while any of them has no estimate.
+fn submission_eta(outlook: &super::control::Outlook, runs: &[crate::store::Run], age: Duration) -> String {
+    let open: Vec<&crate::store::Run> = runs.iter().filter(|r| !r.status.is_final()).collect();
+    if open.is_empty() {
+        return "all ended".to_string();
+    }
+    let mut last: Option<f64> = Some(0.0);
+    for r in open {
+        // A pending run (not queued) has no place in the queue: no estimate.
+        let done_in = outlook.done_in(r).flatten();
+        last = last.zip(done_in).map(|(a, b)| a.max(b));
+    }
+    match last {
+        Some(s) => format!("ETA {}", crate::scheduler::policy::duration_words((s - age.as_secs_f64()).max(0.0))),
+        None => "no ETA yet (nothing of this kind has finished)".to_string(),
     }
 }

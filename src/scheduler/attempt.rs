@@ -294,6 +294,7 @@ impl Scheduler {
                 self.hand.loads += 1;
                 self.hand.loaded = Some(set.to_string());
                 self.shared.metrics.record_load(Some(seconds));
+                self.learn_load(set, seconds);
                 self.run_log(&format!("model loaded in {seconds:.1}s (load {} of this worker)", self.hand.loads));
                 if let Some(c) = self.board.current.as_mut() {
                     c.load_seconds = Some(seconds);
@@ -355,6 +356,7 @@ impl Scheduler {
         match ending {
             Ending::Done { outputs, seconds } => {
                 self.shared.metrics.record_run(seconds);
+                self.learn_run(run, seconds);
                 self.publish_pending();
                 let gpu = self.run_gpu.to_json();
                 let load_seconds = self.board.current.as_ref().and_then(|c| c.load_seconds);

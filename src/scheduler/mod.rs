@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use board::{run_forecast_json, worker_views, ETA_RUNS};
 pub use publish::upscale_spec;
 
 /// How often a busy scheduler looks at the worker, the store (cancel) and the stop flag.

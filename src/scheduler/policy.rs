@@ -1,15 +1,16 @@
 //! The scheduler's decisions as pure functions (DESIGN.md section 9): which run goes next,
 //! whether a failed attempt is retried and after how long, what holds the queue, how long a
-//! run has left. No I/O here: each is table-tested below.
+//! run has left, and when the queue will be done (the ETA). No I/O here: each is
+//! table-tested below.
 
 use crate::config::Backend;
 use crate::gpu::GpuSample;
 use crate::runtime::protocol::FailureKind;
-use crate::store::{QueueCandidates, Run};
+use crate::store::{QueueCandidates, QueuedRun, Rate, RateUnit, Run};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -308,6 +309,230 @@ pub fn next_remedy(kind: &FailureKind, tried: &Remedy, attempt: u32, ctx: &HealC
     None
 }
 
+/// Seconds left of the run in hand: at its pace so far once it has reported a step, else
+/// what it is expected to take (`expected`, learned) less what it has run; `None` with
+/// neither. `elapsed` and `expected` cover the same span (the load still to come and the
+/// run, or the run alone).
+pub fn remaining(elapsed: Duration, step: u64, steps: u64, expected: Option<f64>) -> Option<f64> {
+    eta(elapsed, step, steps).or_else(|| expected.map(|e| (e - elapsed.as_secs_f64()).max(0.0).round()))
+}
+
+/// The GPU group a pace is learned on, as the store keys it: `all` (every GPU), `none`, or
+/// the GPU indexes, `0,1`.
+pub fn gpu_group_key(gpus: Option<&[u32]>) -> String {
+    match gpus {
+        None => "all".into(),
+        Some([]) => "none".into(),
+        Some(g) => g.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+    }
+}
+
+/// The learned pace of one control set on one GPU group (of one backend).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pace {
+    pub per_frame: Option<f64>,
+    pub per_run: Option<f64>,
+    pub load: Option<f64>,
+}
+
+/// Paces by (control set, GPU group).
+pub type Paces = HashMap<(String, String), Pace>;
+
+/// The paces of the store's rates (those of one backend).
+pub fn paces(rates: &[Rate]) -> Paces {
+    let mut out = Paces::new();
+    for r in rates {
+        let p = out.entry((r.key.control_set.clone(), r.key.gpus.clone())).or_default();
+        match r.unit {
+            RateUnit::Frame => p.per_frame = Some(r.seconds),
+            RateUnit::Run => p.per_run = Some(r.seconds),
+            RateUnit::Load => p.load = Some(r.seconds),
+        }
+    }
+    out
+}
+
+/// What a run's expected duration was reckoned in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// Its input's frames at the learned seconds per frame.
+    Frames,
+    /// Its frames unknown (not probed), or no pace per frame yet: seconds per run.
+    Run,
+}
+
+impl Basis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Frames => "frames",
+            Basis::Run => "run",
+        }
+    }
+}
+
+/// How long a run of `frames` takes at `pace`: by its frames where both are known, else
+/// the learned seconds per run; `None` while no run of its kind has finished.
+pub fn run_seconds(pace: Option<&Pace>, frames: Option<u64>) -> Option<(f64, Basis)> {
+    let pace = pace?;
+    match (pace.per_frame, frames) {
+        (Some(per), Some(n)) if n > 0 => Some((per * n as f64, Basis::Frames)),
+        _ => pace.per_run.map(|s| (s, Basis::Run)),
+    }
+}
+
+/// A worker as the ETA sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub slot: usize,
+    /// Its GPU group ([`gpu_group_key`]).
+    pub gpus: String,
+    /// The control set it holds loaded.
+    pub loaded: Option<String>,
+    /// Seconds until it is free for the next run: 0 when idle; `None`: busy for how long
+    /// no one can say.
+    pub free_in: Option<f64>,
+}
+
+/// When one queued run is expected to run, on which worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunForecast {
+    pub run_id: String,
+    pub slot: usize,
+    /// Whether a model load comes before it.
+    pub load: bool,
+    /// Its own duration (the load not included).
+    pub seconds: Option<f64>,
+    pub basis: Option<Basis>,
+    /// From now until it starts (its load first, if any), and until it ends; `None` once
+    /// anything before it on its worker has no estimate.
+    pub starts_in: Option<f64>,
+    pub done_in: Option<f64>,
+}
+
+/// When the queue will be done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Forecast {
+    pub runs: Vec<RunForecast>,
+    /// Until every worker is done with the queue and its current run; `None` unless
+    /// everything has an estimate.
+    pub seconds: Option<f64>,
+    /// Model loads the queue will need.
+    pub loads: u64,
+    /// Runs and loads of a kind not measured yet.
+    pub unknown_runs: u64,
+    pub unknown_loads: u64,
+    /// What has no estimate yet, in words (`run of controls edge on GPU 0`).
+    pub missing: BTreeSet<String>,
+}
+
+/// The queue as the schedulers will take it: each worker, as it frees up (the first to be
+/// free first; the lowest slot on a tie), picks by the rule of [`choose_next`] (the queue
+/// head, or the oldest run of the head's priority with the control set it holds), loading
+/// the run's control set when it holds another. So a control set costs one load per
+/// worker that takes it up, and none while a worker holds it. `queue` is in queue order
+/// (priority, then age). Assumes the affinity holds: a head that waits past
+/// `scheduler.max_affinity_wait` can only add loads. Pieces with no estimate count as
+/// nothing and make everything after them on their worker unknown.
+pub fn forecast(queue: &[QueuedRun], workers: &[WorkerView], paces: &Paces) -> Forecast {
+    struct Timeline {
+        at: f64,
+        sure: bool,
+        loaded: Option<String>,
+    }
+    let mut f = Forecast::default();
+    let mut lines: Vec<Timeline> = workers
+        .iter()
+        .map(|w| Timeline { at: w.free_in.unwrap_or(0.0).max(0.0), sure: w.free_in.is_some(), loaded: w.loaded.clone() })
+        .collect();
+    if lines.is_empty() {
+        f.unknown_runs = queue.len() as u64;
+        f.missing.insert("no worker to run the queue".into());
+        return f;
+    }
+    let mut by_set: HashMap<(i32, String), VecDeque<usize>> = HashMap::new();
+    for (i, r) in queue.iter().enumerate() {
+        by_set.entry((r.priority, r.control_set.clone())).or_default().push_back(i);
+    }
+    let mut taken = vec![false; queue.len()];
+    let mut head = 0;
+    for _ in 0..queue.len() {
+        while taken[head] {
+            head += 1;
+        }
+        let wi = (0..lines.len()).min_by(|a, b| lines[*a].at.total_cmp(&lines[*b].at)).unwrap_or(0);
+        let h = &queue[head];
+        let pick = match lines[wi].loaded.clone() {
+            Some(set) if set != h.control_set => by_set
+                .get_mut(&(h.priority, set))
+                .and_then(|q| {
+                    while q.front().is_some_and(|i| taken[*i]) {
+                        q.pop_front();
+                    }
+                    q.front().copied()
+                })
+                .unwrap_or(head),
+            _ => head,
+        };
+        taken[pick] = true;
+        let run = &queue[pick];
+        let group = &workers[wi].gpus;
+        let pace = paces.get(&(run.control_set.clone(), group.clone()));
+        let line = &mut lines[wi];
+        let (starts_in, load) = (line.sure.then_some(line.at), line.loaded.as_deref() != Some(run.control_set.as_str()));
+        if load {
+            f.loads += 1;
+            match pace.and_then(|p| p.load) {
+                Some(s) => line.at += s,
+                None => {
+                    line.sure = false;
+                    f.unknown_loads += 1;
+                    f.missing.insert(format!("model load of controls {} on {}", run.control_set, group_words(group)));
+                }
+            }
+            line.loaded = Some(run.control_set.clone());
+        }
+        let own = run_seconds(pace, run.frames);
+        match own {
+            Some((s, _)) => line.at += s,
+            None => {
+                line.sure = false;
+                f.unknown_runs += 1;
+                f.missing.insert(format!("run of controls {} on {}", run.control_set, group_words(group)));
+            }
+        }
+        f.runs.push(RunForecast {
+            run_id: run.id.clone(),
+            slot: workers[wi].slot,
+            load,
+            seconds: own.map(|o| o.0),
+            basis: own.map(|o| o.1),
+            starts_in,
+            done_in: line.sure.then_some(line.at),
+        });
+    }
+    f.seconds = lines.iter().all(|l| l.sure).then(|| lines.iter().map(|l| l.at).fold(0.0, f64::max));
+    f
+}
+
+/// A GPU group key in words: `all GPUs`, `no GPU`, `GPU 0,1`.
+pub fn group_words(key: &str) -> String {
+    match key {
+        "all" => "all GPUs".into(),
+        "none" => "no GPU".into(),
+        g => format!("GPU {g}"),
+    }
+}
+
+/// A duration for people: `45s`, `3m05s`, `2h10m`.
+pub fn duration_words(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,5 +724,149 @@ mod tests {
         // The remedy is kept in the store as JSON and read back the same.
         let back: Remedy = serde_json::from_value(serde_json::to_value(&fourth).unwrap()).unwrap();
         assert_eq!(back, fourth);
+    }
+
+    #[test]
+    fn a_runs_duration_is_by_its_frames_else_per_run_else_unknown() {
+        let both = Pace { per_frame: Some(0.5), per_run: Some(30.0), load: None };
+        let per_run = Pace { per_run: Some(30.0), ..Pace::default() };
+        let per_frame = Pace { per_frame: Some(0.5), ..Pace::default() };
+        type Case<'a> = (Option<&'a Pace>, Option<u64>, Option<(f64, Basis)>);
+        let table: &[Case] = &[
+            (None, Some(10), None),
+            (Some(&both), Some(10), Some((5.0, Basis::Frames))),
+            (Some(&both), None, Some((30.0, Basis::Run))),
+            (Some(&both), Some(0), Some((30.0, Basis::Run))),
+            (Some(&per_run), Some(10), Some((30.0, Basis::Run))),
+            (Some(&per_frame), None, None),
+            (Some(&Pace::default()), Some(10), None),
+        ];
+        for (pace, frames, want) in table {
+            assert_eq!(run_seconds(*pace, *frames), *want, "{pace:?} {frames:?}");
+        }
+        let keys: &[(Option<&[u32]>, &str)] = &[(None, "all"), (Some(&[]), "none"), (Some(&[2]), "2"), (Some(&[0, 1]), "0,1")];
+        for (gpus, want) in keys {
+            assert_eq!(gpu_group_key(*gpus), *want);
+        }
+        let ten = Duration::from_secs(10);
+        assert_eq!(remaining(ten, 5, 35, Some(100.0)), Some(60.0), "its own pace once it reports steps");
+        assert_eq!(remaining(ten, 0, 35, Some(25.0)), Some(15.0), "else the learned duration");
+        assert_eq!(remaining(ten, 0, 35, Some(4.0)), Some(0.0), "overdue: nothing left, not negative");
+        assert_eq!(remaining(ten, 0, 35, None), None);
+        let words: &[(f64, &str)] = &[(0.4, "0s"), (45.0, "45s"), (185.0, "3m05s"), (7800.0, "2h10m")];
+        for (s, want) in words {
+            assert_eq!(duration_words(*s), *want);
+        }
+    }
+
+    fn queued(id: &str, set: &str, priority: i32, frames: Option<u64>) -> QueuedRun {
+        QueuedRun { id: id.into(), control_set: set.into(), priority, frames }
+    }
+
+    fn worker(slot: usize, gpus: &str, loaded: Option<&str>, free_in: Option<f64>) -> WorkerView {
+        WorkerView { slot, gpus: gpus.into(), loaded: loaded.map(str::to_string), free_in }
+    }
+
+    /// (control set, GPU group, per frame, per run, per load).
+    type PaceRow<'a> = (&'a str, &'a str, Option<f64>, Option<f64>, Option<f64>);
+
+    fn pace_table(rows: &[PaceRow]) -> Paces {
+        rows.iter()
+            .map(|(set, gpus, per_frame, per_run, load)| {
+                ((set.to_string(), gpus.to_string()), Pace { per_frame: *per_frame, per_run: *per_run, load: *load })
+            })
+            .collect()
+    }
+
+    /// (run, slot, load, seconds, done_in) of each forecast run, in the order they start.
+    type Step<'a> = (&'a str, usize, bool, Option<f64>, Option<f64>);
+
+    fn plan(f: &Forecast) -> Vec<Step<'_>> {
+        f.runs.iter().map(|r| (r.run_id.as_str(), r.slot, r.load, r.seconds, r.done_in)).collect()
+    }
+
+    #[test]
+    fn the_queue_forecast_drains_the_loaded_set_first_with_one_load_per_set_switch() {
+        let paces = pace_table(&[("edge", "0", Some(0.1), None, Some(10.0)), ("vis", "0", None, Some(5.0), Some(10.0))]);
+        let queue = [
+            queued("a", "vis", 0, None),
+            queued("b", "edge", 0, Some(20)),
+            queued("c", "vis", 0, Some(7)),
+            queued("d", "edge", 0, Some(10)),
+        ];
+        let f = forecast(&queue, &[worker(0, "0", Some("edge"), Some(0.0))], &paces);
+        assert_eq!(
+            plan(&f),
+            vec![
+                ("b", 0, false, Some(2.0), Some(2.0)),
+                ("d", 0, false, Some(1.0), Some(3.0)),
+                ("a", 0, true, Some(5.0), Some(18.0)),
+                ("c", 0, false, Some(5.0), Some(23.0)),
+            ],
+            "edge runs on the loaded model, then one load for vis; vis has no pace per frame: per run"
+        );
+        assert_eq!((f.seconds, f.loads, f.unknown_runs, f.unknown_loads), (Some(23.0), 1, 0, 0));
+        assert_eq!(f.runs[2].basis, Some(Basis::Run));
+        assert_eq!(f.runs[0].basis, Some(Basis::Frames));
+
+        // A higher priority goes first even though the loaded set has runs waiting.
+        let urgent = [queued("low", "edge", 0, Some(10)), queued("high", "vis", 5, None)];
+        let mut order = urgent.to_vec();
+        order.sort_by_key(|r| -r.priority);
+        let f = forecast(&order, &[worker(0, "0", Some("edge"), Some(0.0))], &paces);
+        assert_eq!(f.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["high", "low"]);
+        assert_eq!((f.seconds, f.loads), (Some(10.0 + 5.0 + 10.0 + 1.0), 2), "vis loaded, then edge again");
+    }
+
+    #[test]
+    fn several_workers_share_the_queue_each_at_its_own_pace() {
+        let paces = pace_table(&[
+            ("edge", "0", None, Some(3.0), Some(10.0)),
+            ("vis", "1", None, Some(2.0), Some(6.0)),
+            ("edge", "1", None, Some(3.0), Some(8.0)),
+        ]);
+        let queue = [queued("x", "edge", 0, None), queued("y", "vis", 0, None), queued("z", "edge", 0, None)];
+        // Worker 0 idle with nothing loaded; worker 1 busy for 4 s more, holding vis.
+        let workers = [worker(0, "0", None, Some(0.0)), worker(1, "1", Some("vis"), Some(4.0))];
+        let f = forecast(&queue, &workers, &paces);
+        assert_eq!(
+            plan(&f),
+            vec![("x", 0, true, Some(3.0), Some(13.0)), ("y", 1, false, Some(2.0), Some(6.0)), ("z", 1, true, Some(3.0), Some(17.0))]
+        );
+        assert_eq!((f.seconds, f.loads), (Some(17.0), 2), "the last worker to finish");
+        assert_eq!(f.runs[1].starts_in, Some(4.0), "after worker 1's current run");
+
+        let nothing = forecast(&[], &workers, &paces);
+        assert_eq!(nothing.seconds, Some(4.0), "an empty queue: the running run's end");
+        let unsure = forecast(&[], &[worker(0, "0", Some("vis"), None)], &paces);
+        assert_eq!(unsure.seconds, None, "a run in hand whose end no one can tell");
+    }
+
+    #[test]
+    fn what_has_never_been_measured_has_no_estimate_never_a_made_up_one() {
+        let queue = [queued("a", "edge", 0, Some(10)), queued("b", "edge", 0, Some(10)), queued("c", "vis", 0, None)];
+        let none = forecast(&queue, &[worker(0, "0", None, Some(0.0))], &Paces::new());
+        assert_eq!(none.seconds, None);
+        assert!(none.runs.iter().all(|r| r.seconds.is_none() && r.done_in.is_none() && r.basis.is_none()), "{none:?}");
+        assert_eq!((none.unknown_runs, none.unknown_loads, none.loads), (3, 2, 2));
+        assert_eq!(
+            none.missing.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "model load of controls edge on GPU 0",
+                "model load of controls vis on GPU 0",
+                "run of controls edge on GPU 0",
+                "run of controls vis on GPU 0"
+            ]
+        );
+        // Edge measured, vis not: edge's runs have times, vis's none, and nor has the queue.
+        let paces = pace_table(&[("edge", "0", Some(0.2), None, Some(4.0))]);
+        let some = forecast(&queue, &[worker(0, "0", None, Some(0.0))], &paces);
+        assert_eq!(plan(&some)[..2], [("a", 0, true, Some(2.0), Some(6.0)), ("b", 0, false, Some(2.0), Some(8.0))]);
+        assert_eq!((some.runs[2].starts_in, some.runs[2].done_in, some.seconds), (Some(8.0), None, None));
+        // A pace learned on another GPU group is not this one's.
+        let elsewhere = forecast(&queue[..1], &[worker(0, "1", None, Some(0.0))], &paces);
+        assert_eq!((elsewhere.seconds, elsewhere.unknown_runs), (None, 1));
+        let nobody = forecast(&queue, &[], &paces);
+        assert_eq!((nobody.seconds, nobody.unknown_runs, nobody.runs.len()), (None, 3, 0));
     }
 }

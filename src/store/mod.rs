@@ -4,11 +4,13 @@
 
 mod counters;
 mod owed;
+mod rates;
 mod schema;
 mod status;
 
 pub use counters::{Finish, FINISHED_KINDS};
 pub use owed::{Owed, OwedKind, Settle};
+pub use rates::{per_unit as rates_per_unit, QueuedRun, Rate, RateKey, Unit as RateUnit};
 
 pub use status::{Change, RunStatus, SubmissionStatus};
 

@@ -134,4 +134,22 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN remedy TEXT;
     ALTER TABLE runs ADD COLUMN min_gpus INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: the learned pace of runs and model loads (the ETA, DESIGN.md section 9): per
+    // backend, control set and GPU group, seconds per output frame (`frame`), per run where
+    // the frames were not known (`run`) and per model load (`load`). `seconds` is the
+    // median of `recent` (a JSON array of the last samples, oldest first); `samples`
+    // counts every sample ever taken.
+    r#"
+    CREATE TABLE rates (
+        backend     TEXT NOT NULL,
+        control_set TEXT NOT NULL,
+        gpus        TEXT NOT NULL,
+        unit        TEXT NOT NULL CHECK (unit IN ('frame', 'run', 'load')),
+        seconds     REAL NOT NULL,
+        samples     INTEGER NOT NULL,
+        recent      TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (backend, control_set, gpus, unit)
+    ) WITHOUT ROWID;
+    "#,
 ];
