@@ -288,11 +288,11 @@ mod tests {
 
     #[test]
     fn the_committed_fixture_videos_give_their_facts() {
+        // What `ffprobe -count_frames` says of each: 16 frames of 64x64 at 8 fps, 2 s.
         for name in ["city1/color.mp4", "city1/depth.mp4", "street1/color.mp4", "street1/segmentation.mp4"] {
             let f = probe(&fixture(name)).unwrap_or_else(|e| panic!("{e}"));
-            assert!(f.frames > 0 && f.width > 0 && f.height > 0, "{name}: {f:?}");
-            assert!(f.fps > 0.0 && f.duration_seconds > 0.0, "{name}: {f:?}");
-            assert!((f.frames as f64 / f.fps - f.duration_seconds).abs() < 1e-6, "{name}: {f:?}");
+            assert_eq!((f.frames, f.width, f.height), (16, 64, 64), "{name}: {f:?}");
+            assert!((f.fps - 8.0).abs() < 1e-9 && (f.duration_seconds - 2.0).abs() < 1e-9, "{name}: {f:?}");
         }
         // A scene's control video is aligned with its input.
         let (c, d) = (probe(&fixture("city1/color.mp4")).unwrap(), probe(&fixture("city1/depth.mp4")).unwrap());

@@ -10,6 +10,7 @@ mod fields;
 pub mod jsonl;
 pub mod nvidia;
 pub mod paths;
+pub mod preflight;
 pub mod rules;
 pub mod runspec;
 mod suggest;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 pub use fields::is_safe_name;
 pub use jsonl::parse_jsonl;
 pub use paths::PathPolicy;
+pub use preflight::VideoCheck;
 pub use rules::JsonlLimits;
 pub use rules::{Base, BaseOrigin, Model, Rules};
 
@@ -405,7 +407,8 @@ pub fn parse_job_file_at(path: &Path, base: &Path, roots: &[PathBuf], rules: &Ru
             return report;
         }
     };
-    let mut policy = PathPolicy::new(base, roots);
+    // The daemon's judgement, so every video is probed (the preflight) as well.
+    let mut policy = PathPolicy::new(base, roots).checking_videos();
     match kind {
         FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, rules, sink),
         FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, rules, sink),
