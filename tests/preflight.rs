@@ -192,6 +192,10 @@ fn the_probed_facts_are_in_the_run_its_show_and_its_manifest() {
     let home = Home::new();
     std::fs::create_dir_all(home.inbox()).unwrap();
     home.videos_in_inbox();
+    // The padded video other tests use as a big input is still this video.
+    std::fs::write(home.path().join("padded.mp4"), common::padded_video(1 << 20)).unwrap();
+    let padded = probe(&home.path().join("padded.mp4")).unwrap();
+    assert_eq!((padded.frames, padded.width, padded.height), (16, 64, 64));
     // min_free: the run is not held back on a host whose disk is fuller than the default allows.
     let daemon = Daemon::start(&home, "backend_args = [\"--job-seconds\", \"0.1\"]\n[outbox]\nmin_free = \"1MiB\"\n", &[]);
     drop_file(&home, "one.jsonl", &line("one", "city1/color.mp4", "city1/depth.mp4"));

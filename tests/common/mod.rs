@@ -71,6 +71,17 @@ impl Home {
     }
 }
 
+/// A real example video padded to `bytes` with a trailing `free` box (still a valid MP4,
+/// as intake's probe requires): a big input without a big encode.
+pub fn padded_video(bytes: usize) -> Vec<u8> {
+    let mut v = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4")).expect("example video");
+    let pad = bytes.saturating_sub(v.len()).max(8);
+    v.extend_from_slice(&(pad as u32).to_be_bytes());
+    v.extend_from_slice(b"free");
+    v.resize(v.len() + pad - 8, 0);
+    v
+}
+
 /// The first `prefix`-id in `text` (what the seed's scripts grep for).
 pub fn grep_id(text: &str, prefix: &str) -> String {
     let start = text.find(prefix).unwrap_or_else(|| panic!("no {prefix} id in {text:?}"));
