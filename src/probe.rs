@@ -72,7 +72,8 @@ struct Index {
 }
 
 /// Top-level box types an ISO-BMFF file may start with (ISO 14496-12 and QuickTime).
-const FIRST_BOXES: [&[u8; 4]; 12] = [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"sidx", b"junk", b"PICT"];
+const FIRST_BOXES: [&[u8; 4]; 12] =
+    [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"sidx", b"junk", b"PICT"];
 
 fn walk<R: Read + Seek>(r: &mut R, len: u64, path: &Path) -> Result<Index, ProbeError> {
     let p = || path.to_path_buf();
@@ -101,17 +102,26 @@ fn walk<R: Read + Seek>(r: &mut R, len: u64, path: &Path) -> Result<Index, Probe
         let size32 = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let kind: [u8; 4] = [head[4], head[5], head[6], head[7]];
         if offset == 0 && !FIRST_BOXES.contains(&&kind) {
-            return Err(ProbeError::NotMp4 { path: p(), why: format!("it starts with the bytes {}, not an MP4 box such as `ftyp`", show_bytes(&head)) });
+            return Err(ProbeError::NotMp4 {
+                path: p(),
+                why: format!("it starts with the bytes {}, not an MP4 box such as `ftyp`", show_bytes(&head)),
+            });
         }
         if !kind.iter().all(|b| b.is_ascii_graphic() || *b == b' ' || *b >= 0xA0) {
-            return Err(ProbeError::Malformed { path: p(), why: format!("the box at offset {offset} has no valid type ({})", show_bytes(&kind)) });
+            return Err(ProbeError::Malformed {
+                path: p(),
+                why: format!("the box at offset {offset} has no valid type ({})", show_bytes(&kind)),
+            });
         }
         let name = String::from_utf8_lossy(&kind).into_owned();
         let (size, header) = match size32 {
             0 => (left, 8u64),
             1 => {
                 if left < 16 {
-                    return Err(ProbeError::Truncated { path: p(), why: format!("the `{name}` box at offset {offset} ends inside its header") });
+                    return Err(ProbeError::Truncated {
+                        path: p(),
+                        why: format!("the `{name}` box at offset {offset} ends inside its header"),
+                    });
                 }
                 let mut large = [0u8; 8];
                 r.read_exact(&mut large).map_err(io_err)?;
@@ -120,7 +130,10 @@ fn walk<R: Read + Seek>(r: &mut R, len: u64, path: &Path) -> Result<Index, Probe
             n => (u64::from(n), 8u64),
         };
         if size < header {
-            return Err(ProbeError::Malformed { path: p(), why: format!("the `{name}` box at offset {offset} claims {size} bytes, less than its own header") });
+            return Err(ProbeError::Malformed {
+                path: p(),
+                why: format!("the `{name}` box at offset {offset} claims {size} bytes, less than its own header"),
+            });
         }
         if size > left {
             return Err(ProbeError::Truncated {
@@ -195,7 +208,10 @@ fn facts(index: &Index, len: u64, path: &Path) -> Result<VideoFacts, ProbeError>
     // Data the index points past the end: the tail of the file is missing.
     if let Some(last) = track.stco.as_ref().and_then(|c| c.offsets.iter().max().copied()) {
         if last >= len {
-            return Err(ProbeError::Truncated { path: p(), why: format!("its frames are indexed up to offset {last}, but the file is {len} bytes") });
+            return Err(ProbeError::Truncated {
+                path: p(),
+                why: format!("its frames are indexed up to offset {last}, but the file is {len} bytes"),
+            });
         }
     }
     let entry = track.stsd.as_ref().and_then(|d| {
@@ -264,17 +280,6 @@ fn track_kinds(context: &mp4parse::MediaContext) -> String {
 
 fn show_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
-}
-
-impl VideoFacts {
-    /// `121 frames, 1280x704, 24 fps, 5.04 s`.
-    pub fn summary(&self) -> String {
-        format!("{} frames, {}x{}, {} fps, {} s", self.frames, self.width, self.height, round3(self.fps), round3(self.duration_seconds))
-    }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -347,12 +352,6 @@ mod tests {
             Err(ProbeError::BoxTooLarge { kind, size: got, .. }) => assert_eq!((kind.as_str(), got), ("moov", size)),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn the_summary_is_short_and_rounded() {
-        let f = VideoFacts { frames: 121, width: 1280, height: 704, fps: 30000.0 / 1001.0, duration_seconds: 121.0 * 1001.0 / 30000.0 };
-        assert_eq!(f.summary(), "121 frames, 1280x704, 29.97 fps, 4.037 s");
     }
 
     proptest! {

@@ -75,10 +75,14 @@ fn the_probe_reads_what_ffmpeg_wrote_and_refuses_what_is_no_video() {
     // Cut short: ffmpeg writes the index last, so most cuts lose it; a faststart file cut
     // keeps its index but loses frames it points at.
     let whole = std::fs::read(d.join("a.mp4")).unwrap().len();
-    for (from, keep) in [(d.join("a.mp4"), whole / 2), (d.join("a.mp4"), whole - 10), (fast.clone(), std::fs::read(&fast).unwrap().len() - 200)] {
+    for (from, keep) in
+        [(d.join("a.mp4"), whole / 2), (d.join("a.mp4"), whole - 10), (fast.clone(), std::fs::read(&fast).unwrap().len() - 200)]
+    {
         let short = cut(d, &from, "short.mp4", keep);
         match probe(&short) {
-            Err(e @ ProbeError::Truncated { .. }) => assert!(e.to_string().contains("short.mp4") && e.to_string().contains("cut short"), "{e}"),
+            Err(e @ ProbeError::Truncated { .. }) => {
+                assert!(e.to_string().contains("short.mp4") && e.to_string().contains("cut short"), "{e}")
+            }
             other => panic!("{} cut to {keep}: {other:?}", from.display()),
         }
     }

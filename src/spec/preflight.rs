@@ -96,3 +96,78 @@ fn control_key(style: SpecStyle, hint: Hint) -> String {
         SpecStyle::Transfer2_5 => format!("{hint}.control_path"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Control, Settings};
+    use std::collections::BTreeMap;
+
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos").join(name)
+    }
+
+    fn spec(style: SpecStyle, input: PathBuf, depth: PathBuf) -> RunSpec {
+        let mut controls = BTreeMap::new();
+        controls.insert(Hint::Depth, Control::from_file(0.5, depth));
+        controls.insert(Hint::Edge, Control::generated(0.5));
+        RunSpec {
+            video: None,
+            style,
+            name: None,
+            prompt: "p".into(),
+            negative_prompt: None,
+            visual_input: input,
+            controls,
+            settings: Settings::default(),
+            priority: 0,
+            upscale_weight: None,
+            sim: None,
+        }
+    }
+
+    #[test]
+    fn an_aligned_run_gets_its_input_facts() {
+        let mut check = VideoCheck::new();
+        let mut s = spec(SpecStyle::Jsonl, example("city1/color.mp4"), example("city1/depth.mp4"));
+        assert!(check.check(&mut s, Some(1)).is_empty());
+        let facts = s.video.expect("facts filled in");
+        assert_eq!((facts.frames, facts.width, facts.height), (16, 64, 64));
+    }
+
+    #[test]
+    fn a_bad_video_is_reported_under_the_key_its_file_style_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.mp4");
+        std::fs::write(&bad, b"not a video").unwrap();
+        for (style, input_key, depth_key) in [
+            (SpecStyle::Jsonl, "visual_input", "control_overrides.depth.input_control"),
+            (SpecStyle::Transfer1, "input_video_path", "depth.input_control"),
+            (SpecStyle::Transfer2_5, "video_path", "depth.control_path"),
+        ] {
+            let mut check = VideoCheck::new();
+            let mut s = spec(style, example("city1/color.mp4"), bad.clone());
+            let got = check.check(&mut s, Some(3));
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!((got[0].line, got[0].key.as_deref()), (Some(3), Some(depth_key)));
+            assert!(got[0].message.contains("bad.mp4 is not an MP4"), "{}", got[0].message);
+            let mut s = spec(style, bad.clone(), example("city1/depth.mp4"));
+            let got = check.check(&mut s, None);
+            assert_eq!(got.iter().map(|p| p.key.as_deref()).collect::<Vec<_>>(), [Some(input_key)], "{got:?}");
+            assert!(s.video.is_none());
+        }
+    }
+
+    #[test]
+    fn each_distinct_file_is_probed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("v.mp4");
+        std::fs::copy(example("street1/color.mp4"), &video).unwrap();
+        let mut check = VideoCheck::new();
+        let first = check.facts(&video).unwrap();
+        // Spoiled after the first look: the later lines of the same file reuse what it found.
+        std::fs::write(&video, b"spoiled").unwrap();
+        assert_eq!(check.facts(&video).unwrap(), first);
+        assert!(VideoCheck::new().facts(&video).is_err(), "a new check probes again");
+    }
+}
