@@ -217,3 +217,31 @@ fn the_probed_facts_are_in_the_run_its_show_and_its_manifest() {
         serde_json::from_str(&std::fs::read_to_string(home.outbox().join(format!("run_{id}/manifest.json"))).unwrap()).unwrap();
     assert_eq!(manifest["video"], *video, "{manifest}");
 }
+
+/// `cosmos batch-inference` queues runs without a job file: it probes their videos too, and
+/// a control video that cannot run queues nothing.
+#[test]
+fn batch_inference_probes_the_videos_of_the_runs_it_queues() {
+    let home = Home::new();
+    let scene = home.path().join("videos/mixed");
+    std::fs::create_dir_all(&scene).unwrap();
+    std::fs::copy(home.path().join("videos/city1/color.mp4"), scene.join("color.mp4")).unwrap();
+    // A depth video that is no video at all.
+    std::fs::write(scene.join("depth.mp4"), b"fake depth").unwrap();
+    let good = common::grep_id(&home.ok(&["create", "prompt", "good", "videos/city1"]), "ps_");
+    let bad = common::grep_id(&home.ok(&["create", "prompt", "bad", "videos/mixed"]), "ps_");
+    let run = |ps: &str| common::grep_id(&home.ok(&["create", "run", ps, "--weights", "0", "0", "0.5", "0"]), "rs_");
+    let (good_run, bad_run) = (run(&good), run(&bad));
+    let err = home.usage_error(&["batch-inference", &good_run, &bad_run]);
+    assert!(
+        err.contains("nothing was queued; the videos cannot run")
+            && err.contains(&format!("{bad_run}: control_overrides.depth.input_control")),
+        "{err}"
+    );
+    assert!(err.contains("depth.mp4 is not an MP4 or MOV video"), "{err}");
+    assert!(!err.contains(&format!("{good_run}:")), "{err}");
+    home.ok(&["batch-inference", &good_run]);
+    let shown = home.json(&["show", &good_run, "--json"]);
+    assert_eq!(shown["status"], "queued");
+    assert_eq!(shown["video"]["frames"], 16, "{shown}");
+}
