@@ -52,7 +52,9 @@ fn fuse_inbox(root: &Path, backing: &Path) -> Option<Mount> {
 
 fn start(root: &Path, watch: &str) -> Daemon {
     std::fs::create_dir_all(root.join("inbox/videos")).expect("inbox");
-    std::fs::write(root.join("inbox/videos/color.mp4"), b"video").expect("video");
+    // A real video: intake probes it (issue 13's preflight).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4");
+    std::fs::copy(example, root.join("inbox/videos/color.mp4")).expect("video");
     let config = root.join("cosmosd.toml");
     std::fs::write(&config, format!("[watch]\n{watch}\nrescan = \"60s\"\n[runtime]\nkind = \"process\"\nbackend = \"sim\"\ngpus = []\n"))
         .expect("config");

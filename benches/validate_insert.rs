@@ -64,8 +64,16 @@ fn fresh_root(dir: &Path, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&root);
     let videos = root.join("inbox/videos");
     std::fs::create_dir_all(&videos).expect("videos");
+    // Real videos (intake probes them), 1 MiB each and each its own content: the example
+    // video with a trailing `free` box of a different filler.
+    let example = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4")).expect("example video");
     for (i, v) in ["color0.mp4", "color1.mp4", "color2.mp4", "depth.mp4"].iter().enumerate() {
-        std::fs::write(videos.join(v), vec![i as u8; 1 << 20]).expect("video");
+        let mut bytes = example.clone();
+        let pad = (1usize << 20) - example.len();
+        bytes.extend_from_slice(&(pad as u32).to_be_bytes());
+        bytes.extend_from_slice(b"free");
+        bytes.resize(1 << 20, i as u8);
+        std::fs::write(videos.join(v), bytes).expect("video");
     }
     root
 }

@@ -34,7 +34,9 @@ impl Drop for Daemon {
 
 fn start_daemon(root: &Path, load: f64, job: f64) -> (Daemon, PathBuf) {
     std::fs::create_dir_all(root.join("inbox/videos")).expect("inbox");
-    std::fs::write(root.join("inbox/videos/color.mp4"), b"video bytes").expect("video");
+    // A real video: intake probes it (issue 13's preflight).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4");
+    std::fs::copy(example, root.join("inbox/videos/color.mp4")).expect("video");
     let config = root.join("cosmosd.toml");
     std::fs::write(
         &config,

@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
 failed=()
-for target in jsonl_line run_spec config worker_event; do
+for target in jsonl_line run_spec config worker_event video; do
     mkdir -p "corpus/$target"
     echo "== $target ($seconds s)"
     log=$(mktemp)

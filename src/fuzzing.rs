@@ -61,9 +61,19 @@ pub fn worker_event(data: &[u8]) {
     assert!(seen <= data.len() + 1);
 }
 
+/// A video file through the preflight's probe (`crate::probe`): a clear error or facts
+/// that make sense, never a panic.
+pub fn video(data: &[u8]) {
+    let got = crate::probe::probe_reader(&mut std::io::Cursor::new(data), data.len() as u64, Path::new("fuzz.mp4"));
+    if let Ok(f) = got {
+        assert!(f.frames > 0 && f.width > 0 && f.height > 0, "facts without frames or size: {f:?}");
+        assert!(f.fps.is_finite() && f.fps > 0.0 && f.duration_seconds.is_finite() && f.duration_seconds > 0.0, "bad timing: {f:?}");
+    }
+}
+
 /// A property over one input: panics when it fails.
 pub type Check = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/seeds/<name>/` call them.
-pub const TARGETS: [(&str, Check); 4] =
-    [("jsonl_line", jsonl_line), ("run_spec", run_spec), ("config", config), ("worker_event", worker_event)];
+pub const TARGETS: [(&str, Check); 5] =
+    [("jsonl_line", jsonl_line), ("run_spec", run_spec), ("config", config), ("worker_event", worker_event), ("video", video)];

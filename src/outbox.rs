@@ -155,6 +155,8 @@ impl Outbox {
                 "children": child.map(|c| vec![c]).unwrap_or_default(),
                 "prompt": run.spec.prompt,
                 "negative_prompt": run.spec.negative_prompt,
+                // The input video as intake's preflight probed it.
+                "video": run.spec.video,
                 "timings": timing.to_json(run, &finished),
                 "gpu": gpu,
                 "worker": {"backend": worker.backend, "version": worker.version, "pid": worker.pid, "container_id": worker.container_id},

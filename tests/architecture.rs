@@ -13,7 +13,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // Foundations: no part of the flow.
     &["time", "fsutil", "gpu"],
-    &["ids", "config"],
+    &["ids", "config", "probe"],
     &["layout"],
     &["spec"],
     // The store of record, and the worker runtimes (both only know runs as data).

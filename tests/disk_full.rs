@@ -117,7 +117,7 @@ fn a_full_outbox_holds_runs_with_the_reason_and_a_cut_publication_waits_for_spac
     // 1 MiB video (the sim worker copies it as the output and each control): room is left
     // for status.json and the receipt, not for the run folder.
     let d = Daemon::start(&home, "[outbox]\nmin_free = \"0\"\n", &[]);
-    std::fs::write(home.inbox().join("videos/big.mp4"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(home.inbox().join("videos/big.mp4"), common::padded_video(1 << 20)).unwrap();
     let ballast = fill(&home.outbox(), 768 << 10);
     drop_file(&home, "cut.jsonl", &home.jobs("cut", 1).replace("videos/city1/color.mp4", "videos/big.mp4"));
     assert!(

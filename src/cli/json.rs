@@ -33,6 +33,9 @@ pub fn run(r: &Run, model: crate::spec::Model) -> Value {
         "priority": r.priority,
         "prompt": r.spec.prompt,
         "visual_input": r.spec.visual_input,
+        // The input video's probed facts (frames, width, height, fps, duration_seconds);
+        // null for a run queued before the preflight existed.
+        "video": r.spec.video,
         "control_set": r.control_set,
         "controls": controls,
         "weights": {"vis": weight(Hint::Vis), "edge": weight(Hint::Edge), "depth": weight(Hint::Depth), "seg": weight(Hint::Seg)},

@@ -730,6 +730,9 @@ fn check_model(store: &Store, config: &Config, ids: &[String]) -> Result<()> {
 fn stage_inputs(store: &mut Store, config: &Config, ids: &[String]) -> Result<()> {
     let inputs = crate::layout::Layout::of(&config.paths).inputs();
     let mut stager = crate::intake::stage::Stager::following_links(&inputs);
+    // The same video preflight as intake: a run whose video cannot run is refused now.
+    let mut videos = spec::VideoCheck::new();
+    let mut bad_videos = Vec::new();
     let mut restaged = Vec::new();
     for id in ids {
         let run = store.run(id)?;
@@ -739,10 +742,16 @@ fn stage_inputs(store: &mut Store, config: &Config, ids: &[String]) -> Result<()
             continue;
         }
         let mut spec = run.spec.clone();
+        for p in videos.check(&mut spec, None) {
+            bad_videos.push(format!("{id}: {}: {}", p.key.unwrap_or_default(), p.message));
+        }
         stager.plan(&mut spec).map_err(|e| usage(format!("run {id}: {e}")))?;
         if spec != run.spec {
             restaged.push((id.clone(), spec));
         }
+    }
+    if !bad_videos.is_empty() {
+        return Err(usage(format!("nothing was queued; the videos cannot run: {}", bad_videos.join("; "))));
     }
     stager.commit().map_err(|e| usage(format!("cannot stage the input videos under {}: {e}", inputs.display())))?;
     for (id, spec) in restaged {

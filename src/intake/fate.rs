@@ -830,7 +830,9 @@ mod tests {
         config.paths.outbox = dir.path().join("outbox");
         config.paths.state = dir.path().join("state");
         std::fs::create_dir_all(config.paths.inbox.join("videos")).unwrap();
-        std::fs::write(config.paths.inbox.join("videos/color.mp4"), b"video").unwrap();
+        // A real (small) video: intake probes it.
+        let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4");
+        std::fs::copy(video, config.paths.inbox.join("videos/color.mp4")).unwrap();
         std::fs::create_dir_all(&config.paths.state).unwrap();
         let store = Store::open(&config.paths.database()).unwrap();
         let intake = Intake::new(&config, store).unwrap();
@@ -922,8 +924,10 @@ mod two_threads {
         config.paths.outbox = dir.path().join("outbox");
         config.paths.state = dir.path().join("state");
         std::fs::create_dir_all(config.paths.inbox.join("videos")).unwrap();
-        for (i, v) in ["a.mp4", "b.mp4", "c.mp4"].iter().enumerate() {
-            std::fs::write(config.paths.inbox.join("videos").join(v), vec![i as u8; 100]).unwrap();
+        // Three real videos of distinct content (intake probes them).
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos");
+        for (v, from) in [("a.mp4", "city1/color.mp4"), ("b.mp4", "street1/color.mp4"), ("c.mp4", "street1/segmentation.mp4")] {
+            std::fs::copy(fixtures.join(from), config.paths.inbox.join("videos").join(v)).unwrap();
         }
         std::fs::create_dir_all(&config.paths.state).unwrap();
         let store = Store::open(&config.paths.database()).unwrap();

@@ -199,7 +199,7 @@ pub(crate) fn parse_line_object(
         Some(v) => fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p),
         None => rules.base.negative_prompt.clone(),
     };
-    let spec = RunSpec {
+    let mut spec = RunSpec {
         video: None,
         style,
         name: ext.name,
@@ -213,6 +213,7 @@ pub(crate) fn parse_line_object(
         sim: ext.sim,
     };
     rules.model.check(&spec, p);
+    policy.preflight(&mut spec, p);
     Some(spec).filter(|_| p.is_empty())
 }
 

@@ -10,6 +10,7 @@ mod fields;
 pub mod jsonl;
 pub mod nvidia;
 pub mod paths;
+pub mod preflight;
 pub mod rules;
 pub mod runspec;
 mod suggest;
@@ -20,9 +21,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use crate::probe::VideoFacts;
 pub use fields::is_safe_name;
 pub use jsonl::parse_jsonl;
 pub use paths::PathPolicy;
+pub use preflight::VideoCheck;
 pub use rules::JsonlLimits;
 pub use rules::{Base, BaseOrigin, Model, Rules};
 
@@ -231,17 +234,6 @@ pub struct RunSpec {
     pub video: Option<VideoFacts>,
 }
 
-/// The facts of a video file read from its container (no decoding): what NVIDIA's models
-/// need aligned between an input and its control videos, and what an ETA counts in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VideoFacts {
-    pub frames: u64,
-    pub width: u32,
-    pub height: u32,
-    pub fps: f64,
-    pub duration_seconds: f64,
-}
-
 impl RunSpec {
     /// The canonical control-set key, e.g. `"vis,edge,depth"`: runs with the same key can
     /// share one loaded model.
@@ -410,7 +402,8 @@ pub fn parse_job_file_at(path: &Path, base: &Path, roots: &[PathBuf], rules: &Ru
             return report;
         }
     };
-    let mut policy = PathPolicy::new(base, roots);
+    // The daemon's judgement, so every video is probed (the preflight) as well.
+    let mut policy = PathPolicy::new(base, roots).checking_videos();
     match kind {
         FileKind::Jsonl => parse_jsonl(std::io::BufReader::with_capacity(1 << 16, file), &mut policy, rules, sink),
         FileKind::RunSpec => runspec::parse_run_spec_reader(file, &mut policy, rules, sink),

@@ -16,6 +16,8 @@ pub struct PathPolicy {
     /// The same folders with symlinks resolved, for the symlink check. Missing roots drop out.
     roots_canonical: Vec<PathBuf>,
     cache: HashMap<String, Result<PathBuf, String>>,
+    /// The video preflight, where this policy judges as intake does.
+    videos: Option<super::VideoCheck>,
 }
 
 impl PathPolicy {
@@ -25,7 +27,21 @@ impl PathPolicy {
         let mut roots_lexical = vec![base.clone()];
         roots_lexical.extend(roots.iter().map(|r| absolute(r)));
         let roots_canonical = roots_lexical.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
-        PathPolicy { base, roots_lexical, roots_canonical, cache: HashMap::new() }
+        PathPolicy { base, roots_lexical, roots_canonical, cache: HashMap::new(), videos: None }
+    }
+
+    /// This policy with the video preflight on: every run parsed under it has its videos
+    /// probed and aligned ([`super::preflight`]).
+    pub fn checking_videos(mut self) -> PathPolicy {
+        self.videos = Some(super::VideoCheck::new());
+        self
+    }
+
+    /// Runs the video preflight on a parsed run, where it is on.
+    pub(crate) fn preflight(&mut self, spec: &mut super::RunSpec, p: &mut super::fields::Problems) {
+        if let Some(videos) = &mut self.videos {
+            videos.check_into(spec, p);
+        }
     }
 
     /// The checked, symlink-free absolute path of the regular file `raw` names, or a

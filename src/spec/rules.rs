@@ -432,8 +432,10 @@ mod tests {
     fn bundle(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("videos")).unwrap();
+        // Real videos: parse_bundle judges as intake does, probing each.
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1");
         for f in ["color.mp4", "depth.mp4"] {
-            std::fs::write(dir.path().join("videos").join(f), b"v").unwrap();
+            std::fs::copy(fixtures.join(f), dir.path().join("videos").join(f)).unwrap();
         }
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();

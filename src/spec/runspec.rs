@@ -98,7 +98,7 @@ pub(crate) fn parse_run_spec_object(obj: &Map<String, Value>, policy: &mut PathP
         || obj.contains_key("prompt_path")
         || obj.values().any(|v| v.as_object().is_some_and(|h| h.contains_key("control_path")));
     let line_style = obj.contains_key("visual_input");
-    let spec = match (t1, t25, line_style) {
+    let mut spec = match (t1, t25, line_style) {
         (true, false, false) => parse_transfer1(obj, policy, p),
         (false, true, false) => parse_transfer2_5(obj, policy, p),
         (false, false, true) => return jsonl::parse_line_object(obj, policy, SpecStyle::Jsonl, rules, p),
@@ -114,6 +114,7 @@ pub(crate) fn parse_run_spec_object(obj: &Map<String, Value>, policy: &mut PathP
         }
     }?;
     rules.model.check(&spec, p);
+    policy.preflight(&mut spec, p);
     Some(spec).filter(|_| p.is_empty())
 }
 

@@ -10,21 +10,16 @@ pub struct Home {
 }
 
 impl Home {
-    /// A temp folder with `videos/city1` and `videos/street1` copied from the shared fixtures
-    /// (or made up when the fixtures are not beside the checkout).
+    /// A temp folder with `videos/city1` and `videos/street1`: the committed example videos
+    /// (real small MP4s: intake probes every video, so made-up bytes would be refused).
     pub fn new() -> Home {
         let dir = tempfile::tempdir().expect("temp dir");
         let videos = dir.path().join("videos");
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/videos");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos");
         for (scene, files) in [("city1", ["color.mp4", "depth.mp4"]), ("street1", ["color.mp4", "segmentation.mp4"])] {
             std::fs::create_dir_all(videos.join(scene)).expect("mkdir");
             for f in files {
-                let src = fixtures.join(scene).join(f);
-                let dst = videos.join(scene).join(f);
-                match std::fs::read(&src) {
-                    Ok(bytes) => std::fs::write(&dst, bytes).expect("copy fixture"),
-                    Err(_) => std::fs::write(&dst, format!("fake {scene}/{f}")).expect("write fake video"),
-                }
+                std::fs::copy(fixtures.join(scene).join(f), videos.join(scene).join(f)).expect("copy an example video");
             }
         }
         Home { dir }
@@ -74,6 +69,17 @@ impl Home {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("valid JSON output")
     }
+}
+
+/// A real example video padded to `bytes` with a trailing `free` box (still a valid MP4,
+/// as intake's probe requires): a big input without a big encode.
+pub fn padded_video(bytes: usize) -> Vec<u8> {
+    let mut v = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos/city1/color.mp4")).expect("example video");
+    let pad = bytes.saturating_sub(v.len()).max(8);
+    v.extend_from_slice(&(pad as u32).to_be_bytes());
+    v.extend_from_slice(b"free");
+    v.resize(v.len() + pad - 8, 0);
+    v
 }
 
 /// The first `prefix`-id in `text` (what the seed's scripts grep for).
