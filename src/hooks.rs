@@ -391,7 +391,7 @@ pub fn run_command(command: &str, env: &[(&'static str, String)], timeout: Durat
     let mut parts = [String::new(), String::new()];
     let deadline = Instant::now() + Duration::from_secs(1);
     while let Ok((i, text)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        parts[i] = text;
+        parts[i] = text; // ok: i is 0 (stdout) or 1 (stderr), the enumerate over two pipes above
     }
     let mut output = parts[0].clone();
     if !parts[1].is_empty() {

@@ -122,7 +122,7 @@ pub enum IdSyntaxError {
 /// Checks that `text` could be (a prefix of) an id and says of which kind.
 pub fn parse_prefix(text: &str) -> Result<IdKind, IdSyntaxError> {
     let kind = IdKind::of(text).ok_or_else(|| IdSyntaxError::NoPrefix(text.to_string()))?;
-    let rest = &text[3..];
+    let rest = &text[3..]; // ok: IdKind::of matched one of the 3-byte ASCII prefixes
     if rest.len() > ID_CHARS {
         return Err(IdSyntaxError::TooLong { text: text.to_string(), kind, prefix: kind.prefix() });
     }

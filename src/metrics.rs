@@ -164,7 +164,7 @@ impl Registry {
     /// A submission taken in; `latency` from its file being ready to the decision, where
     /// known (an accepted file found ready; not one taken on a retry).
     pub fn record_intake(&self, fate: IntakeFate, latency: Option<Duration>) {
-        self.intake[fate as usize].fetch_add(1, Ordering::Relaxed);
+        self.intake[fate as usize].fetch_add(1, Ordering::Relaxed); // ok: three fates, three counters
         if let (IntakeFate::Accepted, Some(l)) = (fate, latency) {
             observe(&self.intake_seconds, l.as_secs_f64());
         }
@@ -239,7 +239,7 @@ impl Exposition {
     /// Opens a family. A family opened twice is a bug in the caller: its second header is
     /// left out so the document stays valid (a scraper refuses duplicate `# TYPE` lines).
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
-        debug_assert!(valid_name(name), "bad metric name {name}");
+        debug_assert!(valid_name(name), "bad metric name {name}"); // ok: debug only; every name is a literal here
         if !self.families.iter().any(|f| f == name) {
             self.families.push(name.to_string());
             let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));

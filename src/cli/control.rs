@@ -261,7 +261,8 @@ fn eta_lines(eta: &Value, out: &mut dyn Write) -> Result<()> {
 
 fn read_status(config: &Config) -> Option<Value> {
     let text = std::fs::read_to_string(crate::layout::Layout::of(&config.paths).status_json()).ok()?;
-    serde_json::from_str(&text).ok()
+    // Only an object: the callers add keys to it, which panics on any other JSON value.
+    serde_json::from_str(&text).ok().filter(Value::is_object)
 }
 
 /// Whether a cosmosd holds the state folder's lock (see `daemon::lock_state`): the truth
@@ -328,7 +329,7 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     if as_json {
         let updated_at = status.as_ref().map(|s| s["updated_at"].clone()).unwrap_or(Value::Null);
         let mut v = status.filter(|_| running).unwrap_or_else(|| json!({}));
-        v["status_updated_at"] = updated_at;
+        v["status_updated_at"] = updated_at; // ok: read_status keeps only objects
         v["daemon_running"] = Value::Bool(running);
         v["daemon_alive"] = Value::Bool(alive);
         v["paused_since"] = json!(paused_since);
@@ -397,7 +398,8 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
         }
         eta_lines(&s["eta"], out)?;
         for w in s["workers"].as_array().into_iter().flatten() {
-            let container = w["container_id"].as_str().map_or(String::new(), |c| format!(" container {}", &c[..c.len().min(12)]));
+            let container =
+                w["container_id"].as_str().map_or(String::new(), |c| format!(" container {}", c.chars().take(12).collect::<String>()));
             let gpus = w["gpus"].as_array().map_or("all GPUs".to_string(), |g| {
                 if g.is_empty() {
                     "no GPU".to_string()
@@ -503,5 +505,35 @@ pub fn logs(store: &Store, config: &Config, prefix: &str, follow: bool, out: &mu
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_json_that_is_not_an_object_is_no_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.paths.state = dir.path().join("state");
+        config.paths.outbox = dir.path().join("outbox");
+        config.paths.inbox = dir.path().join("inbox");
+        for d in [&config.paths.state, &config.paths.outbox] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let store = Store::open(&config.paths.database()).unwrap();
+        let at = crate::layout::Layout::of(&config.paths).status_json();
+        for text in ["[1, 2]", "5", "\"x\"", "null"] {
+            std::fs::write(&at, text).unwrap();
+            assert!(read_status(&config).is_none(), "{text}");
+            // Both forms say "not running" rather than panic adding keys to a non-object.
+            for as_json in [true, false] {
+                let mut out = Vec::new();
+                let _ = status(&store, &config, as_json, &mut out);
+            }
+        }
+        std::fs::write(&at, r#"{"updated_at": "2026-01-01T00:00:00Z"}"#).unwrap();
+        assert!(read_status(&config).is_some());
     }
 }

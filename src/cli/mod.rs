@@ -878,7 +878,7 @@ fn list(
                     .iter()
                     .map(|r| {
                         let mut v = json::run(r, model);
-                        v["eta"] = outlook.as_ref().map_or(serde_json::Value::Null, |o| o.json(r));
+                        v["eta"] = outlook.as_ref().map_or(serde_json::Value::Null, |o| o.json(r)); // ok: json::run builds an object
                         v
                     })
                     .collect();
@@ -924,25 +924,26 @@ fn show(store: &Store, model: spec::Model, prefix: &str, as_json: bool, out: &mu
     let value = match kind {
         IdKind::Prompt => {
             let mut v = json::prompt(&store.prompt(&id)?);
-            v["runs"] = store.runs_where(RunLink::Prompt, &id)?.iter().map(json::run_ref).collect();
+            v["runs"] = store.runs_where(RunLink::Prompt, &id)?.iter().map(json::run_ref).collect(); // ok: json::prompt builds an object
             v
         }
         IdKind::Run => {
             let run = store.run(&id)?;
             let mut v = json::run(&run, model);
-            v["spec"] = crate::scheduler::worker_spec(&run.spec, model);
+            v["spec"] = crate::scheduler::worker_spec(&run.spec, model); // ok: json::run builds an object
             v["children"] = store.runs_where(RunLink::Parent, &id)?.iter().map(json::run_ref).collect();
             v["events"] = store.events(&id)?.iter().map(json::event).collect();
             v
         }
         IdKind::Batch => {
             let mut v = json::batch(&store.batch(&id)?);
-            v["runs"] = store.runs_where(RunLink::Batch, &id)?.iter().map(json::run_ref).collect();
+            v["runs"] = store.runs_where(RunLink::Batch, &id)?.iter().map(json::run_ref).collect(); // ok: json::batch builds an object
             v
         }
         IdKind::Submission => {
             let mut v = json::submission(&store.submission(&id)?);
-            v["runs"] = store.runs_where(RunLink::Submission, &id)?.iter().map(json::run_ref).collect();
+            v["runs"] = store.runs_where(RunLink::Submission, &id)?.iter().map(json::run_ref).collect(); // ok: json::submission builds an object
+
             // Its on_submission and webhook outcomes (the submission's own events).
             v["events"] = store.events(&id)?.iter().map(json::event).collect();
             v

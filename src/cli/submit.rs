@@ -76,7 +76,7 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
                 if !as_json {
                     writeln!(out, "receipt {} ({fate})", receipt.display())?;
                 }
-                shown[i]["receipt"] = json!(receipt);
+                shown[i]["receipt"] = json!(receipt); // ok: `shown` holds one object per `delivered` entry
                 shown[i]["submission"] = super::json::submission(&sub);
                 subs.push(sub);
             }
@@ -90,7 +90,7 @@ pub fn submit(config: &Config, files: &[PathBuf], inbox: Option<PathBuf>, wait: 
                 if !as_json {
                     writeln!(out, "{why}")?;
                 }
-                shown[i]["receipt"] = Value::Null;
+                shown[i]["receipt"] = Value::Null; // ok: `shown` holds one object per `delivered` entry
                 shown[i]["submission"] = Value::Null;
                 missing.get_or_insert(why);
             }

@@ -82,7 +82,7 @@ impl ProcessWorker {
         let launch = Launch::new(config, &side, ranks);
         let command = format!("{} (in {})", launch.command_line(), launch.cwd.display());
         tracing::info!(%command, "starting the worker");
-        let mut cmd = Command::new(&launch.argv[0]);
+        let mut cmd = Command::new(&launch.argv[0]); // ok: Launch::new always starts argv with the interpreter
         cmd.args(&launch.argv[1..]).envs(launch.env.iter().map(|(k, v)| (k, v))).current_dir(&launch.cwd);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group: torchrun's ranks are killed with it.

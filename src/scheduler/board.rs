@@ -66,7 +66,10 @@ impl Current {
             (Some(load), None) => policy::remaining(elapsed, 0, 0, load.zip(run).map(|(l, r)| l + r)),
             // The run's pace is over the run alone, not the load before it.
             (_, loaded) => {
-                let run_elapsed = elapsed.saturating_sub(Duration::from_secs_f64(loaded.unwrap_or(0.0).max(0.0)));
+                // The worker reports the load's seconds: a huge one (1e300 is valid JSON) would
+                // make `from_secs_f64` panic; anything past `Duration::MAX` is "still loading".
+                let load = Duration::try_from_secs_f64(loaded.unwrap_or(0.0).max(0.0)).unwrap_or(Duration::MAX);
+                let run_elapsed = elapsed.saturating_sub(load);
                 policy::remaining(run_elapsed, self.step, self.steps, run)
             }
         }
@@ -411,6 +414,11 @@ mod tests {
             ("loading, its load never measured", current(5, 0, None, Some(Expected { load: Some(None), run })), None),
             ("loaded in 20 s: the run's pace is over the run alone", current(25, 0, Some(20.0), Some(loading)), Some(25.0)),
             ("steps reported: its own pace, the load left out", current(30, 5, Some(20.0), Some(loading)), Some(10.0)),
+            (
+                "a worker's absurd load time (1e300 s) is no panic: the run has not begun",
+                current(25, 0, Some(1e300), Some(loading)),
+                Some(30.0),
+            ),
             ("no load, learned duration", current(10, 0, None, Some(no_load)), Some(20.0)),
             ("nothing learned, no step yet", current(10, 0, None, Some(Expected::default())), None),
             ("not looked up yet", current(10, 0, None, None), None),

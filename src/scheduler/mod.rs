@@ -606,7 +606,7 @@ pub fn worker_spec(spec: &RunSpec, model: crate::spec::Model) -> Value {
     }
     let mut v = nvidia::transfer1_spec(spec);
     if let Some(sim) = &spec.sim {
-        v["sim"] = serde_json::to_value(sim).unwrap_or(Value::Null);
+        v["sim"] = serde_json::to_value(sim).unwrap_or(Value::Null); // ok: transfer1_spec returns an object
     }
     v
 }

@@ -456,6 +456,7 @@ pub fn forecast(queue: &[QueuedRun], workers: &[WorkerView], paces: &Paces) -> F
     let mut taken = vec![false; queue.len()];
     let mut head = 0;
     for _ in 0..queue.len() {
+        // ok: each pass takes one run, so an untaken one is left at or after `head`.
         while taken[head] {
             head += 1;
         }
@@ -475,7 +476,7 @@ pub fn forecast(queue: &[QueuedRun], workers: &[WorkerView], paces: &Paces) -> F
         };
         taken[pick] = true;
         let run = &queue[pick];
-        let group = &workers[wi].gpus;
+        let group = &workers[wi].gpus; // ok: `lines` has one entry per worker, wi < lines.len()
         let pace = paces.get(&(run.control_set.clone(), group.clone()));
         let line = &mut lines[wi];
         let (starts_in, load) = (line.sure.then_some(line.at), line.loaded.as_deref() != Some(run.control_set.as_str()));

@@ -1140,7 +1140,7 @@ fn bind_rows(
     submission: &str,
     now: &str,
 ) -> Result<()> {
-    let at = |r: &Range<usize>| &text[r.clone()];
+    let at = |r: &Range<usize>| &text[r.clone()]; // ok: the ranges were made when `text` was written
     prompts.raw_bind_parameter(1, now)?;
     runs.raw_bind_parameter(1, now)?;
     runs.raw_bind_parameter(2, batch)?;

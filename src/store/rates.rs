@@ -78,7 +78,7 @@ pub fn median(samples: &[f64]) -> Option<f64> {
     }
     s.sort_by(f64::total_cmp);
     let mid = s.len() / 2;
-    Some(if s.len() % 2 == 1 { s[mid] } else { (s[mid - 1] + s[mid]) / 2.0 })
+    Some(if s.len() % 2 == 1 { s[mid] } else { (s[mid - 1] + s[mid]) / 2.0 }) // ok: s is not empty, so mid >= 1 when even
 }
 
 /// A measured duration of `units` units, as one sample of seconds per unit: `None` for what
