@@ -7,7 +7,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     share::group_umask();
     let args = Cli::parse();
-    init_logging();
+    cosmos_workflow::cli::diagnostics_on_stderr();
     // Before anything is read or made: as root, become the owner of the state folder. Not for
     // the generators, which touch no state (and write where root asked, say a build tree).
     let generator = matches!(args.command, Command::Completions { .. } | Command::Man { .. });
@@ -33,15 +33,4 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Diagnostics on stderr only when asked for with `COSMOS_LOG_LEVEL` (stdout is the command's).
-fn init_logging() {
-    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     if args.command.is_some() {
-        stderr_logging();
+        cosmos_workflow::cli::diagnostics_on_stderr();
         said(&acting_as);
     }
     match args.command {
@@ -68,16 +68,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The subcommands' diagnostics on stderr, only when asked for with `COSMOS_LOG_LEVEL`
-/// (stdout is their report).
-fn stderr_logging() {
-    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }

@@ -360,6 +360,19 @@ pub enum DeleteWhat {
     Run,
 }
 
+/// Diagnostics on stderr, only when asked for with `COSMOS_LOG_LEVEL` (stdout is the
+/// command's report): what `cosmos` and cosmosd's subcommands use; the daemon itself logs
+/// through [`crate::daemon::init_logging`].
+pub fn diagnostics_on_stderr() {
+    let Some(level) = std::env::var("COSMOS_LOG_LEVEL").ok().and_then(|l| l.trim().parse::<tracing::Level>().ok()) else { return };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
 /// Runs one `cosmos` command, printing to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     // Generated from the command line alone: no configuration needed (a packaging host has none).
