@@ -379,6 +379,22 @@ pub fn trim_heap() {
     }
 }
 
+/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=POINT:MS` stops the caller for MS
+/// milliseconds at that point, so a test can `kill -9` the daemon there. The points: intake's
+/// `claim`, `copy`, `commit` (right after each step) and the hook thread's `hook` (before it
+/// delivers). Unset in production; reading it costs one environment lookup.
+pub fn fault_pause(point: &str) {
+    let Ok(spec) = std::env::var("COSMOS_FAULT_PAUSE") else { return };
+    if let Some((at, ms)) = spec.split_once(':') {
+        if at == point {
+            if let Ok(ms) = ms.parse::<u64>() {
+                tracing::warn!(point, ms, "COSMOS_FAULT_PAUSE: pausing");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

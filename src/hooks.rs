@@ -187,7 +187,7 @@ impl Deliverer {
 
     /// One delivery round of `owed`: every hook not delivered yet, then the round recorded.
     fn deliver(&mut self, owed: &Owed) {
-        fault_pause("hook");
+        crate::fsutil::fault_pause("hook");
         let todo: Vec<Target> = targets(&self.config, owed.kind).into_iter().filter(|t| !owed.delivered.contains(&t.name())).collect();
         let mut settle = Settle { delivered: owed.delivered.clone(), attempts: owed.attempts + 1, ..Default::default() };
         if todo.is_empty() {
@@ -446,21 +446,6 @@ pub fn post(url: &str, kind: OwedKind, body: &str, timeout: Duration) -> Outcome
             Outcome { ok, summary: format!("HTTP {status}"), output }
         }
         Err(e) => Outcome { ok: false, summary: "no HTTP answer".into(), output: e.to_string() },
-    }
-}
-
-/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=hook:MS` stops the hook thread
-/// for MS milliseconds before it delivers, so a test can `kill -9` the daemon after a run
-/// ended and before its hook ran. Unset in production.
-fn fault_pause(point: &str) {
-    let Ok(spec) = std::env::var("COSMOS_FAULT_PAUSE") else { return };
-    if let Some((at, ms)) = spec.split_once(':') {
-        if at == point {
-            if let Ok(ms) = ms.parse::<u64>() {
-                tracing::warn!(point, ms, "COSMOS_FAULT_PAUSE: pausing");
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-        }
     }
 }
 

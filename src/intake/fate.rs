@@ -271,7 +271,7 @@ impl Intake {
         }
         // The claim must survive a crash before anything depends on it.
         sync_dir(&self.layout.inbox_claims(&self.daemon));
-        fault_pause("claim");
+        crate::fsutil::fault_pause("claim");
         tracing::debug!(submission = %sb, file = name, "claimed");
         self.finish_claim(&sb, name).map(Some)
     }
@@ -314,7 +314,7 @@ impl Intake {
             return Ok(in_state);
         }
         move_entry(&in_inbox, &in_state).map_err(copy_error)?;
-        fault_pause("copy");
+        crate::fsutil::fault_pause("copy");
         Ok(in_state)
     }
 
@@ -517,7 +517,7 @@ impl Intake {
         // submission may end at once, and its receipt must be the one that stays.
         let lock = ReceiptLock::take();
         let (sub, _batch) = writer.commit().inspect_err(|_| stage::remove_created(&created))?;
-        fault_pause("commit");
+        crate::fsutil::fault_pause("commit");
         self.finish(claimed, &sub, shape, Known::Lines(lock, parsed.lines))
     }
 
@@ -742,21 +742,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> io::Result<
 /// means nothing to the sender) written as the name the sender gave the entry.
 fn render_problems(report: &Report, display: &Path, claimed: &Path, name: &str) -> String {
     report.render(display).replace(&claimed.display().to_string(), name)
-}
-
-/// Fault injection for the crash tests: `COSMOS_FAULT_PAUSE=claim:MS` (or `copy:MS`,
-/// `commit:MS`) makes intake stop for MS milliseconds right after that step, so a test can `kill -9`
-/// the daemon there. Unset in production; reading it costs one lookup per claim.
-fn fault_pause(point: &str) {
-    let Ok(spec) = std::env::var("COSMOS_FAULT_PAUSE") else { return };
-    if let Some((at, ms)) = spec.split_once(':') {
-        if at == point {
-            if let Ok(ms) = ms.parse::<u64>() {
-                tracing::warn!(point, ms, "COSMOS_FAULT_PAUSE: pausing");
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-            }
-        }
-    }
 }
 
 /// Whether `path` looks wholly written (DESIGN.md section 3): a job file whose last line has
