@@ -3,7 +3,7 @@
 
 use super::conn::{Failure, OpResult};
 use super::{status_from_db, ClusterError, PgQueue, Result};
-use crate::scheduler::policy;
+use crate::policy;
 use crate::spec::RunSpec;
 use crate::store::{Counts, RunStatus};
 use crate::time::Timestamp;

@@ -11,10 +11,13 @@
 
 mod attempt;
 mod board;
-pub mod policy;
 mod publish;
 mod recovery;
 pub mod watchdog;
+
+/// The pure decisions (next run, retry verdict, gates, ETA) live below the scheduler, where the
+/// shared queue's claim can follow the same rules.
+pub use crate::policy;
 
 use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
