@@ -94,6 +94,8 @@ impl Home {
         let c = &setup.config.cluster;
         let host = c.effective_host_id();
         let mut queue = PgQueue::connect(&c.database, &host)?;
+        // Each step is tried again at the next tick; a stop is not kept waiting for long.
+        queue.reconnect_within(Duration::from_secs(10));
         let layout = Layout::of(&setup.config.paths);
         let store = Store::open(&layout.database())?;
         let outbox = Outbox::new(&layout, setup.config.outbox.mode.0);
