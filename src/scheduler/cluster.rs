@@ -88,12 +88,8 @@ impl Scheduler {
                 c.look = false;
                 return Ok(None);
             }
-            Err(e) => {
-                c.look = false;
-                let why = format!("cannot claim from the shared queue: {e}");
-                self.set_waiting(Some(why));
-                return Ok(None);
-            }
+            // Waited out by the loop (said in status.json), then tried again.
+            Err(e) => return Err(super::SchedulerError::Queue(e)),
         };
         c.keeper.hold(&claim.run.id, claim.token, claim.lease, sent);
         let (run, batch) = cluster::local_view(&claim.run);
