@@ -243,7 +243,7 @@ impl Home {
                 Some(from) if from.is_dir() => {
                     let to = self.outbox.run_dir(&ended.id);
                     super::copy_folder_into(&from, &to, &self.layout.outbox_staging())?;
-                    let child = self.child_of(&to)?;
+                    let child = self.child_of(&to)?.map(Box::new);
                     let outputs = json!({
                         "type": if batch.is_some() { "batch_inference" } else { "inference" },
                         "output_dir": to,

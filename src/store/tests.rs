@@ -330,7 +330,7 @@ fn the_cluster_exporter_sees_new_and_requeued_runs_and_an_end_elsewhere_is_recor
     // Ended on another host: recorded with the host, its attempts, its child; once.
     let end = EndedElsewhere::Completed {
         outputs: serde_json::json!({"output_dir": "/o/run_a", "ran_on": "h2"}),
-        child: Some(("rs_aaaaaaaaaaaa".to_string(), spec("child"))),
+        child: Some(Box::new(("rs_aaaaaaaaaaaa".to_string(), spec("child")))),
     };
     let done = store.end_elsewhere(&a.id, "h2", 2, &end).unwrap().expect("recorded");
     assert_eq!((done.status, done.attempts), (RunStatus::Completed, 2));
