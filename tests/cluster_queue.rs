@@ -593,4 +593,10 @@ fn ended_runs_are_delivered_to_their_origin_host_once_with_their_home_record_and
     assert!(origin.undelivered(10).unwrap().is_empty(), "delivered once");
     let kinds: Vec<String> = origin.events("rs_home").unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "delivered").count(), 1, "{kinds:?}");
+    // Pruned once delivered long enough ago, by its origin host only, with its events.
+    assert_eq!(runner.prune_delivered(Duration::ZERO).unwrap(), 0, "not the runner's");
+    assert_eq!(origin.prune_delivered(HOUR).unwrap(), 0, "delivered just now");
+    assert_eq!(origin.prune_delivered(Duration::ZERO).unwrap(), 1);
+    assert!(matches!(origin.run("rs_home"), Err(ClusterError::NotFound(_))));
+    assert!(origin.events("rs_home").unwrap().is_empty());
 }

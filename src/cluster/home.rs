@@ -84,6 +84,7 @@ pub struct Home {
     event: i64,
     receipts_due: HashMap<String, Instant>,
     connected: bool,
+    next_prune: Instant,
 }
 
 impl Home {
@@ -122,6 +123,7 @@ impl Home {
             event,
             receipts_due: HashMap::new(),
             connected: true,
+            next_prune: Instant::now(),
         })
     }
 
@@ -337,6 +339,13 @@ impl Home {
                 None => {
                     tracing::warn!(run = %r.run_id, host = %r.host, slot = %r.slot, "a lapsed lease was reaped: the run is out of attempts and failed")
                 }
+            }
+        }
+        if let Some(after) = self.setup.config.daemon.prune_after.0.filter(|_| Instant::now() >= self.next_prune) {
+            self.next_prune = Instant::now() + Duration::from_secs(3600);
+            let n = self.queue.prune_delivered(after)?;
+            if n > 0 {
+                tracing::info!(runs = n, "pruned delivered runs from the shared queue (daemon.prune_after)");
             }
         }
         let counts = self.queue.counts()?;
