@@ -53,6 +53,9 @@ fn describe(c: &postgres::Config) -> String {
     format!("{}@{host}:{port}/{db}", c.get_user().unwrap_or("?"))
 }
 
+/// How long an operation keeps reconnecting by default (a restart, a failover).
+pub(super) const RETRY_FOR: Duration = Duration::from_secs(60);
+
 pub(super) struct Conn {
     url: String,
     config: postgres::Config,
@@ -85,7 +88,7 @@ impl Conn {
             }
         }
         let target = describe(&config);
-        Ok(Conn { url: url.trim().to_string(), config, target, client: None, retry_for: Duration::from_secs(60) })
+        Ok(Conn { url: url.trim().to_string(), config, target, client: None, retry_for: RETRY_FOR })
     }
 
     pub(super) fn target(&self) -> &str {
