@@ -83,7 +83,15 @@ pub struct PgQueue {
 impl PgQueue {
     /// Connects to `url`, creating or migrating the schema, as host `host_id`.
     pub fn connect(url: &str, host_id: &str) -> Result<PgQueue> {
+        PgQueue::connect_within(url, host_id, Duration::from_secs(60))
+    }
+
+    /// As [`PgQueue::connect`], trying for at most `limit` (the first connection and every
+    /// later reconnection, as [`PgQueue::reconnect_within`]): `cosmos` waits seconds for a
+    /// database that is not there, not the daemon's minute.
+    pub fn connect_within(url: &str, host_id: &str, limit: Duration) -> Result<PgQueue> {
         let mut conn = conn::Conn::new(url)?;
+        conn.retry_for = limit;
         let target = conn.target().to_string();
         conn.run("migrate the schema", |c| schema::migrate(c, &target))?;
         Ok(PgQueue { conn, host_id: host_id.to_string() })
