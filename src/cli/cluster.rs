@@ -281,13 +281,14 @@ pub(super) fn view(config: &Config) -> (Value, Option<CliError>) {
                 "host_id": host_id,
                 "database": database,
                 "connected": true,
+                "lease_seconds": config.cluster.lease.0.as_secs(),
                 "queue": {"queued": c.queued, "running": c.running, "completed": c.completed, "failed": c.failed, "cancelled": c.cancelled},
                 "hosts": serde_json::to_value(&hosts).unwrap_or(Value::Null),
             }),
             None,
         ),
         Err(e) => (
-            json!({"host_id": host_id, "database": database, "connected": false, "queue": null, "hosts": [], "error": e.to_string()}),
+            json!({"host_id": host_id, "database": database, "connected": false, "lease_seconds": config.cluster.lease.0.as_secs(), "queue": null, "hosts": [], "error": e.to_string()}),
             Some(e),
         ),
     }
