@@ -38,9 +38,13 @@ fn spec(name: &str, hints: &[Hint], priority: i32) -> RunSpec {
 
 fn enqueue(q: &mut PgQueue, name: &str, hints: &[Hint], priority: i32) -> String {
     let id = new_id(IdKind::Run);
-    let s = spec(name, hints, priority);
-    q.enqueue(&[NewRun { id: &id, spec: &s, created_at: Timestamp::now(), parent_id: None }]).expect("enqueue");
+    enqueue_as(q, &id, name, hints, priority);
     id
+}
+
+fn enqueue_as(q: &mut PgQueue, id: &str, name: &str, hints: &[Hint], priority: i32) {
+    let s = spec(name, hints, priority);
+    q.enqueue(&[NewRun { id, spec: &s, created_at: Timestamp::now(), parent_id: None }]).expect("enqueue");
 }
 
 fn claim(q: &mut PgQueue, slot: &str) -> String {
@@ -118,10 +122,14 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     // A run of this host's store that never entered the shared queue (pending).
     let prompt = grep_id(&ok(&home, &config, &["create", "prompt", "A city at night", "videos/city1"]), "ps_");
     let pending = grep_id(&ok(&home, &config, &["create", "run", &prompt, "--weights", "0.5", "0.5", "0", "0"]), "rs_");
+    // And one of this host's runs that entered the shared queue under its own id (as the
+    // daemon moves them): listed once, with what this host's record adds.
+    let homed = grep_id(&ok(&home, &config, &["create", "run", &prompt, "--weights", "0", "1", "0", "0"]), "rs_");
+    enqueue_as(&mut a, &homed, "homed", &[Hint::Edge], 0);
 
     // list runs: every host's, with where each came from and where it runs or ran.
     let list = json(&home, &config, &["list", "runs", "--json"]);
-    assert_eq!(list.as_array().map(Vec::len), Some(5), "{list}");
+    assert_eq!(list.as_array().map(Vec::len), Some(6), "{list}");
     let r = by_id(&list, &running);
     assert_eq!((r["status"].as_str(), r["origin_host"].as_str(), r["ran_on"].as_str()), (Some("running"), Some("gpu-b"), Some("gpu-b")));
     assert_eq!((r["holder"]["host"].as_str(), r["holder"]["slot"].as_str()), (Some("gpu-b"), Some("0")), "{r}");
@@ -134,13 +142,21 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     );
     assert!(f["holder"].is_null(), "{f}");
     assert_eq!(by_id(&list, &queued_b)["origin_host"], "gpu-b");
+    assert!(by_id(&list, &queued_b)["prompt_id"].is_null(), "another host's run has no record here");
     let p = by_id(&list, &pending);
     assert_eq!(
         (p["status"].as_str(), p["origin_host"].as_str(), p["in_shared_queue"].as_bool()),
         (Some("pending"), Some("gpu-a"), Some(false))
     );
+    assert_eq!(p["prompt_id"], prompt.as_str());
+    let h = by_id(&list, &homed);
+    assert_eq!(
+        (h["status"].as_str(), h["in_shared_queue"].as_bool(), h["prompt_id"].as_str()),
+        (Some("queued"), Some(true), Some(prompt.as_str()))
+    );
     // Newest first; --status and --limit as for one host.
-    assert_eq!(list[0]["id"], pending.as_str(), "the local run was created last: {list}");
+    let order: Vec<&str> = list.as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(order, [homed.as_str(), &pending, &queued_b, &queued, &failing, &running], "{list}");
     let only = json(&home, &config, &["list", "runs", "--status", "running", "--json"]);
     assert_eq!(only.as_array().map(|a| a.iter().map(|r| r["id"].clone()).collect::<Vec<_>>()), Some(vec![Value::from(running.clone())]));
     assert_eq!(json(&home, &config, &["list", "runs", "--limit", "2", "--json"]).as_array().map(Vec::len), Some(2));
@@ -163,6 +179,13 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     assert!(text.contains("origin_host: gpu-b") && text.contains("kind=claimed") && text.contains("host=gpu-b"), "{text}");
     // The local run: not in the shared queue, shown from this host's store.
     assert_eq!(json(&home, &config, &["show", &pending, "--json"])["status"], "pending");
+    // A home run: the shared queue's record with this host's beside it.
+    let shown = json(&home, &config, &["show", &homed, "--json"]);
+    assert_eq!((shown["status"].as_str(), shown["local"]["status"].as_str()), (Some("queued"), Some("pending")), "{shown}");
+    assert_eq!(
+        (shown["local"]["prompt_id"].as_str(), shown["local"]["events"][0]["kind"].as_str()),
+        (Some(prompt.as_str()), Some("created"))
+    );
 
     // cancel: a queued run at once; a running one (on the other host) is marked, and its
     // holder learns it at its next renewal.
@@ -205,7 +228,7 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     let c = &s["cluster"];
     assert_eq!((c["host_id"].as_str(), c["connected"].as_bool()), (Some("gpu-a"), Some(true)), "{c}");
     assert_eq!(c["database"], format!("cosmos@127.0.0.1:{}/postgres", pg.port));
-    assert_eq!(c["queue"], serde_json::json!({"queued": 3, "running": 1, "completed": 0, "failed": 0, "cancelled": 0}), "{c}");
+    assert_eq!(c["queue"], serde_json::json!({"queued": 4, "running": 1, "completed": 0, "failed": 0, "cancelled": 0}), "{c}");
     let hosts: Vec<&str> = c["hosts"].as_array().unwrap().iter().filter_map(|h| h["host_id"].as_str()).collect();
     assert_eq!(hosts, ["gpu-a", "gpu-b"]);
     let hb = &c["hosts"][1];
@@ -219,7 +242,7 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     let (code, text, _) = cosmos(&home, &config, &["status"]);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("cluster: host gpu-a of 2 host(s) on cosmos@127.0.0.1:"), "{text}");
-    assert!(text.contains("queue (shared): 3 queued, 1 running, 0 completed, 0 failed, 0 cancelled"), "{text}");
+    assert!(text.contains("queue (shared): 4 queued, 1 running, 0 completed, 0 failed, 0 cancelled"), "{text}");
     assert!(text.contains("host gpu-a (this host): cosmosd 0.1.0 (pid 1717)"), "{text}");
     assert!(text.contains("host gpu-b: cosmosd 0.1.0 (pid 4242), heartbeat "), "{text}");
     assert!(text.contains(&format!("  slot 0: GPU 0,1, loaded edge, running {running}")), "{text}");

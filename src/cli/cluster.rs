@@ -85,15 +85,30 @@ fn from_local(r: &Run, host: &str) -> QueueRun {
 
 /// A run as `list runs --json` and `show --json` print it in cluster mode: the shared
 /// queue's record (`origin_host`, `holder` {host, slot, token, expires_at}, `ran_on`, ...),
-/// with `name` and `prompt` lifted out of its spec, and whether it is in the shared queue.
-fn run_json(r: &QueueRun, shared: bool) -> Value {
+/// with `name` and `prompt` lifted out of its spec, whether it is in the shared queue, and
+/// from this host's record where it has one (its own runs) `prompt_id`, `batch_id`,
+/// `submission_id`, `line` (null for another host's run).
+fn run_json(r: &QueueRun, shared: bool, local: Option<&Run>) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or_else(|_| json!({"id": r.id}));
     if let Some(map) = v.as_object_mut() {
         map.insert("name".into(), json!(r.spec.name));
         map.insert("prompt".into(), json!(r.spec.prompt));
         map.insert("in_shared_queue".into(), Value::Bool(shared));
+        map.insert("prompt_id".into(), json!(local.map(|l| &l.prompt_id)));
+        map.insert("batch_id".into(), json!(local.and_then(|l| l.batch_id.as_ref())));
+        map.insert("submission_id".into(), json!(local.and_then(|l| l.submission_id.as_ref())));
+        map.insert("line".into(), json!(local.and_then(|l| l.line)));
     }
     v
+}
+
+/// This host's record of a run, if it has one.
+fn local_record(store: &Store, id: &str) -> Result<Option<Run>> {
+    match store.run(id) {
+        Ok(run) => Ok(Some(run)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where a run runs or ran: `host/slot` while it is held, else the host of its last attempt.
@@ -117,17 +132,24 @@ pub(super) fn list_runs(
 ) -> Result<()> {
     let mut q = connect(config)?;
     let mut runs: Vec<(QueueRun, bool)> = q.list(status, limit)?.into_iter().map(|r| (r, true)).collect();
+    let mut pending = Vec::new();
     if matches!(status, None | Some(RunStatus::Pending)) {
         let host = q.host_id().to_string();
-        let local = store.list_runs(Some(RunStatus::Pending), limit)?;
-        runs.extend(
-            local.iter().filter(|l| !runs.iter().any(|(r, _)| r.id == l.id)).map(|l| (from_local(l, &host), false)).collect::<Vec<_>>(),
-        );
+        pending = store.list_runs(Some(RunStatus::Pending), limit)?;
+        pending.retain(|l| !runs.iter().any(|(r, _)| r.id == l.id));
+        runs.extend(pending.iter().map(|l| (from_local(l, &host), false)));
         runs.sort_by(|(a, _), (b, _)| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
         runs.truncate(limit.unwrap_or(usize::MAX));
     }
     if as_json {
-        let arr: Vec<Value> = runs.iter().map(|(r, shared)| run_json(r, *shared)).collect();
+        let mut arr = Vec::with_capacity(runs.len());
+        for (r, shared) in &runs {
+            let local = match shared {
+                true => local_record(store, &r.id)?,
+                false => pending.iter().find(|l| l.id == r.id).cloned(),
+            };
+            arr.push(run_json(r, *shared, local.as_ref()));
+        }
         return print_json(out, &Value::Array(arr));
     }
     // Host names vary in length: the columns fit the longest.
@@ -167,16 +189,16 @@ pub(super) fn show_run(config: &Config, store: &Store, model: Model, prefix: &st
         Err(e) => return Err(e.into()),
     };
     let run = q.run(&id)?;
-    let mut v = run_json(&run, true);
+    let local = local_record(store, &id)?;
+    let mut v = run_json(&run, true, local.as_ref());
     v["events"] = serde_json::to_value(q.events(&id)?).unwrap_or(Value::Null); // ok: run_json builds an object
-    v["local"] = match store.run(&id) {
-        Ok(local) => {
-            let mut l = json::run(&local, model);
+    v["local"] = match &local {
+        Some(local) => {
+            let mut l = json::run(local, model);
             l["events"] = store.events(&id)?.iter().map(json::event).collect(); // ok: json::run builds an object
             l
         }
-        Err(StoreError::NotFound { .. }) => Value::Null,
-        Err(e) => return Err(e.into()),
+        None => Value::Null,
     };
     if as_json {
         print_json(out, &v)?;
