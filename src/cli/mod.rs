@@ -118,7 +118,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List prompts or runs, newest first
+    /// List prompts or runs, newest first (with [cluster]: every host's runs)
     List {
         /// What to list: prompts or runs
         what: ListWhat,
@@ -169,7 +169,7 @@ pub enum Command {
         /// Run ids (any unique prefix)
         #[arg(required = true, value_name = "RS")]
         runs: Vec<String>,
-        /// Print JSON: {runs: [{id, status, stopping}]}
+        /// Print JSON: {runs: [{id, status, stopping}]} (and running_on, with [cluster])
         #[arg(long)]
         json: bool,
     },
@@ -197,7 +197,7 @@ pub enum Command {
     /// The daemon's state: queue, current run with progress and ETA, workers, GPUs; exit 3
     /// when cosmosd is not running
     Status {
-        /// Print JSON: status.json with daemon_running, daemon_alive, queue_now
+        /// Print JSON: status.json with daemon_running, daemon_alive, queue_now (and cluster, with [cluster])
         #[arg(long)]
         json: bool,
     },
