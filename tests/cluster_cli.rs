@@ -8,11 +8,11 @@ mod common;
 #[allow(dead_code)]
 mod pg;
 
-use common::{grep_id, Home};
+use common::{drop_file, grep_id, wait_until, Daemon, Home};
 use cosmos_workflow::cluster::{ClaimRequest, HostBeat, NewRun, Outcome, PgQueue, SlotBeat};
 use cosmos_workflow::ids::{new_id, IdKind};
 use cosmos_workflow::spec::{Control, Hint, RunSpec, Settings, SpecStyle};
-use cosmos_workflow::store::RunStatus;
+use cosmos_workflow::store::{Change, RunStatus, Store};
 use cosmos_workflow::time::Timestamp;
 use pg::Pg;
 use serde_json::Value;
@@ -44,7 +44,7 @@ fn enqueue(q: &mut PgQueue, name: &str, hints: &[Hint], priority: i32) -> String
 
 fn enqueue_as(q: &mut PgQueue, id: &str, name: &str, hints: &[Hint], priority: i32) {
     let s = spec(name, hints, priority);
-    q.enqueue(&[NewRun { id, spec: &s, created_at: Timestamp::now(), parent_id: None }]).expect("enqueue");
+    q.enqueue(&[NewRun { id, spec: &s, created_at: Timestamp::now(), parent_id: None, home: None }]).expect("enqueue");
 }
 
 fn claim(q: &mut PgQueue, slot: &str) -> String {
@@ -248,6 +248,26 @@ fn list_show_cancel_retry_and_status_see_every_hosts_runs() {
     assert!(text.contains(&format!("  slot 0: GPU 0,1, loaded edge, running {running}")), "{text}");
     assert!(text.contains("  slot 1: GPU 1, loaded depth, idle"), "{text}");
     assert!(!text.contains("down?"), "both beat just now: {text}");
+
+    // Retrying one of this host's runs whose end it had recorded (failed on host b): queued
+    // in the shared queue and here again, so its next end is recorded here when it comes.
+    let mine = grep_id(&ok(&home, &config, &["create", "run", &prompt, "--weights", "0", "0", "1", "0"]), "rs_");
+    let mut store = Store::open(&home.root().join("state/cosmos.db")).expect("this host's store");
+    store.change(&mine, Change::Queue { detail: "queued".into() }).unwrap();
+    enqueue_as(&mut a, &mine, "mine", &[Hint::Depth], 99);
+    let req = ClaimRequest { slot: "0", loaded: None, max_affinity_wait: Duration::from_secs(3600), lease: Duration::from_secs(600) };
+    let c = b.claim(&req).unwrap().expect("the highest priority run");
+    assert_eq!(c.run.id, mine);
+    b.finish(&mine, c.token, &Outcome::Failed { error: "guardrail".into() }).unwrap();
+    store.change(&mine, Change::Start).unwrap();
+    store.change(&mine, Change::Fail { error: "guardrail".into() }).unwrap();
+    let listed = json(&home, &config, &["list", "runs", "--status", "failed", "--json"]);
+    assert_eq!((listed[0]["id"].as_str(), listed[0]["ran_on"].as_str()), (Some(mine.as_str()), Some("gpu-b")), "{listed}");
+    assert_eq!(listed[0]["prompt_id"], prompt.as_str(), "this host's record");
+    let out = ok(&home, &config, &["retry", &mine]);
+    assert!(out.contains(&format!("Queued run {mine} again")), "{out}");
+    assert_eq!(a.run(&mine).unwrap().status, RunStatus::Queued);
+    assert_eq!(store.run(&mine).unwrap().status, RunStatus::Queued, "this host's record is queued again too");
 }
 
 #[test]
@@ -278,4 +298,60 @@ fn a_database_that_is_not_there_is_one_clear_error_naming_it() {
     assert_eq!((s["cluster"]["connected"].as_bool(), s["cluster"]["database"].as_str()), (Some(false), Some(target.as_str())), "{s}");
     assert!(s["cluster"]["error"].as_str().is_some_and(|e| e.contains("cannot reach")), "{s}");
     assert_eq!(s["daemon_running"], false);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); cargo nextest run --run-ignored all runs it, as CI does"]
+fn a_daemon_on_the_shared_queue_is_seen_and_steered_by_the_cli() {
+    let Some(pg) = Pg::start() else { return };
+    let home = Home::new();
+    std::fs::create_dir_all(home.inbox()).unwrap();
+    home.videos_in_inbox();
+    let shared = home.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let extra = format!(
+        "backend_args = [\"--job-seconds\", \"8\", \"--load-seconds\", \"0.2\"]\n[daemon]\nstatus_interval = \"300ms\"\n\
+         [cluster]\ndatabase = \"{}\"\nshared_dir = \"{}\"\nhost_id = \"gpu-e2e\"\nlease = \"6s\"\n",
+        pg.url(),
+        shared.display()
+    );
+    let daemon = Daemon::start(&home, &extra, &[]);
+    // `cosmos` reads the daemon's own configuration file.
+    let config = home.path().join("cosmosd.toml");
+    drop_file(&home, "one.jsonl", &home.jobs("e2e", 1));
+
+    // status: this host in the registry, its slot running the run.
+    let mut run_id = String::new();
+    let seen = wait_until(Duration::from_secs(60), || {
+        let (code, stdout, _) = cosmos(&home, &config, &["status", "--json"]);
+        let s: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        let slot = &s["cluster"]["hosts"][0]["slots"][0];
+        if code == Some(0) && s["cluster"]["hosts"][0]["host_id"] == "gpu-e2e" && slot["state"] == "running" {
+            run_id = slot["run_id"].as_str().unwrap_or_default().to_string();
+        }
+        !run_id.is_empty()
+    });
+    assert!(seen, "the slot never showed the run running:\n{}", daemon.log_text());
+    let list = json(&home, &config, &["list", "runs", "--json"]);
+    let r = by_id(&list, &run_id);
+    assert_eq!(
+        (r["status"].as_str(), r["origin_host"].as_str(), r["holder"]["host"].as_str()),
+        (Some("running"), Some("gpu-e2e"), Some("gpu-e2e")),
+        "{r}"
+    );
+    assert!(r["prompt_id"].as_str().is_some_and(|p| p.starts_with("ps_")), "this host's record: {r}");
+    let text = ok(&home, &config, &["status"]);
+    assert!(text.contains("host gpu-e2e (this host): cosmosd ") && text.contains(&format!(", running {run_id}")), "{text}");
+    assert_eq!(common::status(&home)["cluster"]["hosts"][0]["host_id"], "gpu-e2e", "status.json has the cluster block");
+
+    // cancel through the shared queue: the daemon learns it at its next renewal, stops the
+    // run, and records the end here.
+    let out = ok(&home, &config, &["cancel", &run_id]);
+    assert!(out.contains(&format!("Cancelling run {run_id} (running on gpu-e2e/")), "{out}");
+    let ended = wait_until(Duration::from_secs(30), || {
+        let v = json(&home, &config, &["show", &run_id, "--json"]);
+        v["status"] == "cancelled" && v["local"]["status"] == "cancelled"
+    });
+    assert!(ended, "the cancel never went through: {}\n{}", json(&home, &config, &["show", &run_id, "--json"]), daemon.log_text());
+    assert!(daemon.stop().success());
 }

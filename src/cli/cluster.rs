@@ -80,24 +80,32 @@ fn from_local(r: &Run, host: &str) -> QueueRun {
         started_at: opt(&r.started_at),
         finished_at: opt(&r.finished_at),
         updated_at: time(&r.updated_at),
+        home: None,
+        remedy: None,
+        delivered_at: None,
     }
 }
 
 /// A run as `list runs --json` and `show --json` print it in cluster mode: the shared
 /// queue's record (`origin_host`, `holder` {host, slot, token, expires_at}, `ran_on`, ...),
 /// with `name` and `prompt` lifted out of its spec, whether it is in the shared queue, and
-/// from this host's record where it has one (its own runs) `prompt_id`, `batch_id`,
-/// `submission_id`, `line` (null for another host's run).
+/// `prompt_id`, `batch_id`, `submission_id`, `line`: from this host's record where it has
+/// one, else from the origin host's record the queue carries (`home`; ids of that host).
 fn run_json(r: &QueueRun, shared: bool, local: Option<&Run>) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or_else(|_| json!({"id": r.id}));
+    let home = r.home.as_ref().unwrap_or(&Value::Null);
+    let (prompt_id, batch_id, submission_id, line) = match local {
+        Some(l) => (json!(l.prompt_id), json!(l.batch_id), json!(l.submission_id), json!(l.line)),
+        None => (home["prompt_id"].clone(), home["batch"]["id"].clone(), home["submission"].clone(), home["line"].clone()),
+    };
     if let Some(map) = v.as_object_mut() {
         map.insert("name".into(), json!(r.spec.name));
         map.insert("prompt".into(), json!(r.spec.prompt));
         map.insert("in_shared_queue".into(), Value::Bool(shared));
-        map.insert("prompt_id".into(), json!(local.map(|l| &l.prompt_id)));
-        map.insert("batch_id".into(), json!(local.and_then(|l| l.batch_id.as_ref())));
-        map.insert("submission_id".into(), json!(local.and_then(|l| l.submission_id.as_ref())));
-        map.insert("line".into(), json!(local.and_then(|l| l.line)));
+        map.insert("prompt_id".into(), prompt_id);
+        map.insert("batch_id".into(), batch_id);
+        map.insert("submission_id".into(), submission_id);
+        map.insert("line".into(), line);
     }
     v
 }
@@ -269,6 +277,12 @@ pub(super) fn retry(config: &Config, store: &mut Store, prefixes: &[String], as_
         let (id, status) = match f {
             Found::Shared(id) => {
                 let run = q.retry(&id)?;
+                // This host's own run whose end it had recorded: queued here again too, so
+                // that the new end is recorded when it comes (a home run stays queued here
+                // until it ended somewhere).
+                if local_record(store, &id)?.is_some_and(|l| matches!(l.status, RunStatus::Failed | RunStatus::Cancelled)) {
+                    store.change(&id, Change::Queue { detail: "retry requested (shared queue)".into() })?;
+                }
                 (id, run.status)
             }
             Found::Local(id) => {
@@ -303,14 +317,14 @@ pub(super) fn view(config: &Config) -> (Value, Option<CliError>) {
                 "host_id": host_id,
                 "database": database,
                 "connected": true,
-                "lease_seconds": config.cluster.lease.0.as_secs(),
+                "lease_seconds": config.cluster.lease.0.as_secs_f64(),
                 "queue": {"queued": c.queued, "running": c.running, "completed": c.completed, "failed": c.failed, "cancelled": c.cancelled},
                 "hosts": serde_json::to_value(&hosts).unwrap_or(Value::Null),
             }),
             None,
         ),
         Err(e) => (
-            json!({"host_id": host_id, "database": database, "connected": false, "lease_seconds": config.cluster.lease.0.as_secs(), "queue": null, "hosts": [], "error": e.to_string()}),
+            json!({"host_id": host_id, "database": database, "connected": false, "lease_seconds": config.cluster.lease.0.as_secs_f64(), "queue": null, "hosts": [], "error": e.to_string()}),
             Some(e),
         ),
     }
@@ -347,7 +361,7 @@ pub(super) fn status_lines(v: &Value, lease: Duration, out: &mut dyn Write) -> R
             if id == me { " (this host)" } else { "" },
             h["version"].as_str().unwrap_or("?"),
             h["pid"],
-            crate::scheduler::policy::duration_words(age)
+            crate::policy::duration_words(age)
         )?;
         let slots = h["slots"].as_array().cloned().unwrap_or_default();
         if slots.is_empty() {
