@@ -583,6 +583,26 @@ impl PgQueue {
         })
     }
 
+    /// Forgets this host's runs delivered longer than `older_than` ago, and their events
+    /// (`daemon.prune_after`): the shared queue keeps what is in flight, not the history
+    /// every host's store already has. A parent whose upscale child is still open stays.
+    pub fn prune_delivered(&mut self, older_than: Duration) -> Result<u64> {
+        let host = self.host_id.clone();
+        let age = seconds(older_than);
+        self.conn.run("prune delivered runs", |c| {
+            let mut tx = c.transaction()?;
+            let rows = tx.query(
+                "DELETE FROM cosmos_runs r WHERE origin_host = $1 AND delivered_at < now() - $2::float8 * interval '1 second' \
+                 AND NOT EXISTS (SELECT 1 FROM cosmos_runs k WHERE k.parent_id = r.id AND k.delivered_at IS NULL) RETURNING id",
+                &[&host, &age],
+            )?;
+            let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
+            tx.execute("DELETE FROM cosmos_events WHERE run_id = ANY($1)", &[&ids])?;
+            tx.commit()?;
+            Ok(ids.len() as u64)
+        })
+    }
+
     /// The origin host has the ended run in its outbox and store: it is not delivered again.
     pub fn mark_delivered(&mut self, run_id: &str) -> Result<()> {
         let host = self.host_id.clone();
