@@ -94,7 +94,9 @@ impl PgQueue {
         PgQueue::connect_within(url, host_id, conn::RETRY_FOR)
     }
 
-    /// [`PgQueue::connect`], giving up after `limit` when the database does not answer.
+    /// As [`PgQueue::connect`], trying for at most `limit` (the first connection and every
+    /// later reconnection, as [`PgQueue::reconnect_within`]): `cosmos` and `check-host` wait
+    /// seconds for a database that is not there, not the daemon's minute.
     pub fn connect_within(url: &str, host_id: &str, limit: Duration) -> Result<PgQueue> {
         let mut conn = conn::Conn::new(url)?;
         conn.retry_for = limit;

@@ -17,7 +17,7 @@ pub(super) const CHANNEL: &str = "cosmos_queue";
 
 /// A fencing token: strictly increasing over every claim of every run on every host. Only
 /// the current token of a run may renew, finish or hand it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Token(pub i64);
 
 impl fmt::Display for Token {
@@ -50,7 +50,7 @@ pub enum Enqueued {
 }
 
 /// Who holds a running run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Holder {
     pub host: String,
     pub slot: String,
@@ -60,7 +60,7 @@ pub struct Holder {
 }
 
 /// A run as the shared queue holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueueRun {
     pub id: String,
     pub status: RunStatus,
@@ -141,7 +141,7 @@ pub struct Reaped {
 }
 
 /// One line of a run's history in the shared queue.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueueEvent {
     pub seq: i64,
     pub time: Timestamp,
