@@ -353,5 +353,20 @@ fn a_daemon_on_the_shared_queue_is_seen_and_steered_by_the_cli() {
         v["status"] == "cancelled" && v["local"]["status"] == "cancelled"
     });
     assert!(ended, "the cancel never went through: {}\n{}", json(&home, &config, &["show", &run_id, "--json"]), daemon.log_text());
+
+    // retry: queued again (here too), run again, and its new end recorded and published here.
+    let out = ok(&home, &config, &["retry", &run_id]);
+    assert!(out.contains(&format!("Queued run {run_id} again")), "{out}");
+    let done = wait_until(Duration::from_secs(40), || {
+        let v = json(&home, &config, &["show", &run_id, "--json"]);
+        v["status"] == "completed" && v["local"]["status"] == "completed"
+    });
+    assert!(
+        done,
+        "the retried run's end never reached this host: {}\n{}",
+        json(&home, &config, &["show", &run_id, "--json"]),
+        daemon.log_text()
+    );
+    assert!(home.outbox().join(format!("run_{run_id}/output.mp4")).is_file(), "no run folder in the outbox");
     assert!(daemon.stop().success());
 }

@@ -453,7 +453,7 @@ impl PgQueue {
             let row = tx.query_one(
                 &format!(
                     "UPDATE cosmos_runs SET status = 'queued', attempts = 0, error = NULL, cancel_requested = false, lease_token = NULL, \
-                     lease_host = NULL, lease_slot = NULL, lease_expires = NULL, not_before = NULL, finished_at = NULL, \
+                     lease_host = NULL, lease_slot = NULL, lease_expires = NULL, not_before = NULL, finished_at = NULL, delivered_at = NULL, \
                      updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[&run_id],
