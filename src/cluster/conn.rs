@@ -140,6 +140,14 @@ impl Conn {
     }
 
     /// The parsed configuration, for a second connection to the same database.
+    /// Bounds how long one network wait may take (connecting; unacknowledged data on a
+    /// cut link), from the next connection on: the present one is let go.
+    pub(super) fn limit_waits(&mut self, limit: Duration) {
+        self.config.connect_timeout(limit);
+        self.config.tcp_user_timeout(limit);
+        self.client = None;
+    }
+
     pub(super) fn config(&self) -> &postgres::Config {
         &self.config
     }

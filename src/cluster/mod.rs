@@ -126,6 +126,13 @@ impl PgQueue {
         self.conn.retry_for = limit;
     }
 
+    /// Bounds every network wait of this connection to `limit` (connect, and data the
+    /// server does not acknowledge: a cut link), rather than the defaults of 10 s and 30 s.
+    /// A slot holding a lease must learn within a fraction of it that it cannot commit.
+    pub fn limit_waits(&mut self, limit: Duration) {
+        self.conn.limit_waits(limit.max(Duration::from_millis(500)));
+    }
+
     pub fn host_id(&self) -> &str {
         &self.host_id
     }
