@@ -39,6 +39,8 @@ pub enum DaemonError {
     Web(#[from] crate::web::WebError),
     #[error(transparent)]
     Hooks(#[from] crate::hooks::HookError),
+    #[error("the shared queue ([cluster]): {0}")]
+    Cluster(#[from] crate::cluster::HomeError),
 }
 
 /// What reaches the daemon's loop.
@@ -289,14 +291,23 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     // Before any scheduler: runs that start-up recovery ends owe their hooks too.
     let hooks = crate::hooks::Hooks::start(&config, Arc::clone(&stop))?;
     let shared = crate::scheduler::Shared::new(groups.len()).with_metrics(Arc::clone(&metrics));
+    // Several hosts on one PostgreSQL queue: the origin host's side, and the lease keeper
+    // every slot of this host shares; before any slot claims.
+    let cluster = match config.cluster.database.trim().is_empty() {
+        true => None,
+        false => Some(ClusterHost::start(&config, &shared)?),
+    };
     let mut reload_txs = Vec::new();
     let mut scheduler_threads = Vec::new();
     for (slot, gpus) in groups.into_iter().enumerate() {
         let (reload_tx, reload_rx) = mpsc::channel::<Config>();
         reload_txs.push(reload_tx);
-        let scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop), slot, gpus, shared.clone())
+        let mut scheduler = crate::scheduler::Scheduler::new(&config, Arc::clone(&stop), slot, gpus, shared.clone())
             .map_err(|source| DaemonError::Scheduler { slot, source })?
             .with_reloads(reload_rx);
+        if let Some(c) = &cluster {
+            scheduler = scheduler.with_cluster(c.slot(&config, slot)?);
+        }
         let mut guard = SlotGuard { slot, tx: tx.clone(), stop: Arc::clone(&stop), error: None };
         let thread = std::thread::Builder::new()
             .name(format!("scheduler-{slot}"))
@@ -453,12 +464,63 @@ pub fn run(global: &GlobalOpts, loaded: Loaded) -> Result<(), DaemonError> {
     for thread in scheduler_threads {
         let _ = thread.join();
     }
+    // After the slots: what they finished on the way out is delivered first.
+    if let Some(c) = cluster {
+        c.stop();
+    }
     hooks.join();
     web.stop();
     signal_handle.close();
     let _ = signal_thread.join();
     tracing::info!("cosmosd stopped");
     result
+}
+
+/// This host's part in a shared queue (`[cluster]`): the home loop on its own thread (see
+/// [`crate::cluster::Home`]) and the lease keeper its slots share.
+struct ClusterHost {
+    keeper: Arc<crate::cluster::LeaseKeeper>,
+    home_stop: Arc<AtomicBool>,
+    home: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterHost {
+    fn start(config: &Config, shared: &crate::scheduler::Shared) -> Result<ClusterHost, DaemonError> {
+        use crate::cluster::{Home, HomeError, HomeSetup, LeaseKeeper, PgQueue};
+        let c = &config.cluster;
+        let host = c.effective_host_id();
+        let home_stop = Arc::new(AtomicBool::new(false));
+        let (slots, status) = (shared.clone(), shared.clone());
+        let home = Home::start(HomeSetup {
+            config: config.clone(),
+            stop: Arc::clone(&home_stop),
+            slots: Box::new(move || slots.slots_now()),
+            status: Box::new(move |v| status.set_cluster(v)),
+        })?;
+        let queue = PgQueue::connect(&c.database, &host).map_err(HomeError::from)?;
+        tracing::info!(host = %host, database = %queue.target(), lease = %c.lease, shared_dir = %c.shared_dir.display(), "taking runs from the shared queue");
+        let keeper = Arc::new(LeaseKeeper::start(queue, (c.lease.0 / 3).max(Duration::from_millis(100))));
+        let home = std::thread::Builder::new()
+            .name("cluster-home".into())
+            .spawn(move || home.run())
+            .map_err(|source| DaemonError::Io { what: "cannot start the cluster thread".into(), source })?;
+        Ok(ClusterHost { keeper, home_stop, home: Some(home) })
+    }
+
+    /// A slot's own connection to the queue, sharing the host's lease keeper.
+    fn slot(&self, config: &Config, slot: usize) -> Result<crate::scheduler::ClusterSlot, DaemonError> {
+        let c = &config.cluster;
+        let queue = crate::cluster::PgQueue::connect(&c.database, &c.effective_host_id()).map_err(crate::cluster::HomeError::from)?;
+        let shared = crate::cluster::SharedDir::new(&c.shared_dir);
+        Ok(crate::scheduler::ClusterSlot::new(queue, Arc::clone(&self.keeper), shared, c.lease.0, slot))
+    }
+
+    fn stop(mut self) {
+        self.home_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.home.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Holds `<state>/cosmosd.lock` (flock) for the daemon's life, with its pid in it; another

@@ -19,6 +19,7 @@ pub mod intake;
 pub mod layout;
 pub mod metrics;
 pub mod outbox;
+pub mod policy;
 pub mod probe;
 pub mod prune;
 pub mod runtime;

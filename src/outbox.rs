@@ -92,6 +92,23 @@ impl Outbox {
         timing: RunTiming,
         extra: RunExtra,
     ) -> Result<PathBuf> {
+        self.publish_run_on(run, outputs, batch, worker, child, timing, extra, None)
+    }
+
+    /// [`Outbox::publish_run`] by a host of several sharing a queue: the manifest names
+    /// `host`, the one that ran it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_run_on(
+        &self,
+        run: &Run,
+        outputs: &Outputs,
+        batch: Option<&Batch>,
+        worker: &WorkerInfo,
+        child: Option<&str>,
+        timing: RunTiming,
+        extra: RunExtra,
+        host: Option<&str>,
+    ) -> Result<PathBuf> {
         let RunExtra { gpu, remedy } = extra;
         let final_dir = self.run_dir(&run.id);
         if final_dir.is_dir() {
@@ -144,7 +161,7 @@ impl Outbox {
                 entries.push(json!({"path": rel, "size": meta.len(), "mtime": mtime, "sha256": digest}));
             }
             let finished = Timestamp::now().rfc3339();
-            let manifest = json!({
+            let mut manifest = json!({
                 "run_id": run.id,
                 "prompt_id": run.prompt_id,
                 "name": run.name,
@@ -169,6 +186,9 @@ impl Outbox {
                 "settings": outputs.settings,
                 "files": entries,
             });
+            if let (Some(host), Some(m)) = (host, manifest.as_object_mut()) {
+                m.insert("host".into(), json!(host));
+            }
             std::fs::write(tmp.join(run_files::MANIFEST_TXT), text).map_err(at("cannot write", &tmp))?;
             let mut mj = serde_json::to_string_pretty(&manifest).unwrap_or_default();
             mj.push('\n');
@@ -263,6 +283,7 @@ impl Outbox {
                 status: r.status,
                 error: r.error.as_deref(),
                 output_dir: (r.status == crate::store::RunStatus::Completed).then(|| self.run_dir(&r.run_id)),
+                ran_on: r.ran_on.as_deref(),
             })
             .collect();
         let mut receipt = Receipt {
@@ -391,6 +412,9 @@ struct ReceiptRun<'a> {
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_dir: Option<PathBuf>,
+    /// Where it ran, when several hosts share the queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ran_on: Option<&'a str>,
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
@@ -406,7 +430,8 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     Ok(())
 }
 
-fn sync_tree(dir: &Path) {
+/// Syncs every file under `dir`, then `dir` itself.
+pub fn sync_tree(dir: &Path) {
     let mut files = Vec::new();
     if collect(dir, dir, &mut files).is_ok() {
         for f in files {

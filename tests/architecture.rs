@@ -18,16 +18,18 @@ const LAYERS: &[&[&str]] = &[
     &["spec"],
     // The store of record, and the worker runtimes (both only know runs as data).
     &["store", "runtime"],
-    // What users see: run folders, receipts, status.json.
-    &["outbox"],
+    // The scheduler's pure decisions (shared by the SQLite scheduler and the PostgreSQL
+    // claim), and what users see: run folders, receipts, status.json.
+    &["policy", "outbox"],
     // The registry the parts record metrics into; the HTTP endpoint reads it.
     &["metrics"],
     // What reads the store and the outbox for others: the HTTP endpoint, pruning, hooks.
     &["web", "prune", "hooks"],
+    // The shared PostgreSQL queue of several hosts: the scheduler's order in SQL, leases,
+    // shared storage and the origin host's side (delivery into its outbox).
+    &["cluster"],
     // The two active stages, each driving the ones below.
     &["intake", "scheduler", "checkhost"],
-    // The shared PostgreSQL queue (issue 14, not yet wired in): the scheduler's order, in SQL.
-    &["cluster"],
     &["daemon"],
     &["cli"],
     // Test support: the fuzz targets' properties.

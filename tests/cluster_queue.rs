@@ -38,7 +38,7 @@ fn queue(pg: &Pg, host: &str) -> PgQueue {
 
 fn enqueue_one(q: &mut PgQueue, id: &str, hints: &[Hint], priority: i32) {
     let s = spec(id, hints, priority);
-    let got = q.enqueue(&[NewRun { id, spec: &s, created_at: Timestamp::now(), parent_id: None }]).expect("enqueue");
+    let got = q.enqueue(&[NewRun { id, spec: &s, created_at: Timestamp::now(), parent_id: None, home: None }]).expect("enqueue");
     assert_eq!(got, [Enqueued::Added], "{id}");
 }
 
@@ -89,7 +89,7 @@ fn enqueue_is_idempotent_across_hosts() {
     let (mut a, mut b) = (queue(&pg, "host-a"), queue(&pg, "host-b"));
     let first = spec("first", &[Hint::Vis, Hint::Edge], 3);
     let other = spec("other", &[Hint::Depth], 9);
-    let run = |id, s| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None };
+    let run = |id, s| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None, home: None };
     assert_eq!(a.enqueue(&[run("rs_1", &first), run("rs_2", &first)]).unwrap(), [Enqueued::Added, Enqueued::Added]);
     // The same id again, from another host and with another spec: nothing changes.
     assert_eq!(b.enqueue(&[run("rs_1", &other), run("rs_3", &other)]).unwrap(), [Enqueued::AlreadyThere, Enqueued::Added]);
@@ -101,7 +101,7 @@ fn enqueue_is_idempotent_across_hosts() {
     assert_eq!(a.counts().unwrap().queued, 3);
     let kinds: Vec<String> = a.events("rs_1").unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["enqueued"], "one enqueue recorded");
-    let orphan = NewRun { id: "rs_orphan", spec: &first, created_at: Timestamp::now(), parent_id: Some("rs_missing") };
+    let orphan = NewRun { id: "rs_orphan", spec: &first, created_at: Timestamp::now(), parent_id: Some("rs_missing"), home: None };
     let err = a.enqueue(&[run("rs_4", &first), orphan]).expect_err("a parent must be in the queue");
     assert!(err.is_usage() && err.to_string().contains("rs_missing"), "{err}");
     assert!(matches!(a.run("rs_4"), Err(ClusterError::NotFound(_))), "all or none: rs_4 was not added either");
@@ -121,7 +121,7 @@ fn concurrent_claims_never_give_one_run_twice() {
     let specs: Vec<RunSpec> = (0..RUNS).map(|i| spec(&format!("r{i}"), sets[i % 3], (i % 4) as i32)).collect();
     let ids: Vec<String> = (0..RUNS).map(|i| format!("rs_{i:04}")).collect();
     let runs: Vec<NewRun> =
-        ids.iter().zip(&specs).map(|(id, s)| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None }).collect();
+        ids.iter().zip(&specs).map(|(id, s)| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None, home: None }).collect();
     q.enqueue(&runs).unwrap();
 
     let url = pg.url();
@@ -225,8 +225,8 @@ fn claims_follow_priority_then_affinity_then_age_and_max_affinity_wait() {
     // An upscale child waits for its parent, whatever its priority.
     let (ps, cs) = (spec("parent", &[Hint::Edge], 0), spec("child", &[Hint::Upscale], 9));
     q.enqueue(&[
-        NewRun { id: "rs_parent", spec: &ps, created_at: Timestamp::now(), parent_id: None },
-        NewRun { id: "rs_child", spec: &cs, created_at: Timestamp::now(), parent_id: Some("rs_parent") },
+        NewRun { id: "rs_parent", spec: &ps, created_at: Timestamp::now(), parent_id: None, home: None },
+        NewRun { id: "rs_child", spec: &cs, created_at: Timestamp::now(), parent_id: Some("rs_parent"), home: None },
     ])
     .unwrap();
     let p = q.claim(&req("gpu0", Some("upscale"), HOUR)).unwrap().expect("the parent");
@@ -339,8 +339,8 @@ fn renewal_carries_cancel_and_cancel_and_retry_work_across_hosts() {
     // A queued run is cancelled at once, its waiting child with it; neither is claimed.
     let (ps, cs) = (spec("p", &[Hint::Vis], 0), spec("c", &[Hint::Upscale], 0));
     cli.enqueue(&[
-        NewRun { id: "rs_p", spec: &ps, created_at: Timestamp::now(), parent_id: None },
-        NewRun { id: "rs_c", spec: &cs, created_at: Timestamp::now(), parent_id: Some("rs_p") },
+        NewRun { id: "rs_p", spec: &ps, created_at: Timestamp::now(), parent_id: None, home: None },
+        NewRun { id: "rs_c", spec: &cs, created_at: Timestamp::now(), parent_id: Some("rs_p"), home: None },
     ])
     .unwrap();
     assert_eq!(cli.cancel("rs_p").unwrap(), RunStatus::Cancelled);
@@ -405,7 +405,7 @@ fn notify_wakes_a_waiter_and_the_waker_rides_out_a_restart() {
     assert_eq!(got, Wake::Notified, "woken by the enqueue, not by the 60 s timeout");
     // A repeated enqueue of the same id adds nothing and announces nothing.
     let s = spec("rs_wake", &[Hint::Edge], 0);
-    q.enqueue(&[NewRun { id: "rs_wake", spec: &s, created_at: Timestamp::now(), parent_id: None }]).unwrap();
+    q.enqueue(&[NewRun { id: "rs_wake", spec: &s, created_at: Timestamp::now(), parent_id: None, home: None }]).unwrap();
     assert_eq!(waker.wait(Duration::from_millis(300)).unwrap(), Wake::TimedOut);
 
     pg.restart("fast");

@@ -16,19 +16,27 @@
 //! No TLS yet: connections are plain TCP (or a Unix socket), so the database belongs on a
 //! trusted network or behind a tunnel; `sslmode=require` is refused with that said.
 //!
-//! This is the PostgreSQL side of the queue seam the scheduler is to move onto; nothing
-//! here is wired into the daemon yet.
+//! The scheduler claims, renews (through the host's [`LeaseKeeper`]) and finishes runs here
+//! when `cluster.database` is set; [`Home`] is the origin host's side: it puts the runs its
+//! inbox took in into the queue (inputs copied into [`SharedDir`]), takes the runs that
+//! ended into its outbox and store, reaps lapsed leases and keeps the host's heartbeat.
 
 mod conn;
+mod home;
 mod hosts;
+mod lease;
 mod queue;
 mod schema;
+mod shared;
 mod wake;
 
 pub use conn::{check_url, describe_url};
+pub use home::{home_record, local_view, Home, HomeError, HomeSetup, SlotNow};
 pub use hosts::{HostBeat, HostView, SlotBeat, SlotView};
+pub use lease::{LeaseKeeper, LeaseState};
 pub use queue::{Claim, ClaimRequest, Enqueued, Holder, NewRun, Outcome, QueueEvent, QueueRun, Reaped, Token};
 pub use schema::SCHEMA_VERSION;
+pub use shared::{copy_folder_into, SharedDir};
 pub use wake::{Wake, Waker};
 
 use crate::store::RunStatus;

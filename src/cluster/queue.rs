@@ -3,7 +3,7 @@
 
 use super::conn::{Failure, OpResult};
 use super::{status_from_db, ClusterError, PgQueue, Result};
-use crate::scheduler::policy;
+use crate::policy;
 use crate::spec::RunSpec;
 use crate::store::{Counts, RunStatus};
 use crate::time::Timestamp;
@@ -36,6 +36,9 @@ pub struct NewRun<'a> {
     pub created_at: Timestamp,
     /// An upscale run waits until this run completed.
     pub parent_id: Option<&'a str>,
+    /// The origin host's own record of the run (prompt, batch, submission, line), carried
+    /// so that whichever host runs it writes the manifest the origin would have.
+    pub home: Option<&'a Value>,
 }
 
 /// What [`PgQueue::enqueue`] did with one run.
@@ -81,6 +84,12 @@ pub struct QueueRun {
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// See [`NewRun::home`].
+    pub home: Option<Value>,
+    /// What an OOM left for the next attempt (the scheduler's `policy::Remedy` as JSON).
+    pub remedy: Option<Value>,
+    /// When the origin host took the ended run into its outbox and store.
+    pub delivered_at: Option<Timestamp>,
 }
 
 /// A slot asking for work.
@@ -142,7 +151,7 @@ pub struct QueueEvent {
 }
 
 const COLUMNS: &str = "id, status, priority, control_set, spec, origin_host, parent_id, created_at, queued_at, not_before, attempts, \
-     cancel_requested, lease_host, lease_slot, lease_token, lease_expires, ran_on, outputs, error, started_at, finished_at, updated_at";
+     cancel_requested, lease_host, lease_slot, lease_token, lease_expires, ran_on, outputs, error, started_at, finished_at, updated_at, home, remedy, delivered_at";
 
 /// Runs that may start now: queued, past their backoff, their parent (if any) completed.
 const ELIGIBLE: &str = "r.status = 'queued' AND (r.not_before IS NULL OR r.not_before <= now()) \
@@ -159,8 +168,8 @@ impl PgQueue {
         self.conn.run("enqueue runs", |c| {
             let mut tx = c.transaction()?;
             let insert = tx.prepare(
-                "INSERT INTO cosmos_runs (id, status, priority, control_set, spec, origin_host, parent_id, created_at, queued_at, updated_at) \
-                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, now(), now()) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO cosmos_runs (id, status, priority, control_set, spec, origin_host, parent_id, created_at, queued_at, updated_at, home) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, now(), now(), $8) ON CONFLICT (id) DO NOTHING",
             )?;
             let mut out = Vec::with_capacity(runs.len());
             for (run, spec) in runs.iter().zip(&specs) {
@@ -175,7 +184,7 @@ impl PgQueue {
                     }
                 }
                 let set = run.spec.control_set();
-                let n = tx.execute(&insert, &[&run.id, &run.spec.priority, &set, spec, &host, &run.parent_id, &created])?;
+                let n = tx.execute(&insert, &[&run.id, &run.spec.priority, &set, spec, &host, &run.parent_id, &created, &run.home])?;
                 if n == 1 {
                     event(&mut tx, run.id, &host, "enqueued", None)?;
                 }
@@ -306,9 +315,9 @@ impl PgQueue {
                     let (child_id, child) = &**boxed;
                     let spec = child_spec.as_ref().ok_or_else(|| corrupt(child_id, "child spec lost"))?;
                     let n = tx.execute(
-                        "INSERT INTO cosmos_runs (id, status, priority, control_set, spec, origin_host, parent_id, created_at, queued_at, updated_at) \
-                         VALUES ($1, 'queued', $2, $3, $4, $5, $6, now(), now(), now()) ON CONFLICT (id) DO NOTHING",
-                        &[child_id, &child.priority, &child.control_set(), spec, &run.origin_host, &run_id],
+                        "INSERT INTO cosmos_runs (id, status, priority, control_set, spec, origin_host, parent_id, created_at, queued_at, updated_at, home) \
+                         VALUES ($1, 'queued', $2, $3, $4, $5, $6, now(), now(), now(), $7) ON CONFLICT (id) DO NOTHING",
+                        &[child_id, &child.priority, &child.control_set(), spec, &run.origin_host, &run_id, &run.home],
                     )?;
                     if n == 1 {
                         event(&mut tx, child_id, &host, "enqueued", Some(&format!("upscale of {run_id}")))?;
@@ -540,6 +549,55 @@ impl PgQueue {
     }
 }
 
+impl PgQueue {
+    /// Keeps the remedy an OOM chose for the run's next attempt, under the holder's token
+    /// (before it finishes the attempt [`Outcome::Retry`]).
+    pub fn set_remedy(&mut self, run_id: &str, token: Token, remedy: &Value) -> Result<()> {
+        self.conn.run("keep a run's remedy", |c| {
+            let n = c.execute(
+                "UPDATE cosmos_runs SET remedy = $3, updated_at = now() WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+                &[&run_id, &token.0, remedy],
+            )?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(stale(c, run_id, token)?)
+            }
+        })
+    }
+
+    /// Runs this host took in that ended (on any host) and are not yet in its outbox and
+    /// store, oldest end first.
+    pub fn undelivered(&mut self, limit: usize) -> Result<Vec<QueueRun>> {
+        let host = self.host_id.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn.run("read ended runs to deliver", |c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM cosmos_runs WHERE origin_host = $1 AND delivered_at IS NULL \
+                     AND status IN ('completed', 'failed', 'cancelled') ORDER BY finished_at, id LIMIT $2"
+                ),
+                &[&host, &limit],
+            )?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    /// The origin host has the ended run in its outbox and store: it is not delivered again.
+    pub fn mark_delivered(&mut self, run_id: &str) -> Result<()> {
+        let host = self.host_id.clone();
+        self.conn.run("mark a run delivered", |c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute("UPDATE cosmos_runs SET delivered_at = now() WHERE id = $1 AND delivered_at IS NULL", &[&run_id])?;
+            if n == 1 {
+                event(&mut tx, run_id, &host, "delivered", None)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
 /// A duration as SQL interval seconds, held below PostgreSQL's interval range (a "forever"
 /// written as a huge duration must not make the statement fail).
 fn seconds(d: Duration) -> f64 {
@@ -658,6 +716,9 @@ fn run_from_row(row: &Row) -> OpResult<QueueRun> {
         started_at: opt_time(row, 19)?,
         finished_at: opt_time(row, 20)?,
         updated_at: Timestamp::from_system_time(row.try_get(21)?),
+        home: row.try_get(22)?,
+        remedy: row.try_get(23)?,
+        delivered_at: opt_time(row, 24)?,
         id,
     })
 }

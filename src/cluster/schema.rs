@@ -67,6 +67,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (host_id, slot)
     );
     "#,
+    // 2: what the origin host needs to deliver a run another host ran: its own record of
+    // the run (`home`: prompt, batch, submission, line), the remedy an OOM left for the next
+    // attempt, and when the origin host took the result into its outbox.
+    r#"
+    ALTER TABLE cosmos_runs ADD COLUMN home jsonb;
+    ALTER TABLE cosmos_runs ADD COLUMN remedy jsonb;
+    ALTER TABLE cosmos_runs ADD COLUMN delivered_at timestamptz;
+    CREATE INDEX cosmos_runs_undelivered ON cosmos_runs (origin_host, finished_at)
+        WHERE delivered_at IS NULL AND status IN ('completed', 'failed', 'cancelled');
+    "#,
 ];
 
 /// The version this program writes.

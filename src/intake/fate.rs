@@ -86,7 +86,14 @@ fn parse_and_stage(
         let run_id = ids::new_id(IdKind::Run);
         let prepared = stager.plan(&mut job.spec).map_err(IntakeError::from).and_then(|()| Ok(batch.push(&run_id, &job)?));
         match prepared {
-            Ok(()) => lines.push(ReceiptLine { line: job.line, name: job.spec.name, run_id, status: RunStatus::Queued, error: None }),
+            Ok(()) => lines.push(ReceiptLine {
+                line: job.line,
+                name: job.spec.name,
+                run_id,
+                status: RunStatus::Queued,
+                error: None,
+                ran_on: None,
+            }),
             Err(e) => failure = Some(e),
         }
         if batch.len() == ROWS_PER_BATCH {

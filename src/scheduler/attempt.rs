@@ -31,6 +31,11 @@ pub enum Ending {
     Cancelled,
     /// The daemon is stopping: the run goes back to the queue.
     HandedBack,
+    /// The lease on the shared queue was lost: another host may run it; nothing of this
+    /// attempt is kept.
+    Discarded {
+        why: String,
+    },
 }
 
 /// What an attempt waits for.
@@ -52,11 +57,16 @@ impl Scheduler {
             // run first rather than leave it "running" through the load.
             self.publish_pending();
         }
-        let run = match self.store.change(&run.id, Change::Start) {
-            Ok(r) => r,
-            // Another worker took it first (they share the queue): pick again.
-            Err(StoreError::IllegalTransition { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let run = if self.cluster.is_some() {
+            // Claimed from the shared queue: running there already, under a lease.
+            run
+        } else {
+            match self.store.change(&run.id, Change::Start) {
+                Ok(r) => r,
+                // Another worker took it first (they share the queue): pick again.
+                Err(StoreError::IllegalTransition { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
         };
         let started = self.attempt_started(&run);
         if let Err(e) = &started {
@@ -76,6 +86,10 @@ impl Scheduler {
         self.board.current = None;
         self.close_run_log();
         let reason = format!("handed back: the scheduler stopped on an error: {error}");
+        if self.cluster.is_some() {
+            self.cluster_finish(&run.id, &crate::cluster::Outcome::HandBack { reason });
+            return;
+        }
         match self.store.change(&run.id, Change::Requeue { reason }) {
             Ok(_) => tracing::warn!(run = %run.id, error = %error, "handed the run back to the queue before stopping"),
             // Already settled (queued for a retry, failed): nothing to hand back.
@@ -97,10 +111,12 @@ impl Scheduler {
             run.attempts, run.id, run.control_set, run.priority
         ));
         let batch = match &run.batch_id {
+            // The origin host's batch, which its outbox gets when it takes the run in.
+            Some(_) if self.cluster.is_some() => self.cluster_batch(&run.id),
             Some(b) => Some(self.store.batch(b)?),
             None => None,
         };
-        if let Some(b) = &batch {
+        if let Some(b) = batch.as_ref().filter(|_| self.cluster.is_none()) {
             if let Err(e) = self.outbox.ensure_batch_folder(&self.store, b) {
                 tracing::warn!(error = %e, batch = %b.id, "cannot write the batch folder");
             }
@@ -156,7 +172,9 @@ impl Scheduler {
             }
         };
         self.hand.state = if self.hand.worker.is_some() { WorkerState::Idle } else { WorkerState::Down };
+        let ending = self.cluster_ending(ending);
         let done = matches!(ending, Ending::Done { .. });
+        let batch = batch.filter(|_| self.cluster.is_none());
         self.settle(&run, ending, batch.as_ref())?;
         self.board.current = None;
         self.close_run_log();
@@ -238,7 +256,10 @@ impl Scheduler {
                 continue;
             }
             next_tick = now + POLL;
-            let cancel = self.store.cancel_requested(&run.id).unwrap_or(false);
+            let cancel = match self.cluster.is_some() {
+                true => self.cluster_should_stop(&run.id),
+                false => self.store.cancel_requested(&run.id).unwrap_or(false),
+            };
             match dog.tick(now, cancel, self.stopping()) {
                 Action::Wait => {}
                 Action::Ping => {
@@ -363,6 +384,17 @@ impl Scheduler {
                 self.pending.push_back(Finished { run_id: run.id.clone(), outputs, seconds, load_seconds, gpu });
                 note(self, "done");
             }
+            Ending::Discarded { why } => {
+                self.cluster_discard(&run.id, &why);
+                note(self, "discarded (lease lost)");
+            }
+            Ending::Cancelled if self.cluster.is_some() => {
+                self.run_log("cancelled");
+                self.cluster_finish(&run.id, &crate::cluster::Outcome::Cancelled);
+            }
+            Ending::HandedBack if self.cluster.is_some() => {
+                self.cluster_finish(&run.id, &crate::cluster::Outcome::HandBack { reason: "handed back: the daemon stopped".into() });
+            }
             Ending::Cancelled => {
                 self.run_log("cancelled");
                 let r = self.persist(|s| s.finish_unsuccessfully(&run.id, Change::Cancel { reason: "cancelled by request".into() }))?;
@@ -391,6 +423,10 @@ impl Scheduler {
                             error
                         };
                         tracing::warn!(run = %run.id, attempt = run.attempts, %kind, %message, "run failed");
+                        if self.cluster.is_some() {
+                            self.cluster_finish(&run.id, &crate::cluster::Outcome::Failed { error });
+                            return Ok(());
+                        }
                         let r = self.persist(|s| s.finish_unsuccessfully(&run.id, Change::Fail { error: error.clone() }))?;
                         self.after_end(&r);
                         note(self, &format!("failed ({kind})"));
@@ -419,13 +455,22 @@ impl Scheduler {
                 self.run_log(&format!("out of GPU memory: the next attempt adds {change}"));
                 tracing::warn!(run = %run.id, %change, "out of GPU memory: retrying with memory-saving options");
                 let value = serde_json::to_value(&next).unwrap_or_default();
-                self.persist(|s| s.retry_with_remedy(&run.id, why, when, &value, next.min_gpus))?;
+                if self.cluster.is_some() {
+                    self.cluster_set_remedy(&run.id, &value);
+                    self.cluster_retry(&run.id, why, when);
+                } else {
+                    self.persist(|s| s.retry_with_remedy(&run.id, why, when, &value, next.min_gpus))?;
+                }
             }
             None => {
                 if *kind == FailureKind::Oom {
                     self.run_log("out of GPU memory, and no memory-saving option is left to add: retrying as it is");
                 }
-                self.persist(|s| s.retry_later(&run.id, why, when))?;
+                if self.cluster.is_some() {
+                    self.cluster_retry(&run.id, why, when);
+                } else {
+                    self.persist(|s| s.retry_later(&run.id, why, when))?;
+                }
             }
         }
         Ok(())
@@ -433,6 +478,9 @@ impl Scheduler {
 
     /// The remedy earlier OOMs left for the run (none: the default).
     pub(super) fn remedy_of(&self, run_id: &str) -> policy::Remedy {
+        if self.cluster.is_some() {
+            return self.cluster_remedy(run_id).and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        }
         match self.store.remedy(run_id) {
             Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default(),
             Err(e) => {

@@ -371,6 +371,11 @@ impl Scheduler {
             "nvml": self.board.gpus_asked.then(|| self.board.gpus.describe()),
             "updated_at": Timestamp::now().rfc3339(),
         });
+        let mut status = status;
+        // Several hosts on one queue: every host, its slots and runs, and the queue's counts.
+        if let Some(cluster) = self.shared.cluster.lock().ok().map(|c| c.clone()).filter(|c| !c.is_null()) {
+            status["cluster"] = cluster;
+        }
         self.shared.metrics.set_status(&status);
         match self.outbox.write_status(&status) {
             Ok(()) => {

@@ -11,10 +11,14 @@
 
 mod attempt;
 mod board;
-pub mod policy;
+mod cluster;
 mod publish;
 mod recovery;
 pub mod watchdog;
+
+/// The pure decisions (next run, retry verdict, gates, ETA) live below the scheduler, where the
+/// shared queue's claim can follow the same rules.
+pub use crate::policy;
 
 use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
@@ -32,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use board::{run_forecast_json, worker_views, ETA_RUNS};
+pub use cluster::ClusterSlot;
 pub use publish::upscale_spec;
 
 /// How often a busy scheduler looks at the worker, the store (cancel) and the stop flag.
@@ -116,6 +121,8 @@ pub struct Shared {
     receipts: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
     /// Where runs, loads and status documents are recorded for `/metrics` ([`crate::web`]).
     pub metrics: Arc<crate::metrics::Registry>,
+    /// The shared queue's hosts and counts for status.json (`Null`: one host).
+    cluster: Arc<Mutex<Value>>,
 }
 
 impl Shared {
@@ -128,7 +135,30 @@ impl Shared {
             intake_stuck: Arc::new(Mutex::new(Value::Array(Vec::new()))),
             receipts: Arc::default(),
             metrics: Arc::default(),
+            cluster: Arc::new(Mutex::new(Value::Null)),
         }
+    }
+
+    /// What status.json says of the shared queue (from [`crate::cluster::Home`]).
+    pub fn set_cluster(&self, cluster: Value) {
+        if let Ok(mut c) = self.cluster.lock() {
+            *c = cluster;
+        }
+    }
+
+    /// Every slot of this daemon as status.json last said it, for the cluster heartbeat.
+    pub fn slots_now(&self) -> Vec<crate::cluster::SlotNow> {
+        let Ok(board) = self.board.lock() else { return Vec::new() };
+        board
+            .values()
+            .map(|(w, current)| crate::cluster::SlotNow {
+                slot: w["slot"].as_u64().unwrap_or(0).to_string(),
+                gpus: w["gpus"].as_array().map(|g| g.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect()).unwrap_or_default(),
+                loaded_controls: w["loaded_controls"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+                state: w["state"].as_str().unwrap_or("down").to_string(),
+                run_id: current.as_ref().and_then(|c| c["run_id"].as_str()).map(str::to_string),
+            })
+            .collect()
     }
 
     /// Records into `metrics` (the daemon's registry) rather than a registry of its own.
@@ -259,6 +289,8 @@ pub struct Scheduler {
     /// next `run` op.
     last_done: Option<Instant>,
     run_gpu: crate::gpu::RunGpuStats,
+    /// The shared queue of several hosts (`[cluster]`); `None`: the store's own queue.
+    cluster: Option<ClusterSlot>,
 }
 
 impl Scheduler {
@@ -313,7 +345,14 @@ impl Scheduler {
             publish_blocked: None,
             last_done: None,
             run_gpu: crate::gpu::RunGpuStats::default(),
+            cluster: None,
         })
+    }
+
+    /// Takes runs from the shared queue of several hosts instead of the store's own.
+    pub fn with_cluster(mut self, slot: ClusterSlot) -> Scheduler {
+        self.cluster = Some(slot);
+        self
     }
 
     /// New configurations (SIGHUP) arrive here.
@@ -463,8 +502,12 @@ impl Scheduler {
         Ok(policy::gate(self.store.paused()?, &free, self.config.outbox.min_free.0))
     }
 
-    /// The next run, by [`policy::choose_next`] over the store's candidates.
-    fn pick(&self) -> Result<Option<crate::store::Run>> {
+    /// The next run, by [`policy::choose_next`] over the store's candidates (or claimed
+    /// from the shared queue, which follows the same rules).
+    fn pick(&mut self) -> Result<Option<crate::store::Run>> {
+        if self.cluster.is_some() {
+            return self.cluster_pick();
+        }
         let (loaded, now) = (self.hand.loaded.as_deref(), crate::time::Timestamp::now());
         // A run an OOM moved to a larger group than any there is now (the configuration
         // changed) is not left waiting for ever: the largest group takes any run.
@@ -495,6 +538,14 @@ impl Scheduler {
 
     fn idle_wait(&mut self) {
         // Read worker messages (a crash while idle is noticed here) until the next poll.
+        if self.cluster.is_some() {
+            if let Some(WorkerMsg::Exited) = self.hand.worker.as_ref().and_then(|w| w.recv(Duration::ZERO)) {
+                tracing::warn!("the worker exited while idle; it restarts with the next run");
+                self.drop_worker();
+            }
+            self.cluster_idle_wait();
+            return;
+        }
         if let Some(w) = &self.hand.worker {
             if let Some(WorkerMsg::Exited) = w.recv(IDLE_POLL) {
                 tracing::warn!("the worker exited while idle; it restarts with the next run");
@@ -555,7 +606,8 @@ impl Scheduler {
                         self.hand.loaded = Some(set);
                         self.hand.loaded_options = found.options.clone();
                     }
-                    self.adopt = found.running;
+                    // On a shared queue the run went back at start-up (another host may have it).
+                    self.adopt = if self.cluster.is_some() { None } else { found.running };
                 }
                 self.hand.worker = Some(w);
                 self.hand.state = WorkerState::Idle;

@@ -29,6 +29,9 @@ pub enum PublishError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
+    /// The shared queue cannot take the result now (the run waits; its lease is kept).
+    #[error(transparent)]
+    Queue(crate::cluster::ClusterError),
 }
 
 impl PublishError {
@@ -37,6 +40,7 @@ impl PublishError {
         match self {
             PublishError::Store(e) => e.is_transient(),
             PublishError::Outbox(e) => e.is_transient(),
+            PublishError::Queue(_) => true,
         }
     }
 }
@@ -75,6 +79,9 @@ impl Scheduler {
     }
 
     fn publish(&mut self, f: &Finished) -> Result<(), PublishError> {
+        if self.cluster.is_some() {
+            return self.cluster_publish(f);
+        }
         let run = self.store.run(&f.run_id)?;
         let batch = match &run.batch_id {
             Some(b) => Some(self.store.batch(b)?),

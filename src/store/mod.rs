@@ -5,6 +5,7 @@
 mod counters;
 mod owed;
 mod rates;
+mod remote;
 mod schema;
 mod status;
 
@@ -234,7 +235,11 @@ pub struct ReceiptLine {
     pub run_id: String,
     pub status: RunStatus,
     pub error: Option<String>,
+    /// The host that ran it, when several share a queue.
+    pub ran_on: Option<String>,
 }
+
+pub use remote::EndedElsewhere;
 
 /// See [`Store::queue_candidates`].
 #[derive(Debug, Clone, Default)]
@@ -630,17 +635,17 @@ impl Store {
     /// The lines of a submission's receipt, in line order (its runs' specs are not read).
     pub fn receipt_lines(&self, submission: &str) -> Result<Vec<ReceiptLine>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT line, name, id, status, error FROM runs WHERE submission_id = ?1 AND line IS NOT NULL ORDER BY rowid",
+            "SELECT line, name, id, status, error, ran_on FROM runs WHERE submission_id = ?1 AND line IS NOT NULL ORDER BY rowid",
         )?;
         let rows = stmt.query_map([submission], |r| {
             let status: String = r.get(3)?;
-            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, status, r.get(4)?))
+            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, status, r.get(4)?, r.get(5)?))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (line, name, run_id, status, error) = row?;
+            let (line, name, run_id, status, error, ran_on) = row?;
             let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("unknown run status {status:?}")))?;
-            out.push(ReceiptLine { line: line as u64, name, run_id, status, error });
+            out.push(ReceiptLine { line: line as u64, name, run_id, status, error, ran_on });
         }
         // Read in insertion order, which for a submission is line order (no sort of every
         // row in SQL); a stable sort keeps it so should that ever not hold.

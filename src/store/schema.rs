@@ -152,4 +152,9 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (backend, control_set, gpus, unit)
     ) WITHOUT ROWID;
     "#,
+    // 8: several hosts on one queue: the host a run ran on, when it was not this one (the
+    // receipt says it).
+    r#"
+    ALTER TABLE runs ADD COLUMN ran_on TEXT;
+    "#,
 ];
