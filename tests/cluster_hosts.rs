@@ -200,6 +200,8 @@ struct Row {
     ran_on: Option<String>,
     lease_host: Option<String>,
     attempts: i32,
+    /// The origin host took it into its outbox (and marked so in the queue).
+    delivered: bool,
 }
 
 impl Cluster {
@@ -244,15 +246,15 @@ impl Cluster {
 
     /// Every run in the shared queue (none before the schema exists).
     fn rows(&self) -> Vec<Row> {
-        self.query("SELECT id, status, origin_host, ran_on, lease_host, attempts FROM cosmos_runs ORDER BY id")
+        self.query("SELECT id, status, origin_host, ran_on, lease_host, attempts, delivered_at IS NOT NULL FROM cosmos_runs ORDER BY id")
             .iter()
-            .map(|r| Row { id: r.get(0), status: r.get(1), origin: r.get(2), ran_on: r.get(3), lease_host: r.get(4), attempts: r.get(5) })
+            .map(|r| Row { id: r.get(0), status: r.get(1), origin: r.get(2), ran_on: r.get(3), lease_host: r.get(4), attempts: r.get(5), delivered: r.get(6) })
             .collect()
     }
 
-    /// Run id -> how many "completed" events it has.
-    fn completions(&self) -> BTreeMap<String, i64> {
-        self.query("SELECT run_id, count(*) FROM cosmos_events WHERE kind = 'completed' GROUP BY run_id")
+    /// Run id -> how many events of `kind` it has.
+    fn count_events(&self, kind: &str) -> BTreeMap<String, i64> {
+        self.query(&format!("SELECT run_id, count(*) FROM cosmos_events WHERE kind = '{kind}' GROUP BY run_id"))
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect()
@@ -264,11 +266,11 @@ impl Cluster {
         self.query(&sql).iter().map(|r| (r.get(0), r.get(1))).collect()
     }
 
-    /// Waits until the queue holds `n` runs, all completed.
+    /// Waits until the queue holds `n` runs, all completed and delivered.
     fn wait_completed(&self, n: usize, timeout: Duration) {
         let ok = wait_until(timeout, || {
             let rows = self.rows();
-            rows.len() == n && rows.iter().all(|r| r.status == "completed")
+            rows.len() == n && rows.iter().all(|r| r.status == "completed" && r.delivered)
         });
         if !ok {
             panic!("not all {n} runs completed within {timeout:?}: {:#?}\n{}", self.rows(), self.logs());
@@ -296,10 +298,11 @@ impl Cluster {
     fn assert_exactly_once(&self, n: usize) -> Vec<Row> {
         let rows = self.rows();
         assert_eq!(rows.len(), n, "{rows:#?}");
-        let completions = self.completions();
+        let (completions, deliveries) = (self.count_events("completed"), self.count_events("delivered"));
         for r in &rows {
             assert_eq!(r.status, "completed", "{r:?}\n{}", self.logs());
             assert_eq!(completions.get(&r.id), Some(&1), "run {} must complete exactly once: {:?}", r.id, self.events(&r.id));
+            assert_eq!(deliveries.get(&r.id), Some(&1), "run {} must be delivered exactly once: {:?}", r.id, self.events(&r.id));
         }
         assert_eq!(completions.len(), n, "a completion of a run not in the queue: {completions:?}");
         let mut in_outboxes = 0;
