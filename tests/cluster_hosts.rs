@@ -248,7 +248,15 @@ impl Cluster {
     fn rows(&self) -> Vec<Row> {
         self.query("SELECT id, status, origin_host, ran_on, lease_host, attempts, delivered_at IS NOT NULL FROM cosmos_runs ORDER BY id")
             .iter()
-            .map(|r| Row { id: r.get(0), status: r.get(1), origin: r.get(2), ran_on: r.get(3), lease_host: r.get(4), attempts: r.get(5), delivered: r.get(6) })
+            .map(|r| Row {
+                id: r.get(0),
+                status: r.get(1),
+                origin: r.get(2),
+                ran_on: r.get(3),
+                lease_host: r.get(4),
+                attempts: r.get(5),
+                delivered: r.get(6),
+            })
             .collect()
     }
 
@@ -424,6 +432,9 @@ fn a_host_killed_mid_run_loses_nothing_its_run_completes_elsewhere() {
     std::thread::sleep(Duration::from_millis(800));
     c.host_mut("h1").kill9();
     let killed_at = Instant::now();
+    let moved = wait_until(LONG, || c.rows().iter().any(|r| r.id == victim && r.status == "completed"));
+    assert!(moved, "{:#?}\n{}", c.rows(), c.logs());
+    println!("run {victim} completed elsewhere {:.1} s after h1 was killed (lease {LEASE:?})", killed_at.elapsed().as_secs_f64());
     c.wait_completed(5, LONG);
     let rows = c.assert_exactly_once(5);
     let row = rows.iter().find(|r| r.id == victim).unwrap();
@@ -432,7 +443,6 @@ fn a_host_killed_mid_run_loses_nothing_its_run_completes_elsewhere() {
     let events = c.events(&victim);
     assert!(events.iter().any(|(_, k)| k == "lease_lapsed"), "reaped from the dead host's lease: {events:?}");
     assert!(!events.iter().any(|(h, k)| h == "h1" && k == "completed"), "{events:?}");
-    println!("run {victim} moved on {:.1} s after h1 was killed", killed_at.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -458,6 +468,11 @@ fn a_host_paused_past_its_lease_has_its_late_result_refused() {
     let events = c.events(&victim);
     assert!(!events.iter().any(|(h, k)| h == "h1" && k == "completed"), "{events:?}");
     assert!(c.leftovers(&victim).is_empty(), "h1's discarded attempt left {:?}", c.leftovers(&victim));
+    // h1 noticed, and said so: it stopped or refused its attempt rather than publish it.
+    let h1_log = c.host("h1").log_text();
+    let said = h1_log.lines().filter(|l| l.contains(victim.as_str()) && l.contains("discard")).collect::<Vec<_>>();
+    assert!(!said.is_empty(), "h1 never said it discarded {victim}:\n{h1_log}");
+    println!("h1 after SIGCONT: {}", said.join("\n  "));
     // h1 is still a working member: a run of its own inbox completes.
     c.host("h1").drop_jobs("after.jsonl", &[job("after-pause", Set::Vis, None)]);
     c.wait_completed(5, LONG);
@@ -477,11 +492,21 @@ fn a_database_restart_mid_work_loses_nothing() {
     let started = wait_until(LONG, || c.rows().iter().filter(|r| r.status == "completed").count() >= 3);
     assert!(started, "{:#?}", c.rows());
     // A crash of the server (recovered at start-up) while runs are held and renewed.
+    let before = c.rows();
+    let unfinished = before.iter().filter(|r| r.status != "completed").count();
+    let running = before.iter().filter(|r| r.status == "running").count();
+    assert!(unfinished > 0, "the work ended before the restart: {before:#?}");
     c.pg.restart("immediate");
+    println!("database restarted with {unfinished} of {} runs unfinished ({running} running)", before.len());
     // And a file taken in while the database was away or just back.
     c.host("h3").drop_jobs("after.jsonl", &[job("h3-after", Set::Vis, None), job("h3-after2", Set::Vis, None)]);
     c.wait_completed(20, LONG);
-    c.assert_exactly_once(20);
+    let rows = c.assert_exactly_once(20);
+    println!("all 20 completed once; {} runs took more than one attempt", rows.iter().filter(|r| r.attempts > 1).count());
+    // The hosts noticed the restart and rode it out.
+    for h in &c.hosts {
+        assert!(h.log_text().contains("queue database: trying again"), "{} never saw the database go:\n{}", h.id, h.log_text());
+    }
     // Each host is connected again.
     for h in &c.hosts {
         let ok = wait_until(Duration::from_secs(20), || common::status(&h.home)["cluster"]["connected"] == true);
@@ -503,15 +528,31 @@ impl Netns {
         if unsafe { libc::getuid() } != 0 {
             return Err("not root".into());
         }
-        let n = std::process::id() % 200 + 20;
+        // A name and a /24 no other test process holds: the first whose namespace we can add.
+        let mut made = None;
+        let mut last_error = String::new();
+        for attempt in 0..200 {
+            let n = (std::process::id() + attempt) % 200 + 20;
+            let name = format!("cosmos14-{n}");
+            match Command::new("ip").args(["netns", "add", &name]).output() {
+                Ok(out) if out.status.success() => {
+                    made = Some(n);
+                    break;
+                }
+                Ok(out) => last_error = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                Err(e) => return Err(format!("cannot run ip: {e}")),
+            }
+            if !last_error.contains("exists") {
+                return Err(format!("ip netns add {name}: {last_error}"));
+            }
+        }
+        let Some(n) = made else { return Err(format!("no free namespace name: {last_error}")) };
+        // From here on, Drop removes what was made.
         let ns = Netns { name: format!("cosmos14-{n}"), host_side: format!("c14h{n}"), host_addr: format!("10.214.{n}.1") };
         let peer = format!("c14n{n}");
         let guest_addr = format!("10.214.{n}.2/24");
-        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &ns.host_side]).output();
         let host_cidr = format!("{}/24", ns.host_addr);
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &ns.name],
+        let steps: [&[&str]; 7] = [
             &["link", "add", &ns.host_side, "type", "veth", "peer", "name", &peer],
             &["link", "set", &peer, "netns", &ns.name],
             &["addr", "add", &host_cidr, "dev", &ns.host_side],
@@ -548,9 +589,10 @@ impl Drop for Netns {
     }
 }
 
-#[test]
-#[ignore = "needs root and ip netns (iproute2) and PostgreSQL; cargo nextest run --run-ignored all runs it, as CI does"]
-fn a_host_cut_off_by_the_network_has_its_runs_move_on() {
+/// A cluster whose h3 runs in a network namespace of its own, reaching the database over a
+/// veth pair (PostgreSQL listens on its host side too); `None` (skipped) without root or
+/// iproute2, unless COSMOS_REQUIRE_NETNS=1.
+fn cut_off_cluster() -> Option<(Netns, Cluster)> {
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(why) => {
@@ -558,34 +600,67 @@ fn a_host_cut_off_by_the_network_has_its_runs_move_on() {
                 panic!("COSMOS_REQUIRE_NETNS=1 but no network namespace could be made: {why}");
             }
             eprintln!("skipped: no network namespace ({why}); needs root and iproute2");
-            return;
+            return None;
         }
     };
-    let Some(pg) = Pg::start_on(&[&ns.host_addr], &[&ns.network()]) else { return };
+    let pg = Pg::start_on(&[&ns.host_addr], &[&ns.network()])?;
     let mut c = Cluster::new(pg, SIM);
-    {
-        let h3 = c.host_mut("h3");
-        h3.netns = Some(ns.name.clone());
-        h3.database = format!("postgres://cosmos@{}:{}/postgres", ns.host_addr, h3.database.rsplit_once(':').map_or("", |(_, p)| p));
-    }
+    let port = c.pg.port;
+    let h3 = c.host_mut("h3");
+    h3.netns = Some(ns.name.clone());
+    h3.database = format!("postgres://cosmos@{}:{port}/postgres", ns.host_addr);
+    Some((ns, c))
+}
+
+#[test]
+#[ignore = "needs root and ip netns (iproute2) and PostgreSQL; cargo nextest run --run-ignored all runs it, as CI does"]
+fn a_host_cut_off_by_the_network_has_its_runs_move_on() {
+    let Some((ns, mut c)) = cut_off_cluster() else { return };
     c.start_all();
     let lines: Vec<String> = (0..5).map(|i| job(&format!("n{i}"), Set::Edge, Some(4.0))).collect();
     c.host("h1").drop_jobs("cut.jsonl", &lines);
     let victim = c.wait_held_by("h3", Duration::from_secs(60));
     ns.link(false);
     let cut_at = Instant::now();
+    let moved = wait_until(LONG, || c.rows().iter().any(|r| r.id == victim && r.status == "completed"));
+    assert!(moved, "{:#?}\n{}", c.rows(), c.logs());
+    println!("run {victim} completed elsewhere {:.1} s after h3 was cut off (lease {LEASE:?})", cut_at.elapsed().as_secs_f64());
     c.wait_completed(5, LONG);
-    let moved_after = cut_at.elapsed();
     let rows = c.assert_exactly_once(5);
     let row = rows.iter().find(|r| r.id == victim).unwrap();
     assert_ne!(row.ran_on.as_deref(), Some("h3"), "{row:?}");
     let events = c.events(&victim);
     assert!(events.iter().any(|(_, k)| k == "lease_lapsed"), "{events:?}");
-    println!("the cut-off host's run moved on; all 5 completed {:.1} s after the cut", moved_after.as_secs_f64());
-    // The link back: h3 publishes nothing of its lapsed attempt and works again.
+    // The link back: h3 publishes nothing of its lapsed attempt, says so, and works again.
     ns.link(true);
+    let said = wait_until(LONG, || c.host("h3").log_text().lines().any(|l| l.contains(victim.as_str()) && l.contains("discard")));
+    assert!(said, "h3 never discarded {victim}:\n{}", c.host("h3").log_text());
     c.host("h3").drop_jobs("back.jsonl", &[job("n-back", Set::Edge, None)]);
     c.wait_completed(6, LONG);
     c.assert_exactly_once(6);
     assert!(c.leftovers(&victim).is_empty(), "{:?}", c.leftovers(&victim));
+}
+
+#[test]
+#[ignore = "needs root and ip netns (iproute2) and PostgreSQL; cargo nextest run --run-ignored all runs it, as CI does"]
+fn a_cut_off_host_stops_its_run_when_its_lease_ends_without_the_database() {
+    let Some((ns, mut c)) = cut_off_cluster() else { return };
+    c.start_all();
+    // A long run per host (one slot each), so that h3 has one, still running well past the lease.
+    let lines: Vec<String> = (0..3).map(|i| job(&format!("long{i}"), Set::Edge, Some(60.0))).collect();
+    c.host("h1").drop_jobs("long.jsonl", &lines);
+    let victim = c.wait_held_by("h3", Duration::from_secs(60));
+    ns.link(false);
+    let cut_at = Instant::now();
+    // No renewal for a whole lease: h3 must stop the run by itself (the others may already
+    // be running it), database or not. A lease and a renewal period of slack.
+    let stopped = wait_until(LEASE + LEASE / 3 + Duration::from_secs(3), || {
+        c.host("h3").log_text().lines().any(|l| l.contains(victim.as_str()) && l.contains("discard"))
+    });
+    let took = cut_at.elapsed();
+    ns.link(true);
+    assert!(stopped, "h3 still ran {victim} {took:?} after it was cut off (lease {LEASE:?}):\n{}", c.host("h3").log_text());
+    let log = c.host("h3").log_text();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains(victim.as_str()) && l.contains("discard")).collect();
+    println!("h3 stopped its run {:.1} s after it was cut off (lease {LEASE:?}): {}", took.as_secs_f64(), said.join("\n  "));
 }
