@@ -175,7 +175,7 @@ fn claim_latency(pg: &pg::Pg, slots: usize, hosts: usize, claims: usize, tag: &s
     let specs: Vec<RunSpec> = (0..claims).map(spec).collect();
     let ids: Vec<String> = (0..claims).map(|i| format!("rs_{tag}_{i:05}")).collect();
     let runs: Vec<NewRun> =
-        ids.iter().zip(&specs).map(|(id, s)| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None }).collect();
+        ids.iter().zip(&specs).map(|(id, s)| NewRun { id, spec: s, created_at: Timestamp::now(), parent_id: None, home: None }).collect();
     for chunk in runs.chunks(200) {
         q.enqueue(chunk).expect("enqueue");
     }
