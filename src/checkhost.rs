@@ -195,7 +195,47 @@ pub fn check_host(config: &Config) -> Vec<Check> {
             .fix("nothing to fix here; set runtime.guardrails = \"off\" to say so, or use the transfer2_5 backend for guardrails"),
         );
     }
+    if config.cluster.enabled() {
+        out.extend(cluster_checks(config));
+    }
     out
+}
+
+/// Several hosts on one queue: the database answers (its schema is one this program
+/// knows) and the shared folder takes a file and gives it back.
+fn cluster_checks(config: &Config) -> Vec<Check> {
+    let c = &config.cluster;
+    let host = c.effective_host_id();
+    let queue = crate::cluster::PgQueue::connect_within(&c.database, &host, std::time::Duration::from_secs(5)).and_then(|mut q| {
+        let counts = q.counts()?;
+        let hosts = q.hosts()?;
+        Ok((q.target().to_string(), counts, hosts))
+    });
+    let db = match queue {
+        Ok((target, counts, hosts)) => Check::new(
+            "shared queue",
+            Verdict::Ok,
+            format!("{target} as host {host}: {} queued, {} running; {} host(s) registered", counts.queued, counts.running, hosts.len()),
+        ),
+        Err(e) => Check::new("shared queue", Verdict::Miss, e.to_string()).fix(
+            "check cluster.database (user, host, port, database) and that PostgreSQL accepts this host (pg_hba.conf, listen_addresses)",
+        ),
+    };
+    let probe = c.shared_dir.join(format!(".cosmos-check-{host}-{}", std::process::id()));
+    let written = std::fs::create_dir_all(&c.shared_dir)
+        .and_then(|()| std::fs::write(&probe, host.as_bytes()))
+        .and_then(|()| std::fs::read(&probe))
+        .map(|back| back == host.as_bytes());
+    let _ = std::fs::remove_file(&probe);
+    let shared = match written {
+        Ok(true) => Check::new("shared folder", Verdict::Ok, format!("{} is writable", c.shared_dir.display())),
+        Ok(false) => {
+            Check::new("shared folder", Verdict::Miss, format!("{}: a file written there reads back different", c.shared_dir.display()))
+        }
+        Err(e) => Check::new("shared folder", Verdict::Miss, format!("{}: {e}", c.shared_dir.display()))
+            .fix("mount the storage every host shares (NFS, CephFS, ...) at cluster.shared_dir, writable by cosmosd's user"),
+    };
+    vec![db, shared]
 }
 
 fn runtime_name(kind: RuntimeKind) -> &'static str {

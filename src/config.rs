@@ -784,6 +784,15 @@ impl Config {
         // Every field serialises to TOML (strings, integers, arrays, tables).
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+
+    /// [`Config::to_toml`] for showing: the queue database's password as `***`.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(secret) = password_in(&shown.cluster.database).map(str::to_string) {
+            shown.cluster.database = shown.cluster.database.replace(&secret, "***");
+        }
+        shown.to_toml()
+    }
 }
 
 pub use crate::fsutil::absolute;
@@ -1036,6 +1045,9 @@ mod tests {
         assert!(c.cluster.enabled());
         assert_eq!((c.cluster.effective_host_id().as_str(), c.cluster.lease.0), ("gpu-07", Duration::from_secs(120)));
         assert_eq!(Config::from_toml(&c.to_toml(), Path::new("round.toml")).unwrap(), c);
+        let with_pw = "[cluster]\ndatabase = \"postgres://cosmos:s3cret-pw@db.internal/cosmos\"\nshared_dir = \"/mnt/cosmos\"\n";
+        let shown = Config::from_toml(with_pw, Path::new("c.toml")).unwrap().to_toml_redacted();
+        assert!(!shown.contains("s3cret-pw") && shown.contains("postgres://cosmos:***@db.internal/cosmos"), "{shown}");
         for (bad, key, says) in [
             ("[cluster]\ndatabase = \"postgres://cosmos@db/q\"", "cluster.shared_dir", "every host mounts"),
             ("[cluster]\ndatabase = \"mysql://x\"\nshared_dir = \"/mnt\"", "cluster.database", "invalid connection string"),

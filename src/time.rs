@@ -45,6 +45,13 @@ impl Timestamp {
     }
 }
 
+/// As its RFC 3339 text, the form every JSON document of the program uses for times.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.rfc3339())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +78,11 @@ mod tests {
         assert_eq!(Timestamp(i64::MAX).rfc3339(), "9999-12-30T22:00:00.999Z");
         assert!(Timestamp(i64::MIN).rfc3339().starts_with('-'));
         assert_eq!(Timestamp(i64::MAX).compact(), "99991230_220000");
+    }
+
+    #[test]
+    fn serialises_as_its_rfc3339_text() {
+        assert_eq!(serde_json::to_value(Timestamp(1_709_210_096_789)).unwrap(), serde_json::json!("2024-02-29T12:34:56.789Z"));
     }
 
     #[test]

@@ -508,3 +508,95 @@ fn nothing_is_lost_when_the_database_restarts_mid_work() {
         assert_eq!(finishes, 1, "{id}");
     }
 }
+
+#[test]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); cargo nextest run --run-ignored all runs it, as CI does"]
+fn the_lease_keeper_renews_carries_cancel_and_says_lost_when_renewals_stop_or_are_refused() {
+    use cosmos_workflow::cluster::{LeaseKeeper, LeaseState};
+    let Some(pg) = Pg::start() else { return };
+    let (mut a, mut b) = (queue(&pg, "host-a"), queue(&pg, "host-b"));
+    let keeper = LeaseKeeper::start(queue(&pg, "host-a"), Duration::from_millis(200));
+    let lease = Duration::from_millis(1500);
+    enqueue_one(&mut a, "rs_kept", &[Hint::Edge], 0);
+    let sent = Instant::now();
+    let claim = a.claim(&ClaimRequest { slot: "0", loaded: None, max_affinity_wait: HOUR, lease }).unwrap().expect("claim");
+    keeper.hold("rs_kept", claim.token, lease, sent);
+    // Kept past three leases: the keeper renews it, nobody can reap it.
+    std::thread::sleep(lease * 3);
+    assert_eq!(keeper.state("rs_kept"), LeaseState::Held { cancel: false });
+    assert!(b.reap(3).unwrap().is_empty(), "a kept lease is not reaped");
+    // A cancel from another host reaches the holder with a renewal.
+    assert_eq!(b.cancel("rs_kept").unwrap(), RunStatus::Running);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(keeper.state("rs_kept"), LeaseState::Held { cancel: true });
+    // The database gone: no renewal gets through, and the lease counts as lost before it
+    // can have lapsed there.
+    pg.stop("fast");
+    std::thread::sleep(lease);
+    assert!(matches!(keeper.state("rs_kept"), LeaseState::Lost(why) if why.contains("no renewal")), "{:?}", keeper.state("rs_kept"));
+    pg.start_again();
+    // Lost for good: the keeper does not renew it once the database is back, so the reaper
+    // takes it.
+    let mut b = queue(&pg, "host-b");
+    let mut reaped = Vec::new();
+    for _ in 0..50 {
+        reaped = b.reap(3).unwrap();
+        if !reaped.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(reaped.len(), 1, "the lapsed lease is reaped");
+    assert!(matches!(keeper.state("rs_kept"), LeaseState::Lost(_)));
+    keeper.release("rs_kept");
+    // A lease another host took over is refused at the next renewal.
+    enqueue_one(&mut a, "rs_taken", &[Hint::Edge], 0);
+    let sent = Instant::now();
+    let short = Duration::from_millis(300);
+    let claim = a.claim(&ClaimRequest { slot: "0", loaded: None, max_affinity_wait: HOUR, lease: short }).unwrap().expect("claim");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.reap(3).unwrap().len(), 1, "lapsed before the keeper held it");
+    keeper.hold("rs_taken", claim.token, lease, sent + Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        matches!(keeper.state("rs_taken"), LeaseState::Lost(why) if why.contains("no longer current")),
+        "{:?}",
+        keeper.state("rs_taken")
+    );
+    assert!(matches!(keeper.state("rs_kept"), LeaseState::Lost(_)), "a lease not held is not ours");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); cargo nextest run --run-ignored all runs it, as CI does"]
+fn ended_runs_are_delivered_to_their_origin_host_once_with_their_home_record_and_remedy() {
+    let Some(pg) = Pg::start() else { return };
+    let (mut origin, mut runner) = (queue(&pg, "origin"), queue(&pg, "runner"));
+    let s = spec("rs_home", &[Hint::Depth], 0);
+    let home = serde_json::json!({"prompt_id": "ps_1", "submission": "sb_1", "line": 3, "batch": null});
+    origin.enqueue(&[NewRun { id: "rs_home", spec: &s, created_at: Timestamp::now(), parent_id: None, home: Some(&home) }]).unwrap();
+    assert!(origin.undelivered(10).unwrap().is_empty(), "nothing ended yet");
+    let claim = runner.claim(&req("0", None, HOUR)).unwrap().expect("claim");
+    assert_eq!(claim.run.home.as_ref(), Some(&home), "the runner gets the origin's record");
+    // An OOM's remedy, kept for the next attempt (by the holder only).
+    let remedy = serde_json::json!({"steps": [{"changes": ["offload_text_encoder"]}]});
+    runner.set_remedy("rs_home", claim.token, &remedy).unwrap();
+    assert!(matches!(origin.set_remedy("rs_home", Token(claim.token.0 + 1000), &remedy), Err(ClusterError::Fenced { .. })));
+    runner.finish("rs_home", claim.token, &Outcome::Retry { reason: "oom".into(), after: Duration::ZERO }).unwrap();
+    let again = runner.claim(&req("0", None, HOUR)).unwrap().expect("claim again");
+    assert_eq!(again.run.remedy.as_ref(), Some(&remedy));
+    runner.finish("rs_home", again.token, &done()).unwrap();
+    assert!(runner.undelivered(10).unwrap().is_empty(), "another host's run is not the runner's to deliver");
+    let ended = origin.undelivered(10).unwrap();
+    assert_eq!(ended.iter().map(|r| (r.id.as_str(), r.ran_on.as_deref())).collect::<Vec<_>>(), [("rs_home", Some("runner"))]);
+    origin.mark_delivered("rs_home").unwrap();
+    origin.mark_delivered("rs_home").unwrap();
+    assert!(origin.undelivered(10).unwrap().is_empty(), "delivered once");
+    let kinds: Vec<String> = origin.events("rs_home").unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "delivered").count(), 1, "{kinds:?}");
+    // Pruned once delivered long enough ago, by its origin host only, with its events.
+    assert_eq!(runner.prune_delivered(Duration::ZERO).unwrap(), 0, "not the runner's");
+    assert_eq!(origin.prune_delivered(HOUR).unwrap(), 0, "delivered just now");
+    assert_eq!(origin.prune_delivered(Duration::ZERO).unwrap(), 1);
+    assert!(matches!(origin.run("rs_home"), Err(ClusterError::NotFound(_))));
+    assert!(origin.events("rs_home").unwrap().is_empty());
+}

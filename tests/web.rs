@@ -308,3 +308,109 @@ fn a_headless_browser_shows_the_run_going_then_completed() {
     }
     assert!(daemon.stop().success());
 }
+
+/// The status document of a daemon on a shared queue: three hosts, one silent past its lease.
+fn cluster_status(updated_at: &str) -> Value {
+    serde_json::json!({
+        "updated_at": updated_at,
+        "daemon": {"state": "running", "version": "0.1.0", "pid": 1},
+        "queue": {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0, "pending": 0},
+        "current": null, "workers": [], "gpus": [], "nvml": null,
+        "cluster": {
+            "host_id": "gpu-a", "database": "cosmos@db.internal:5432/cosmos", "connected": true, "lease_seconds": 90,
+            "queue": {"queued": 3, "running": 2, "completed": 9, "failed": 1, "cancelled": 0},
+            "hosts": [
+                {"host_id": "gpu-a", "version": "0.1.0", "pid": 11, "started_at": updated_at, "heartbeat_at": updated_at,
+                 "seconds_since_heartbeat": 1.5,
+                 "slots": [{"slot": "0", "gpus": [0], "loaded_controls": null, "state": "idle", "run_id": null},
+                           {"slot": "1", "gpus": [1], "loaded_controls": "depth", "state": "loading", "run_id": "rs_aaaaaaaaaaaa"}]},
+                {"host_id": "gpu-b", "version": "0.1.0", "pid": 22, "started_at": updated_at, "heartbeat_at": updated_at,
+                 "seconds_since_heartbeat": 2.0,
+                 "slots": [{"slot": "0", "gpus": [0, 1], "loaded_controls": "edge,vis", "state": "running", "run_id": "rs_bbbbbbbbbbbb"}]},
+                {"host_id": "gpu-c", "version": "0.0.9", "pid": 33, "started_at": updated_at, "heartbeat_at": updated_at,
+                 "seconds_since_heartbeat": 400.0, "slots": []},
+            ],
+        },
+    })
+}
+
+#[test]
+#[ignore = "needs Chromium (apt-get install chromium); cargo nextest run --run-ignored all runs it, as CI does"]
+fn a_headless_browser_shows_every_host_of_the_shared_queue() {
+    use cosmos_workflow::{config::Config, metrics::Registry, web::Web};
+    let chromium = match chromium() {
+        Ok(c) => c,
+        Err(why) => {
+            if std::env::var("COSMOS_REQUIRE_BROWSER").as_deref() == Ok("1") {
+                panic!("COSMOS_REQUIRE_BROWSER=1 but {why}");
+            }
+            println!("skipped: {why} (set COSMOS_REQUIRE_BROWSER=1 to make this a failure)");
+            return;
+        }
+    };
+    // The page and /status.json as the daemon serves them, fed the document it would build.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    (config.paths.inbox, config.paths.outbox, config.paths.state) =
+        (dir.path().join("inbox"), dir.path().join("outbox"), dir.path().join("state"));
+    for d in [&config.paths.outbox, &config.paths.state] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    config.daemon.listen = "127.0.0.1:0".into();
+    let registry = std::sync::Arc::new(Registry::new());
+    let now = cosmos_workflow::time::Timestamp::now().rfc3339();
+    let doc = cluster_status(&now);
+    registry.set_status(&doc);
+    let web = Web::start(&config, std::sync::Arc::clone(&registry)).expect("serve the page");
+    let addr = web.local_addr.expect("an address").to_string();
+    let (status, _, body) = get(&addr, "/status.json");
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served["cluster"], doc["cluster"], "/status.json passes the cluster object through");
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{addr}/");
+    let dom = browse(&chromium, profile.path(), &url, &["--dump-dom"]);
+    assert!(dom.contains("data-loaded=\"1\""), "the page's script did not render:\n{dom}");
+    assert!(!dom.contains("id=\"hosts-section\" hidden"), "the Hosts block is hidden:\n{dom}");
+    let summary = element_text(&dom, "cluster");
+    assert!(summary.contains("this host: gpu-a") && summary.contains("cosmos@db.internal:5432/cosmos"), "{summary}");
+    assert!(summary.contains("3 queued, 2 running, 9 completed, 1 failed, 0 cancelled"), "{summary}");
+    let a0 = element_text(&dom, "slot-gpu-a-0");
+    assert!(a0.contains("gpu-a (this host)") && a0.contains("v0.1.0 pid 11") && a0.contains("2s ago") && a0.contains("idle"), "{a0}");
+    let a1 = element_text(&dom, "slot-gpu-a-1");
+    assert!(!a1.contains("gpu-a") && a1.contains("depth") && a1.contains("loading") && a1.contains("rs_aaaaaaaaaaaa"), "{a1}");
+    let b0 = element_text(&dom, "slot-gpu-b-0");
+    assert!(b0.contains("gpu-b") && !b0.contains("this host") && b0.contains("0, 1") && b0.contains("edge,vis"), "{b0}");
+    assert!(b0.contains("running") && b0.contains("rs_bbbbbbbbbbbb") && !b0.contains("down?"), "{b0}");
+    let c = element_text(&dom, "slot-gpu-c-none");
+    assert!(c.contains("gpu-c") && c.contains("v0.0.9") && c.contains("no worker slot") && c.contains("silent: down?"), "{c}");
+
+    // A screenshot for people to look at (kept where the lead reads it, when that exists).
+    let shot = dir.path().join("status-page-hosts.png");
+    browse(&chromium, profile.path(), &url, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,1000", "--hide-scrollbars"]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a PNG of a rendered page ({} bytes)", png.len());
+    if let Ok(to) = std::env::var("COSMOS_SCREENSHOT_DIR") {
+        let _ = std::fs::copy(&shot, Path::new(&to).join("status-page-hosts.png"));
+    }
+
+    // A database the daemon cannot reach: said, with the database; no hosts to show.
+    let mut cut = doc.clone();
+    cut["cluster"] = serde_json::json!({"host_id": "gpu-a", "database": "cosmos@db.internal:5432/cosmos", "connected": false,
+        "error": "cannot reach the queue database", "queue": null, "hosts": []});
+    registry.set_status(&cut);
+    let dom = browse(&chromium, profile.path(), &url, &["--dump-dom"]);
+    let summary = element_text(&dom, "cluster");
+    assert!(summary.contains("cosmos@db.internal:5432/cosmos cannot be reached (cannot reach the queue database)"), "{summary}\n{dom}");
+    assert!(dom.contains("no host has reported yet") && !dom.contains("id=\"slot-"), "{dom}");
+
+    // One host, no [cluster]: no Hosts block at all.
+    let mut single = doc.clone();
+    single.as_object_mut().unwrap().remove("cluster");
+    registry.set_status(&single);
+    let dom = browse(&chromium, profile.path(), &url, &["--dump-dom"]);
+    assert!(dom.contains("data-loaded=\"1\""), "{dom}");
+    assert!(dom.contains("id=\"hosts-section\" hidden"), "a Hosts block without a cluster:\n{dom}");
+    web.stop();
+}

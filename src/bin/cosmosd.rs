@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             };
             println!("# config file: {source}");
             println!("# the configuration is valid; effective values:");
-            print!("{}", loaded.config.to_toml());
+            print!("{}", loaded.config.to_toml_redacted());
             ExitCode::SUCCESS
         }
         Some(DaemonCmd::CheckHost) => {

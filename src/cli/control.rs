@@ -318,6 +318,12 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     // What status.json says holds only while its daemon runs.
     let alive = running && fresh;
     let paused_since = store.paused_since()?;
+    // `[cluster]`: every host and the shared queue, read from the database now.
+    let cluster = config.cluster.enabled().then(|| super::cluster::view(config));
+    let (cluster, cluster_error) = match cluster {
+        Some((v, e)) => (Some(v), e),
+        None => (None, None),
+    };
     let not_running = || {
         CliError::NotRunning(match lock {
             DaemonLock::Unknown => {
@@ -334,8 +340,15 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
         v["daemon_alive"] = Value::Bool(alive);
         v["paused_since"] = json!(paused_since);
         v["queue_now"] = serde_json::to_value(store.counts()?).unwrap_or(Value::Null);
+        if let Some(c) = cluster {
+            v["cluster"] = c;
+        }
         print_json(out, &v)?;
-        return if running { Ok(()) } else { Err(not_running()) };
+        return match (cluster_error, running) {
+            (Some(e), _) => Err(e),
+            (None, true) => Ok(()),
+            (None, false) => Err(not_running()),
+        };
     }
     let counts = store.counts()?;
     match (&status, running, alive) {
@@ -369,11 +382,14 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
     if let (Some(p), false) = (&paused_since, alive) {
         writeln!(out, "paused since {p}: no run starts until `cosmos resume`")?;
     }
-    writeln!(
-        out,
-        "queue: {} queued, {} running, {} completed, {} failed, {} cancelled, {} pending",
-        counts.queued, counts.running, counts.completed, counts.failed, counts.cancelled, counts.pending
-    )?;
+    match &cluster {
+        Some(c) => super::cluster::status_lines(c, config.cluster.lease.0, out)?,
+        None => writeln!(
+            out,
+            "queue: {} queued, {} running, {} completed, {} failed, {} cancelled, {} pending",
+            counts.queued, counts.running, counts.completed, counts.failed, counts.cancelled, counts.pending
+        )?,
+    }
     if let Some(s) = status.filter(|_| alive) {
         match s["current"].as_object() {
             Some(c) => {
@@ -461,10 +477,10 @@ pub fn status(store: &Store, config: &Config, as_json: bool, out: &mut dyn Write
             }
         }
     }
-    if running {
-        Ok(())
-    } else {
-        Err(not_running())
+    match (cluster_error, running) {
+        (Some(e), _) => Err(e),
+        (None, true) => Ok(()),
+        (None, false) => Err(not_running()),
     }
 }
 

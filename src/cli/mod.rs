@@ -2,6 +2,7 @@
 //! `batch-inference`, `inference`, `list`, `show`, `delete`) plus `validate`, against the
 //! store. Every command that creates something prints its id.
 
+mod cluster;
 mod control;
 pub mod daemon_args;
 mod demo;
@@ -46,6 +47,9 @@ pub enum CliError {
     NotRunning(String),
     #[error(transparent)]
     Prune(#[from] crate::prune::PruneError),
+    /// The shared queue of `[cluster]` (PostgreSQL): unreachable, or what was asked of it refused.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Another process held the store past the busy timeout: exit 1, try again.
     #[error("the store {} is busy: another process holds it (a long transaction, a backup?); nothing was changed, try again in a moment", .0.display())]
     Busy(PathBuf),
@@ -59,6 +63,7 @@ impl CliError {
             CliError::Usage(_) | CliError::Invalid(_) => 2,
             CliError::Store(e) if e.is_usage() => 2,
             CliError::Config(e) if e.is_usage() => 2,
+            CliError::Cluster(e) if e.is_usage() => 2,
             CliError::NotRunning(_) => 3,
             _ => 1,
         }
@@ -113,7 +118,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List prompts or runs, newest first
+    /// List prompts or runs, newest first (with [cluster]: every host's runs)
     List {
         /// What to list: prompts or runs
         what: ListWhat,
@@ -164,7 +169,7 @@ pub enum Command {
         /// Run ids (any unique prefix)
         #[arg(required = true, value_name = "RS")]
         runs: Vec<String>,
-        /// Print JSON: {runs: [{id, status, stopping}]}
+        /// Print JSON: {runs: [{id, status, stopping}]} (and running_on, with [cluster])
         #[arg(long)]
         json: bool,
     },
@@ -192,7 +197,7 @@ pub enum Command {
     /// The daemon's state: queue, current run with progress and ETA, workers, GPUs; exit 3
     /// when cosmosd is not running
     Status {
-        /// Print JSON: status.json with daemon_running, daemon_alive, queue_now
+        /// Print JSON: status.json with daemon_running, daemon_alive, queue_now (and cluster, with [cluster])
         #[arg(long)]
         json: bool,
     },
@@ -414,7 +419,20 @@ fn run_command(command: Command, config: &Config, out: &mut dyn Write) -> Result
         command => {
             let mut store = Store::open(&config.paths.database())?;
             let model = spec::Model::from_config(&config);
+            // `[cluster] database` set: the runs are every host's, in the shared queue.
+            let shared = config.cluster.enabled();
             match command {
+                Command::List { what: ListWhat::Runs, status, limit, json } if shared => {
+                    cluster::list_runs(&config, &store, status, limit, json, out)
+                }
+                Command::Show { id, json } if shared && IdKind::of(&id) == Some(IdKind::Run) => {
+                    match cluster::show_run(&config, &store, model, &id, json, out)? {
+                        true => Ok(()),
+                        false => show(&store, model, &id, json, out),
+                    }
+                }
+                Command::Cancel { runs, json } if shared => cluster::cancel(&config, &mut store, &runs, json, out),
+                Command::Retry { runs, json } if shared => cluster::retry(&config, &mut store, &runs, json, out),
                 Command::Create(Create::Prompt { text, video_dir, name, negative, json }) => {
                     create_prompt(&mut store, text, &video_dir, name, negative, json, out)
                 }

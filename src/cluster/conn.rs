@@ -53,6 +53,9 @@ fn describe(c: &postgres::Config) -> String {
     format!("{}@{host}:{port}/{db}", c.get_user().unwrap_or("?"))
 }
 
+/// How long an operation keeps reconnecting by default (a restart, a failover).
+pub(super) const RETRY_FOR: Duration = Duration::from_secs(60);
+
 pub(super) struct Conn {
     url: String,
     config: postgres::Config,
@@ -77,8 +80,15 @@ impl Conn {
         if config.get_application_name().is_none() {
             config.application_name("cosmosd");
         }
+        // As libpq does: a password kept out of the configuration file (a Kubernetes Secret
+        // in the environment, say) comes from PGPASSWORD when the URL names none.
+        if config.get_password().is_none() {
+            if let Some(pw) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
+                config.password(pw.as_encoded_bytes());
+            }
+        }
         let target = describe(&config);
-        Ok(Conn { url: url.trim().to_string(), config, target, client: None, retry_for: Duration::from_secs(60) })
+        Ok(Conn { url: url.trim().to_string(), config, target, client: None, retry_for: RETRY_FOR })
     }
 
     pub(super) fn target(&self) -> &str {

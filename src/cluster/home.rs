@@ -84,6 +84,7 @@ pub struct Home {
     event: i64,
     receipts_due: HashMap<String, Instant>,
     connected: bool,
+    next_prune: Instant,
 }
 
 impl Home {
@@ -94,6 +95,8 @@ impl Home {
         let c = &setup.config.cluster;
         let host = c.effective_host_id();
         let mut queue = PgQueue::connect(&c.database, &host)?;
+        // Each step is tried again at the next tick; a stop is not kept waiting for long.
+        queue.reconnect_within(Duration::from_secs(10));
         let layout = Layout::of(&setup.config.paths);
         let store = Store::open(&layout.database())?;
         let outbox = Outbox::new(&layout, setup.config.outbox.mode.0);
@@ -120,6 +123,7 @@ impl Home {
             event,
             receipts_due: HashMap::new(),
             connected: true,
+            next_prune: Instant::now(),
         })
     }
 
@@ -241,7 +245,7 @@ impl Home {
                 Some(from) if from.is_dir() => {
                     let to = self.outbox.run_dir(&ended.id);
                     super::copy_folder_into(&from, &to, &self.layout.outbox_staging())?;
-                    let child = self.child_of(&to)?;
+                    let child = self.child_of(&to)?.map(Box::new);
                     let outputs = json!({
                         "type": if batch.is_some() { "batch_inference" } else { "inference" },
                         "output_dir": to,
@@ -335,6 +339,13 @@ impl Home {
                 None => {
                     tracing::warn!(run = %r.run_id, host = %r.host, slot = %r.slot, "a lapsed lease was reaped: the run is out of attempts and failed")
                 }
+            }
+        }
+        if let Some(after) = self.setup.config.daemon.prune_after.0.filter(|_| Instant::now() >= self.next_prune) {
+            self.next_prune = Instant::now() + Duration::from_secs(3600);
+            let n = self.queue.prune_delivered(after)?;
+            if n > 0 {
+                tracing::info!(runs = n, "pruned delivered runs from the shared queue (daemon.prune_after)");
             }
         }
         let counts = self.queue.counts()?;

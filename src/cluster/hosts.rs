@@ -26,7 +26,7 @@ pub struct HostBeat<'a> {
     pub slots: &'a [SlotBeat<'a>],
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SlotView {
     pub slot: String,
     pub gpus: Vec<u32>,
@@ -35,7 +35,7 @@ pub struct SlotView {
     pub run_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HostView {
     pub host_id: String,
     pub version: String,

@@ -111,7 +111,18 @@ fn lapse_after(lease: Duration) -> Duration {
 fn keep(mut queue: PgQueue, inner: &Inner, every: Duration) {
     while !inner.stop.load(Ordering::SeqCst) {
         let due: Vec<(String, Token, Duration)> = match inner.leases.lock() {
-            Ok(l) => l.iter().filter(|(_, h)| h.lost.is_none()).map(|(id, h)| (id.clone(), h.token, h.lease)).collect(),
+            Ok(mut l) => {
+                // Lost by this host's clock is lost for good: renewing a lease the slot was
+                // told is gone (and stopped its run for) would only keep it from the reaper.
+                for h in l.values_mut().filter(|h| h.lost.is_none() && h.confirmed.elapsed() >= lapse_after(h.lease)) {
+                    h.lost = Some(format!(
+                        "no renewal reached the queue database for {:.0}s (the lease is {:.0}s): another host may have taken the run",
+                        h.confirmed.elapsed().as_secs_f64(),
+                        h.lease.as_secs_f64()
+                    ));
+                }
+                l.iter().filter(|(_, h)| h.lost.is_none()).map(|(id, h)| (id.clone(), h.token, h.lease)).collect()
+            }
             Err(_) => return,
         };
         for (id, token, lease) in due {

@@ -48,7 +48,7 @@ pub enum ClusterError {
     #[error("cluster.database: {0}")]
     Url(String),
     #[error(
-        "cannot reach the queue database {target} (tried for {tried:?}): {source}; is PostgreSQL running there and cluster.database right?"
+        "cannot reach the queue database {target} (tried for {tried:.0?}): {source}; is PostgreSQL running there and cluster.database right?"
     )]
     Unavailable { target: String, tried: Duration, source: postgres::Error },
     #[error(
@@ -91,7 +91,15 @@ pub struct PgQueue {
 impl PgQueue {
     /// Connects to `url`, creating or migrating the schema, as host `host_id`.
     pub fn connect(url: &str, host_id: &str) -> Result<PgQueue> {
+        PgQueue::connect_within(url, host_id, conn::RETRY_FOR)
+    }
+
+    /// As [`PgQueue::connect`], trying for at most `limit` (the first connection and every
+    /// later reconnection, as [`PgQueue::reconnect_within`]): `cosmos` and `check-host` wait
+    /// seconds for a database that is not there, not the daemon's minute.
+    pub fn connect_within(url: &str, host_id: &str, limit: Duration) -> Result<PgQueue> {
         let mut conn = conn::Conn::new(url)?;
+        conn.retry_for = limit;
         let target = conn.target().to_string();
         conn.run("migrate the schema", |c| schema::migrate(c, &target))?;
         Ok(PgQueue { conn, host_id: host_id.to_string() })

@@ -17,7 +17,7 @@ pub(super) const CHANNEL: &str = "cosmos_queue";
 
 /// A fencing token: strictly increasing over every claim of every run on every host. Only
 /// the current token of a run may renew, finish or hand it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Token(pub i64);
 
 impl fmt::Display for Token {
@@ -50,7 +50,7 @@ pub enum Enqueued {
 }
 
 /// Who holds a running run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Holder {
     pub host: String,
     pub slot: String,
@@ -60,7 +60,7 @@ pub struct Holder {
 }
 
 /// A run as the shared queue holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueueRun {
     pub id: String,
     pub status: RunStatus,
@@ -141,7 +141,7 @@ pub struct Reaped {
 }
 
 /// One line of a run's history in the shared queue.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueueEvent {
     pub seq: i64,
     pub time: Timestamp,
@@ -453,7 +453,7 @@ impl PgQueue {
             let row = tx.query_one(
                 &format!(
                     "UPDATE cosmos_runs SET status = 'queued', attempts = 0, error = NULL, cancel_requested = false, lease_token = NULL, \
-                     lease_host = NULL, lease_slot = NULL, lease_expires = NULL, not_before = NULL, finished_at = NULL, \
+                     lease_host = NULL, lease_slot = NULL, lease_expires = NULL, not_before = NULL, finished_at = NULL, delivered_at = NULL, \
                      updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[&run_id],
@@ -580,6 +580,26 @@ impl PgQueue {
                 &[&host, &limit],
             )?;
             rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    /// Forgets this host's runs delivered longer than `older_than` ago, and their events
+    /// (`daemon.prune_after`): the shared queue keeps what is in flight, not the history
+    /// every host's store already has. A parent whose upscale child is still open stays.
+    pub fn prune_delivered(&mut self, older_than: Duration) -> Result<u64> {
+        let host = self.host_id.clone();
+        let age = seconds(older_than);
+        self.conn.run("prune delivered runs", |c| {
+            let mut tx = c.transaction()?;
+            let rows = tx.query(
+                "DELETE FROM cosmos_runs r WHERE origin_host = $1 AND delivered_at < now() - $2::float8 * interval '1 second' \
+                 AND NOT EXISTS (SELECT 1 FROM cosmos_runs k WHERE k.parent_id = r.id AND k.delivered_at IS NULL) RETURNING id",
+                &[&host, &age],
+            )?;
+            let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
+            tx.execute("DELETE FROM cosmos_events WHERE run_id = ANY($1)", &[&ids])?;
+            tx.commit()?;
+            Ok(ids.len() as u64)
         })
     }
 

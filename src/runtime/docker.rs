@@ -86,6 +86,12 @@ impl PathMap {
         for (i, root) in config.paths.input_roots.iter().enumerate() {
             mounts.push(Mount { host: root.clone(), container: PathBuf::from(format!("/cosmos/inputs/{i}")), read_only: true });
         }
+        // Several hosts on one queue: the runs' inputs are in the shared folder (read-only,
+        // as the local staged inputs are).
+        if config.cluster.enabled() && config.cluster.shared_dir.is_absolute() {
+            let inputs = config.cluster.shared_dir.join("inputs");
+            mounts.push(Mount { host: inputs, container: "/cosmos/shared/inputs".into(), read_only: true });
+        }
         // Canonical host paths: specs hold canonical paths (symlinks resolved).
         for m in &mut mounts {
             if let Ok(c) = std::fs::canonicalize(&m.host) {
@@ -631,5 +637,18 @@ mod tests {
         assert_eq!(body["Binds"], json!(["/:/host:ro"]));
         config.runtime.pids_limit = 0;
         assert!(wire(&hardened(&config, &map)).get("PidsLimit").is_none(), "0 means no limit: the key is left out");
+    }
+
+    #[test]
+    fn on_a_shared_queue_the_shared_inputs_are_mounted_read_only() {
+        let mut config = Config::default();
+        let alone = PathMap::for_config(&config, Path::new("/w"));
+        assert!(alone.mounts.iter().all(|m| m.container != Path::new("/cosmos/shared/inputs")));
+        config.cluster.database = "postgres://cosmos@db/q".into();
+        config.cluster.shared_dir = "/mnt/cosmos".into();
+        let map = PathMap::for_config(&config, Path::new("/w"));
+        let input = Path::new("/mnt/cosmos/inputs/ab12.mp4");
+        assert_eq!(map.to_container(input), Some(PathBuf::from("/cosmos/shared/inputs/ab12.mp4")));
+        assert!(map.mounts.iter().any(|m| m.container == Path::new("/cosmos/shared/inputs") && m.read_only));
     }
 }

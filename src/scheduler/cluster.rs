@@ -51,7 +51,11 @@ struct Held {
 
 impl ClusterSlot {
     /// `queue`: a connection of this slot's own; `keeper`: the host's.
-    pub fn new(queue: PgQueue, keeper: Arc<LeaseKeeper>, shared: SharedDir, lease: Duration, slot: usize) -> ClusterSlot {
+    pub fn new(mut queue: PgQueue, keeper: Arc<LeaseKeeper>, shared: SharedDir, lease: Duration, slot: usize) -> ClusterSlot {
+        // A slot blocked on an unreachable database cannot see a stop or its worker: it
+        // tries again at its next turn instead (the lease keeper decides when a held lease
+        // is lost).
+        queue.reconnect_within((lease / 2).min(Duration::from_secs(10)));
         let waker = match queue.waker() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -84,12 +88,8 @@ impl Scheduler {
                 c.look = false;
                 return Ok(None);
             }
-            Err(e) => {
-                c.look = false;
-                let why = format!("cannot claim from the shared queue: {e}");
-                self.set_waiting(Some(why));
-                return Ok(None);
-            }
+            // Waited out by the loop (said in status.json), then tried again.
+            Err(e) => return Err(super::SchedulerError::Queue(e)),
         };
         c.keeper.hold(&claim.run.id, claim.token, claim.lease, sent);
         let (run, batch) = cluster::local_view(&claim.run);
@@ -188,6 +188,7 @@ impl Scheduler {
 
     /// Drops an attempt whose lease was lost: nothing of it is published.
     pub(super) fn cluster_discard(&mut self, run_id: &str, why: &str) {
+        tracing::warn!(run = %run_id, %why, "the attempt is discarded: nothing of it is published");
         self.run_log(&format!("the lease is lost ({why}): the attempt is discarded"));
         if let Some(c) = self.cluster.as_mut() {
             if let Some(held) = c.held.remove(run_id) {

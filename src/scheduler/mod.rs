@@ -54,6 +54,9 @@ pub enum SchedulerError {
     Store(#[from] StoreError),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    /// The shared queue cannot be reached or refused a claim: waited out like a busy store.
+    #[error("cannot claim from the shared queue: {0}")]
+    Queue(crate::cluster::ClusterError),
 }
 
 impl From<crate::fsutil::PathIo> for SchedulerError {
@@ -70,6 +73,7 @@ impl SchedulerError {
         match self {
             SchedulerError::Store(e) => e.is_transient(),
             SchedulerError::Io { source, .. } => crate::fsutil::is_transient_io(source),
+            SchedulerError::Queue(_) => true,
         }
     }
 }

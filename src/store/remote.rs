@@ -13,7 +13,7 @@ use serde_json::Value;
 /// How a run ended in the shared queue.
 #[derive(Debug, Clone)]
 pub enum EndedElsewhere {
-    Completed { outputs: Value, child: Option<(String, RunSpec)> },
+    Completed { outputs: Value, child: Option<Box<(String, RunSpec)>> },
     Failed { error: String },
     Cancelled { reason: String },
 }
@@ -77,7 +77,8 @@ impl Store {
         tx.execute("UPDATE runs SET attempts = ?2, ran_on = ?3 WHERE id = ?1", params![run_id, i64::from(attempts), host])?;
         match end {
             EndedElsewhere::Completed { outputs, child } => {
-                if let Some((child_id, spec)) = child {
+                if let Some(boxed) = child {
+                    let (child_id, spec) = &**boxed;
                     if load_run(&tx, child_id).is_err() {
                         insert_run(&tx, child_id, &run.prompt_id, spec, RunStatus::Queued, None, run.submission_id.as_deref(), None, &now)?;
                         count_inserted(&tx, RunStatus::Queued, 1)?;

@@ -307,3 +307,39 @@ fn a_run_end_owes_its_hooks_and_the_last_run_its_submission_s() {
     store.finish_unsuccessfully(&b, Change::Fail { error: "bad".into() }).unwrap();
     assert!(store.owed_hooks(Timestamp(later.0 + 1), 10).unwrap().is_empty());
 }
+
+#[test]
+fn the_cluster_exporter_sees_new_and_requeued_runs_and_an_end_elsewhere_is_recorded_once() {
+    let (_d, mut store) = store();
+    let p = prompt(&mut store);
+    let a = store.create_run(&p.id, spec("a")).unwrap();
+    let b = store.create_run(&p.id, spec("b")).unwrap();
+    let start = store.last_event_seq().unwrap();
+    store.queue_single(std::slice::from_ref(&a.id), None).unwrap();
+    // New rows after a watermark: only the queued ones.
+    let rows = store.queued_after(0, 10).unwrap();
+    assert_eq!(rows.iter().map(|(_, r)| r.id.as_str()).collect::<Vec<_>>(), [a.id.as_str()]);
+    let (mark, _) = rows[0];
+    assert!(store.queued_after(mark, 10).unwrap().is_empty(), "nothing after the last one");
+    // Queued later (batch-inference of a pending run): seen by its event, not its row.
+    store.queue_batch("later", std::slice::from_ref(&b.id)).unwrap();
+    let (last, again) = store.queued_again_after(start, 10).unwrap();
+    assert_eq!(again.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [a.id.as_str(), b.id.as_str()]);
+    assert!(store.queued_again_after(last, 10).unwrap().1.is_empty());
+
+    // Ended on another host: recorded with the host, its attempts, its child; once.
+    let end = EndedElsewhere::Completed {
+        outputs: serde_json::json!({"output_dir": "/o/run_a", "ran_on": "h2"}),
+        child: Some(Box::new(("rs_aaaaaaaaaaaa".to_string(), spec("child")))),
+    };
+    let done = store.end_elsewhere(&a.id, "h2", 2, &end).unwrap().expect("recorded");
+    assert_eq!((done.status, done.attempts), (RunStatus::Completed, 2));
+    assert!(store.end_elsewhere(&a.id, "h2", 2, &end).unwrap().is_none(), "recorded once");
+    let child = store.run("rs_aaaaaaaaaaaa").unwrap();
+    assert_eq!((child.status, child.parent_id.as_deref()), (RunStatus::Queued, Some(a.id.as_str())));
+    let kinds: Vec<String> = store.events(&a.id).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["created", "queued", "running", "completed"]);
+    let failed = store.end_elsewhere(&b.id, "h3", 1, &EndedElsewhere::Failed { error: "boom".into() }).unwrap().expect("recorded");
+    assert_eq!((failed.status, failed.error.as_deref()), (RunStatus::Failed, Some("boom")));
+    assert_eq!(store.counts().unwrap().completed, 1);
+}

@@ -79,6 +79,8 @@ function renderStatus(s) {
     el("td", {}, w.gpus === null || w.gpus === undefined ? "all" : w.gpus.length ? w.gpus.join(", ") : "none"),
     el("td", { class: "id" }, w.current ? w.current.run_id : (w.waiting || "—")))));
 
+  renderHosts(s.cluster);
+
   $("nvml").textContent = s.nvml || "";
   const gpus = s.gpus || [];
   fill("gpus", gpus.length ? gpus.map((g) => el("tr", {},
@@ -93,6 +95,35 @@ function renderStatus(s) {
   const stuck = (s.intake && s.intake.stuck) || [];
   $("stuck-section").hidden = stuck.length === 0;
   fill("stuck", stuck.map((e) => el("li", {}, typeof e === "string" ? e : JSON.stringify(e))));
+}
+
+// Several hosts on one shared queue (status.json's "cluster", only with [cluster] set):
+// every host, a row per GPU slot, with its loaded control set, state and run.
+function renderHosts(c) {
+  $("hosts-section").hidden = !c;
+  if (!c) return;
+  const q = c.queue || {};
+  $("cluster").textContent = c.connected
+    ? `this host: ${c.host_id} · shared queue on ${c.database}: ` +
+      ["queued", "running", "completed", "failed", "cancelled"].map((k) => `${q[k] ?? 0} ${k}`).join(", ")
+    : `this host: ${c.host_id} · the queue database ${c.database} cannot be reached${c.error ? ` (${c.error})` : ""}`;
+  // A host silent for longer than a lease holds nothing any more (its runs move on).
+  const lease = c.lease_seconds ?? 90;
+  const rows = [];
+  for (const h of c.hosts || []) {
+    const silent = h.seconds_since_heartbeat > lease;
+    const slots = h.slots && h.slots.length ? h.slots : [null];
+    slots.forEach((sl, i) => rows.push(el("tr", { id: sl ? `slot-${h.host_id}-${sl.slot}` : `slot-${h.host_id}-none` },
+      el("td", { class: "id" }, i ? "" : h.host_id + (h.host_id === c.host_id ? " (this host)" : "")),
+      el("td", {}, i ? "" : `v${h.version} pid ${h.pid}`),
+      el("td", { class: silent ? "num s-down" : "num" }, i ? "" : `${duration(h.seconds_since_heartbeat)} ago${silent ? " (silent: down?)" : ""}`),
+      el("td", {}, sl ? sl.slot : "no worker slot"),
+      el("td", {}, sl ? (sl.gpus.length ? sl.gpus.join(", ") : "none") : ""),
+      el("td", {}, sl && sl.loaded_controls ? sl.loaded_controls : "—"),
+      el("td", { class: sl ? `s-${sl.state}` : "" }, sl ? sl.state : ""),
+      el("td", { class: "id" }, sl && sl.run_id ? sl.run_id : "—"))));
+  }
+  fill("hosts", rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "dim" }, "no host has reported yet"))]);
 }
 
 function renderRuns(runs) {
