@@ -664,3 +664,32 @@ fn a_cut_off_host_stops_its_run_when_its_lease_ends_without_the_database() {
     let said: Vec<&str> = log.lines().filter(|l| l.contains(victim.as_str()) && l.contains("discard")).collect();
     println!("h3 stopped its run {:.1} s after it was cut off (lease {LEASE:?}): {}", took.as_secs_f64(), said.join("\n  "));
 }
+
+#[test]
+#[ignore = "needs root and ip netns (iproute2) and PostgreSQL; cargo nextest run --run-ignored all runs it, as CI does"]
+fn a_cut_off_host_discards_a_finished_attempt_it_cannot_commit_when_its_lease_ends() {
+    let Some((ns, mut c)) = cut_off_cluster() else { return };
+    c.start_all();
+    // Long runs keep h1 and h2 busy; h3's run (2 s) ends in its worker while h3 is cut off,
+    // so that h3 is committing, not running, when its lease ends.
+    let mut lines: Vec<String> = (0..2).map(|i| job(&format!("busy{i}"), Set::Edge, Some(60.0))).collect();
+    c.host("h1").drop_jobs("busy.jsonl", &lines);
+    let busy = wait_until(Duration::from_secs(60), || c.rows().iter().filter(|r| r.status == "running").count() == 2);
+    assert!(busy, "{:#?}", c.rows());
+    lines = vec![job("short", Set::Edge, Some(2.0))];
+    c.host("h1").drop_jobs("short.jsonl", &lines);
+    let victim = c.wait_held_by("h3", Duration::from_secs(60));
+    ns.link(false);
+    let cut_at = Instant::now();
+    let stopped = wait_until(LEASE + LEASE / 3 + Duration::from_secs(3), || {
+        c.host("h3").log_text().lines().any(|l| l.contains(victim.as_str()) && l.contains("discard"))
+    });
+    let took = cut_at.elapsed();
+    ns.link(true);
+    assert!(
+        stopped,
+        "h3 still held its finished attempt of {victim} {took:?} after it was cut off (lease {LEASE:?}):\n{}",
+        c.host("h3").log_text()
+    );
+    println!("h3 discarded its finished attempt {:.1} s after it was cut off (lease {LEASE:?})", took.as_secs_f64());
+}
