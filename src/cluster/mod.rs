@@ -48,7 +48,8 @@ pub enum ClusterError {
     #[error("cluster.database: {0}")]
     Url(String),
     #[error(
-        "cannot reach the queue database {target} (tried for {tried:.0?}): {source}; is PostgreSQL running there and cluster.database right?"
+        "cannot reach the queue database {target} (tried for {tried:.0?}): {}; is PostgreSQL running there and cluster.database right?",
+        with_causes(source)
     )]
     Unavailable { target: String, tried: Duration, source: postgres::Error },
     #[error(
@@ -70,6 +71,20 @@ pub enum ClusterError {
     Refused(String),
     #[error("the shared queue holds damaged data: {0}")]
     Corrupt(String),
+}
+
+/// An error with what caused it ("error connecting to server: Connection refused").
+fn with_causes(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl ClusterError {
