@@ -39,6 +39,12 @@ impl Pg {
     /// A fresh instance, or `None` (with the reason on stderr) where PostgreSQL is missing
     /// and not required.
     pub fn start() -> Option<Pg> {
+        Pg::start_on(&[], &[])
+    }
+
+    /// As [`Pg::start`], listening on the addresses `also` too (say a veth's, for a host in
+    /// a network namespace) and trusting the clients in the networks `clients` (CIDR).
+    pub fn start_on(also: &[&str], clients: &[&str]) -> Option<Pg> {
         let Some(bin) = find_bin() else {
             let why = "PostgreSQL (initdb, pg_ctl) is not installed: apt-get install postgresql";
             if std::env::var("COSMOS_REQUIRE_POSTGRES").as_deref() == Ok("1") {
@@ -58,7 +64,11 @@ impl Pg {
         let data = home.join("data");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let pg = Pg {
-            options: format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200", home.display()),
+            options: format!(
+                "-c listen_addresses={} -p {port} -k {} -c fsync=off -c max_connections=200",
+                std::iter::once("127.0.0.1").chain(also.iter().copied()).collect::<Vec<_>>().join(","),
+                home.display()
+            ),
             log: home.join("server.log"),
             _dir: dir,
             bin,
@@ -66,6 +76,13 @@ impl Pg {
             port,
         };
         pg.tool("initdb", &["-U", "cosmos", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"], Some(&pg.data));
+        if !clients.is_empty() {
+            use std::io::Write;
+            let mut hba = std::fs::OpenOptions::new().append(true).open(pg.data.join("pg_hba.conf")).expect("open pg_hba.conf");
+            for net in clients {
+                writeln!(hba, "host all all {net} trust").expect("write pg_hba.conf");
+            }
+        }
         pg.ctl(&["start"]);
         Some(pg)
     }
