@@ -434,8 +434,15 @@ impl Scheduler {
     fn turn(&mut self) -> Result<()> {
         self.take_reload();
         self.write_status_if_due(false);
-        self.publish_pending();
+        // A publication that waits for a reason that passes (a full disk) is tried again
+        // first. Any other finished run is published once the next run is on its way
+        // (`attempt`), or now if none is: the GPU does not wait for our bookkeeping.
+        if self.publish_blocked.is_some() {
+            self.publish_pending();
+        }
         if let Some(reason) = self.gate()?.reason().or_else(|| self.publish_blocked.clone()) {
+            // The gates hold new runs, not the outputs of finished ones.
+            self.publish_pending();
             self.set_waiting(Some(reason));
             std::thread::sleep(POLL);
             return Ok(());
