@@ -248,6 +248,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The page size of a new store (see [`Store::open`]).
+const PAGE_SIZE: i64 = 16384;
+
 const SUBMISSION_COLUMNS: &str = "id, file, sha256, status, duplicate_of, runs, problems, received_at, problems_digest, rejected_before";
 
 const RUN_COLUMNS: &str = "id, prompt_id, name, status, spec, control_set, priority, batch_id, submission_id, line, \
@@ -269,6 +272,14 @@ impl Store {
         }
         // WAL: readers (cosmos) never block the writer (cosmosd). FULL: a commit survives
         // power loss, since a lost submission is the one thing we must never do.
+        if found == 0 {
+            // A new store: 16 KiB pages (before WAL and the first table fix the size; on a
+            // database that has pages already this does nothing). A submission's rows (about
+            // 1 KB a run) and index entries take a quarter of the pages they take at 4 KiB,
+            // and index descents a level less: a large submission's inserts cost a fifth less,
+            // its commit a third. A store made with 4 KiB pages keeps them.
+            conn.pragma_update(None, "page_size", PAGE_SIZE).map_err(open_err)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
@@ -309,7 +320,9 @@ impl Store {
     /// cannot grow the WAL without bound.
     pub fn tune_for_intake(&self) -> Result<()> {
         self.conn.pragma_update(None, "foreign_keys", "OFF")?;
-        self.conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
+        // In pages: 256 MiB whatever the store's page size.
+        let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", (256 << 20) / page.max(512))?;
         Ok(())
     }
 
@@ -1030,7 +1043,8 @@ impl SubmissionWriter<'_> {
     pub fn commit(self) -> Result<(Submission, Batch)> {
         let SubmissionWriter { insert_prompt, insert_run, insert_prompts, insert_runs, tx, id, batch, runs, .. } = self;
         drop((insert_prompt, insert_run, insert_prompts, insert_runs));
-        tx.execute("UPDATE submissions SET runs = ?1 WHERE id = ?2", params![runs as i64, id])?;
+        // Every run it inserted is queued, so open (`open_runs`, migration 8).
+        tx.execute("UPDATE submissions SET runs = ?1, open_runs = ?1 WHERE id = ?2", params![runs as i64, id])?;
         count_inserted(&tx, RunStatus::Queued, runs)?;
         let sub = tx.query_row(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"), [&id], submission_from_row)?;
         tx.commit()?;
@@ -1046,6 +1060,9 @@ impl SubmissionWriter<'_> {
 pub struct PreparedRuns {
     text: String,
     rows: Vec<PreparedRow>,
+    /// Where a row's JSON is encoded before it joins `text`: reused, so that encoding a row
+    /// allocates nothing once the batch has warmed up.
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -1066,7 +1083,7 @@ impl PreparedRuns {
     /// Adds `job` as the run `run_id` (and a new prompt).
     pub fn push(&mut self, run_id: &str, job: &Job) -> Result<()> {
         let spec = &job.spec;
-        let encode = |e: serde_json::Error| StoreError::Corrupt(format!("cannot encode a run spec: {e}"));
+        let scratch = &mut self.scratch;
         let buf = &mut self.text;
         let mut put = |text: &str| {
             let start = buf.len();
@@ -1079,9 +1096,13 @@ impl PreparedRuns {
             name: spec.name.as_deref().map(&mut put),
             text: put(&spec.prompt),
             negative_prompt: spec.negative_prompt.as_deref().map(&mut put),
-            inputs: put(&serde_json::to_string(&inputs_of(spec)).map_err(encode)?),
-            spec: put(&serde_json::to_string(spec).map_err(encode)?),
-            control_set: put(&spec.control_set()),
+            inputs: put(encode_json(scratch, &inputs_of(spec))?),
+            spec: put(encode_json(scratch, spec)?),
+            control_set: {
+                let start = buf.len();
+                crate::spec::push_control_set(buf, spec.controls.keys().copied());
+                start..buf.len()
+            },
             priority: spec.priority.into(),
             line: job.line,
         };
@@ -1102,6 +1123,14 @@ impl PreparedRuns {
         self.text.clear();
         self.rows.clear();
     }
+}
+
+/// `value` as JSON in `scratch` (emptied first), as it is stored.
+fn encode_json<'s>(scratch: &'s mut Vec<u8>, value: &impl serde::Serialize) -> Result<&'s str> {
+    let encode = |e: String| StoreError::Corrupt(format!("cannot encode a run spec: {e}"));
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, value).map_err(|e| encode(e.to_string()))?;
+    std::str::from_utf8(scratch).map_err(|e| encode(e.to_string()))
 }
 
 /// Rows per multi-row INSERT of a submission: one statement execution costs about as much
@@ -1238,6 +1267,10 @@ fn insert_run(
         now,
         queued_at,
     ])?;
+    if let (Some(sb), true) = (submission_id, !status.is_final()) {
+        // Inserts are not counted by trigger (see migration 8).
+        conn.prepare_cached("UPDATE submissions SET open_runs = open_runs + 1 WHERE id = ?1")?.execute([sb])?;
+    }
     Ok(())
 }
 
