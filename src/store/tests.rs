@@ -430,7 +430,7 @@ fn migration_8_counts_the_open_runs_of_an_existing_store() {
 }
 
 #[test]
-fn a_new_store_has_16_kib_pages_and_checkpoints_at_256_mib() {
+fn a_new_store_has_32_kib_pages_and_checkpoints_at_256_mib() {
     let (_d, store) = store();
     let page: i64 = store.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     assert_eq!(page, PAGE_SIZE);
