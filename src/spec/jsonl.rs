@@ -216,11 +216,11 @@ pub(crate) fn parse_line_object(
     check_keys(obj, LINE_KEYS, Key::from(""), p);
     let visual_input = required_path(obj, "visual_input", "the path of the input (color) video", policy, p);
     let prompt = required_prompt(obj, "prompt", p);
-    let controls = rules.base.controls_for(obj.get("control_overrides"), policy, p);
+    let controls = rules.base.controls_for(fields::get(obj, "control_overrides"), policy, p);
     let mut settings = read_settings(obj, "", p);
     rules.base.fill_settings(&mut settings);
     let ext = read_extensions(obj, p);
-    let negative_prompt = match obj.get("negative_prompt") {
+    let negative_prompt = match fields::get(obj, "negative_prompt") {
         Some(v) => fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p),
         None => rules.base.negative_prompt.clone(),
     };

@@ -1097,7 +1097,7 @@ impl PreparedRuns {
             name: spec.name.as_deref().map(&mut put),
             text: put(&spec.prompt),
             negative_prompt: spec.negative_prompt.as_deref().map(&mut put),
-            inputs: put(encode_json(scratch, &inputs_of(spec))?),
+            inputs: put(encode_json(scratch, &InputsOf::of(spec))?),
             spec: put(encode_json(scratch, spec)?),
             control_set: {
                 let start = buf.len();
@@ -1123,6 +1123,25 @@ impl PreparedRuns {
     pub fn clear(&mut self) {
         self.text.clear();
         self.rows.clear();
+    }
+}
+
+/// [`PromptInputs`] of a spec, borrowed (no path copied): the same JSON as [`PromptInputs`].
+#[derive(Serialize)]
+struct InputsOf<'a> {
+    color: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depth: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seg: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edge: Option<&'a Path>,
+}
+
+impl<'a> InputsOf<'a> {
+    fn of(spec: &'a RunSpec) -> InputsOf<'a> {
+        let file = |h: Hint| spec.controls.get(&h).and_then(|c| c.input.as_deref());
+        InputsOf { color: &spec.visual_input, depth: file(Hint::Depth), seg: file(Hint::Seg), edge: file(Hint::Edge) }
     }
 }
 
@@ -1199,7 +1218,9 @@ fn bind_rows(
     Ok(())
 }
 
-/// The prompt videos a job names: its input video and the control videos it gives.
+/// The prompt videos a job names: its input video and the control videos it gives (what
+/// [`InputsOf`] encodes, borrowed).
+#[cfg(test)]
 fn inputs_of(spec: &RunSpec) -> PromptInputs {
     let file = |h: Hint| spec.controls.get(&h).and_then(|c| c.input.clone());
     PromptInputs { color: spec.visual_input.clone(), depth: file(Hint::Depth), seg: file(Hint::Seg), edge: file(Hint::Edge) }

@@ -344,6 +344,7 @@ fn prepared_rows_come_back_exactly_as_they_went_in() {
         let prompt = store.prompt(&run.prompt_id).unwrap();
         assert_eq!(prompt.prompt, job.spec.prompt);
         assert_eq!(prompt.negative_prompt, job.spec.negative_prompt);
+        assert_eq!(prompt.inputs, inputs_of(&job.spec));
         assert_eq!(prompt.inputs.depth.is_some(), job.spec.controls.contains_key(&Hint::Depth));
     }
 }
