@@ -16,6 +16,7 @@ use crate::fsutil::{hex, open_exact, sync_dir};
 use crate::spec::RunSpec;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -38,8 +39,9 @@ struct Planned {
 /// The inputs of one submission (or of the runs one `cosmos` command queues).
 pub struct Stager {
     dir: PathBuf,
-    /// Source path -> staged path: each distinct file is hashed once.
-    by_source: HashMap<PathBuf, PathBuf>,
+    /// Source path (its bytes: one pass to hash, not one per component) -> staged path:
+    /// each distinct file is hashed once.
+    by_source: HashMap<OsString, PathBuf>,
     /// Staged path -> what to copy there at commit.
     planned: HashMap<PathBuf, Planned>,
     /// Resolve links in a source first (the CLI, on the user's own files); intake's paths
@@ -75,7 +77,7 @@ impl Stager {
     }
 
     fn place(&mut self, source: &Path) -> Result<PathBuf, StageError> {
-        if let Some(staged) = self.by_source.get(source) {
+        if let Some(staged) = self.by_source.get(source.as_os_str()) {
             return Ok(staged.clone());
         }
         if source.starts_with(&self.dir) {
@@ -91,7 +93,7 @@ impl Stager {
         hash_into(&mut open_exact(&exact).map_err(read_err)?, &mut h).map_err(read_err)?;
         let sha256 = hex(&h.finalize());
         let staged = self.dir.join(staged_name(source, &sha256));
-        self.by_source.insert(source.to_path_buf(), staged.clone());
+        self.by_source.insert(source.as_os_str().to_os_string(), staged.clone());
         self.planned.entry(staged.clone()).or_insert(Planned { source: exact, sha256 });
         Ok(staged)
     }

@@ -66,6 +66,17 @@ impl std::fmt::Display for Key<'_> {
     }
 }
 
+/// `obj[key]`. A job line's objects hold a handful of keys: comparing them is cheaper than
+/// hashing `key` (serde_json's map hashes with SipHash), a dozen times per line. Larger maps
+/// are looked up by hash.
+pub(crate) fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if obj.len() <= 8 {
+        obj.iter().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        obj.get(key)
+    }
+}
+
 /// A short description of what was found, for "expected X, got Y".
 pub(crate) fn describe(v: &Value) -> String {
     match v {

@@ -5,8 +5,9 @@ use super::fields::{self, check_keys, describe, Key, Problems};
 use super::values::{read_extensions, read_settings, required_path, required_prompt, MAX_PROMPT_CHARS};
 use super::{Job, PathPolicy, Problem, Report, Rules, RunSpec, SpecStyle};
 use serde_json::{Map, Value};
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io::BufRead;
 
 /// The keys of a JSONL job line (DESIGN.md section 4).
@@ -87,7 +88,10 @@ pub fn parse_jsonl(mut reader: impl BufRead, policy: &mut PathPolicy, rules: &Ru
     // Names seen so far, by a 64-bit hash: a million names cost 16 MB, not the names
     // themselves. Two different names sharing a hash (odds about 1 in 10^7 for a million
     // names) would be reported as a duplicate; nothing is ever accepted wrongly.
-    let mut names: HashMap<u64, u64> = HashMap::new();
+    // The names are hashed once, with keys drawn for this file; the map's own hasher then
+    // passes that hash through rather than hashing it again.
+    let name_keys = RandomState::new();
+    let mut names: HashMap<u64, u64, HashIsKey> = HashMap::default();
     let mut line_no: u64 = 0;
     loop {
         let read = match read_capped_line(&mut reader, &mut buf, limits.max_line_bytes) {
@@ -133,7 +137,7 @@ pub fn parse_jsonl(mut reader: impl BufRead, policy: &mut PathPolicy, rules: &Ru
             Ok(Value::Object(obj)) => {
                 if let Some(spec) = parse_line_object(&obj, policy, SpecStyle::Jsonl, rules, &mut p) {
                     if let Some(name) = &spec.name {
-                        match names.entry(name_hash(name)) {
+                        match names.entry(name_keys.hash_one(name)) {
                             Entry::Occupied(first) => p.push(
                                 "name",
                                 format!("{name:?} is already the name of line {}; names must be unique in a file", first.get()),
@@ -161,11 +165,32 @@ pub fn parse_jsonl(mut reader: impl BufRead, policy: &mut PathPolicy, rules: &Ru
     report
 }
 
-fn name_hash(name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
+/// The hasher of a map whose `u64` keys are hashes already (keyed: not chosen by the file).
+#[derive(Default, Clone, Copy)]
+struct HashIsKey;
+
+impl BuildHasher for HashIsKey {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here (`write_u64`); anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// serde_json's message without its "at line 1 column N" tail, plus the column.
@@ -191,11 +216,11 @@ pub(crate) fn parse_line_object(
     check_keys(obj, LINE_KEYS, Key::from(""), p);
     let visual_input = required_path(obj, "visual_input", "the path of the input (color) video", policy, p);
     let prompt = required_prompt(obj, "prompt", p);
-    let controls = rules.base.controls_for(obj.get("control_overrides"), policy, p);
+    let controls = rules.base.controls_for(fields::get(obj, "control_overrides"), policy, p);
     let mut settings = read_settings(obj, "", p);
     rules.base.fill_settings(&mut settings);
     let ext = read_extensions(obj, p);
-    let negative_prompt = match obj.get("negative_prompt") {
+    let negative_prompt = match fields::get(obj, "negative_prompt") {
         Some(v) => fields::text(v, "negative_prompt", MAX_PROMPT_CHARS, true, p),
         None => rules.base.negative_prompt.clone(),
     };

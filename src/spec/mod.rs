@@ -244,13 +244,18 @@ impl RunSpec {
 
 pub fn control_set_key(hints: impl IntoIterator<Item = Hint>) -> String {
     let mut out = String::new();
-    for h in hints {
-        if !out.is_empty() {
+    push_control_set(&mut out, hints);
+    out
+}
+
+/// [`control_set_key`] appended to `out` (intake writes it into a batch's shared buffer).
+pub fn push_control_set(out: &mut String, hints: impl IntoIterator<Item = Hint>) {
+    for (i, h) in hints.into_iter().enumerate() {
+        if i > 0 {
             out.push(',');
         }
         out.push_str(h.as_str());
     }
-    out
 }
 
 /// One problem found in a job file.

@@ -9,7 +9,8 @@
 use super::fields::Problems;
 use super::{Hint, Problem, RunSpec, SpecStyle, VideoFacts};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 
 /// How many distinct videos one check remembers (as [`super::PathPolicy`] caps its paths).
 const CACHE_MAX: usize = 100_000;
@@ -17,7 +18,9 @@ const CACHE_MAX: usize = 100_000;
 /// Probes videos, each resolved path once.
 #[derive(Default)]
 pub struct VideoCheck {
-    cache: HashMap<PathBuf, Result<VideoFacts, String>>,
+    /// Keyed by the path's bytes: hashed in one pass, where a `Path` key hashes component by
+    /// component (a lookup per video of every line). Paths here were canonicalized already.
+    cache: HashMap<OsString, Result<VideoFacts, String>>,
 }
 
 impl VideoCheck {
@@ -27,12 +30,12 @@ impl VideoCheck {
 
     /// The facts of the video at `path`, or why it cannot be used.
     pub fn facts(&mut self, path: &Path) -> Result<VideoFacts, String> {
-        if let Some(hit) = self.cache.get(path) {
+        if let Some(hit) = self.cache.get(path.as_os_str()) {
             return hit.clone();
         }
         let got = crate::probe::probe(path).map_err(|e| e.to_string());
         if self.cache.len() < CACHE_MAX {
-            self.cache.insert(path.to_path_buf(), got.clone());
+            self.cache.insert(path.as_os_str().to_os_string(), got.clone());
         }
         got
     }
@@ -102,6 +105,7 @@ mod tests {
     use super::*;
     use crate::spec::{Control, Settings};
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
     fn example(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/videos").join(name)

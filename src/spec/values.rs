@@ -12,7 +12,7 @@ const OVERRIDE_KEYS: &[&str] = &["control_weight", "input_control", "input_contr
 pub(crate) const MAX_PROMPT_CHARS: usize = 10_000;
 
 pub(crate) fn required_prompt(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<String> {
-    match obj.get(key) {
+    match fields::get(obj, key) {
         None => {
             p.push(key, format!("missing; expected the text prompt (1 to {MAX_PROMPT_CHARS} characters)"));
             None
@@ -29,7 +29,7 @@ pub(crate) fn required_path(
     policy: &mut PathPolicy,
     p: &mut Problems,
 ) -> Option<std::path::PathBuf> {
-    match obj.get(key) {
+    match fields::get(obj, key) {
         None => {
             p.push(key, format!("missing; expected {what}"));
             None
@@ -68,14 +68,14 @@ pub(crate) fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Proble
         let prefix = Key::from("control_overrides").then(key);
         let Some(spec) = fields::object(spec, prefix, p) else { continue };
         check_keys(spec, OVERRIDE_KEYS, prefix, p);
-        let weight = match spec.get("control_weight") {
+        let weight = match fields::get(spec, "control_weight") {
             None => {
                 p.push(prefix.then("control_weight"), "missing; expected a number in [0, 1] (0 turns the control off)");
                 None
             }
             Some(w) => fields::number(w, prefix.then("control_weight"), 0.0, 1.0, false, p),
         };
-        let input = match spec.get("input_control") {
+        let input = match fields::get(spec, "input_control") {
             None | Some(Value::Null) => {
                 if !hint.can_generate() {
                     p.push(
@@ -87,7 +87,7 @@ pub(crate) fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Proble
             }
             Some(v) => path_value(v, prefix.then("input_control"), policy, p),
         };
-        let control_prompt = match spec.get("input_control_prompt") {
+        let control_prompt = match fields::get(spec, "input_control_prompt") {
             None => None,
             Some(_) if hint != Hint::Seg => {
                 p.push(prefix.then("input_control_prompt"), "only the `seg` control takes a prompt");
@@ -111,13 +111,13 @@ pub(crate) fn parse_overrides(v: &Value, policy: &mut PathPolicy, p: &mut Proble
 pub(crate) fn read_settings(obj: &Map<String, Value>, prefix: &str, p: &mut Problems) -> Settings {
     let k = |key: &'static str| Key::from(prefix).then(key);
     Settings {
-        seed: obj.get("seed").and_then(|v| fields::integer(v, k("seed"), 0, u32::MAX as i64, p)).map(|x| x as u64),
-        num_steps: obj.get("num_steps").and_then(|v| fields::integer(v, k("num_steps"), 1, 1000, p)).map(|x| x as u32),
-        guidance: obj.get("guidance").and_then(|v| fields::number(v, k("guidance"), 0.0, 20.0, false, p)),
-        sigma_max: obj.get("sigma_max").and_then(|v| fields::number(v, k("sigma_max"), 0.0, 1000.0, true, p)),
-        fps: obj.get("fps").and_then(|v| fields::integer(v, k("fps"), 1, 240, p)).map(|x| x as u32),
-        blur_strength: obj.get("blur_strength").and_then(|v| fields::level(v, k("blur_strength"), p)),
-        canny_threshold: obj.get("canny_threshold").and_then(|v| fields::level(v, k("canny_threshold"), p)),
+        seed: fields::get(obj, "seed").and_then(|v| fields::integer(v, k("seed"), 0, u32::MAX as i64, p)).map(|x| x as u64),
+        num_steps: fields::get(obj, "num_steps").and_then(|v| fields::integer(v, k("num_steps"), 1, 1000, p)).map(|x| x as u32),
+        guidance: fields::get(obj, "guidance").and_then(|v| fields::number(v, k("guidance"), 0.0, 20.0, false, p)),
+        sigma_max: fields::get(obj, "sigma_max").and_then(|v| fields::number(v, k("sigma_max"), 0.0, 1000.0, true, p)),
+        fps: fields::get(obj, "fps").and_then(|v| fields::integer(v, k("fps"), 1, 240, p)).map(|x| x as u32),
+        blur_strength: fields::get(obj, "blur_strength").and_then(|v| fields::level(v, k("blur_strength"), p)),
+        canny_threshold: fields::get(obj, "canny_threshold").and_then(|v| fields::level(v, k("canny_threshold"), p)),
         ..Settings::default()
     }
 }
@@ -132,17 +132,17 @@ pub(crate) struct Extensions {
 
 pub(crate) fn read_extensions(obj: &Map<String, Value>, p: &mut Problems) -> Extensions {
     Extensions {
-        name: obj.get("name").and_then(|v| fields::name(v, "name", p)),
-        priority: obj.get("priority").and_then(|v| fields::integer(v, "priority", -100, 100, p)).unwrap_or(0) as i32,
-        upscale_weight: obj.get("upscale_weight").and_then(|v| fields::number(v, "upscale_weight", 0.0, 1.0, true, p)),
-        sim: obj.get("sim").and_then(|v| parse_sim(v, p)),
+        name: fields::get(obj, "name").and_then(|v| fields::name(v, "name", p)),
+        priority: fields::get(obj, "priority").and_then(|v| fields::integer(v, "priority", -100, 100, p)).unwrap_or(0) as i32,
+        upscale_weight: fields::get(obj, "upscale_weight").and_then(|v| fields::number(v, "upscale_weight", 0.0, 1.0, true, p)),
+        sim: fields::get(obj, "sim").and_then(|v| parse_sim(v, p)),
     }
 }
 
 fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
     let obj = fields::object(v, "sim", p)?;
     check_keys(obj, &["fail", "attempts", "seconds", "cured_by"], Key::from("sim"), p);
-    let fail = obj.get("fail").and_then(|v| match v.as_str() {
+    let fail = fields::get(obj, "fail").and_then(|v| match v.as_str() {
         Some("error") => Some(SimFailure::Error),
         Some("crash") => Some(SimFailure::Crash),
         Some("hang") => Some(SimFailure::Hang),
@@ -154,9 +154,9 @@ fn parse_sim(v: &Value, p: &mut Problems) -> Option<SimFault> {
     });
     Some(SimFault {
         fail,
-        attempts: obj.get("attempts").and_then(|v| fields::integer(v, "sim.attempts", 0, 1000, p)).map(|x| x as u32),
-        seconds: obj.get("seconds").and_then(|v| fields::number(v, "sim.seconds", 0.0, 86_400.0, false, p)),
-        cured_by: obj.get("cured_by").and_then(|v| parse_cures(v, p)),
+        attempts: fields::get(obj, "attempts").and_then(|v| fields::integer(v, "sim.attempts", 0, 1000, p)).map(|x| x as u32),
+        seconds: fields::get(obj, "seconds").and_then(|v| fields::number(v, "sim.seconds", 0.0, 86_400.0, false, p)),
+        cured_by: fields::get(obj, "cured_by").and_then(|v| parse_cures(v, p)),
     })
 }
 

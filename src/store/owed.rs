@@ -139,13 +139,13 @@ pub(super) fn owe_on_end(conn: &Connection, run_id: &str, to: RunStatus, now: &s
         let submission: Option<String> =
             conn.prepare_cached("SELECT submission_id FROM runs WHERE id = ?1")?.query_row([run_id], |r| r.get(0)).optional()?.flatten();
         if let Some(sb) = submission {
-            // Served by the partial index runs_open_by_submission: no scan of ended runs.
-            let open: bool = conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE submission_id = ?1 AND status IN ('pending', 'queued', 'running'))",
-                )?
-                .query_row([&sb], |r| r.get(0))?;
-            if !open {
+            // Counted in the submission's row (migration 8): no scan of its runs.
+            let open: i64 = conn
+                .prepare_cached("SELECT open_runs FROM submissions WHERE id = ?1")?
+                .query_row([&sb], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if open <= 0 {
                 insert.execute(params!["submission", sb, "ended", now])?;
             }
         }

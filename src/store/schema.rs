@@ -152,7 +152,29 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (backend, control_set, gpus, unit)
     ) WITHOUT ROWID;
     "#,
-    // 8: several hosts on one queue: the host a run ran on, when it was not this one (the
+    // 8: how many of a submission's runs are open (pending, queued, running), so that "was
+    // that its last open run?" (the submission hooks) reads one row. It replaces the partial
+    // index runs_open_by_submission, which every inserted run had to enter: a twentieth of
+    // a large submission's intake. Status changes and deletions are counted by triggers;
+    // inserts by the code that inserts (as in run_counts, and for the same reason).
+    r#"
+    ALTER TABLE submissions ADD COLUMN open_runs INTEGER NOT NULL DEFAULT 0;
+    UPDATE submissions SET open_runs = (
+        SELECT count(*) FROM runs WHERE runs.submission_id = submissions.id AND runs.status IN ('pending', 'queued', 'running')
+    );
+    DROP INDEX runs_open_by_submission;
+    CREATE TRIGGER runs_open_update AFTER UPDATE OF status ON runs
+        WHEN NEW.submission_id IS NOT NULL
+            AND (OLD.status IN ('pending', 'queued', 'running')) != (NEW.status IN ('pending', 'queued', 'running'))
+        BEGIN
+            UPDATE submissions SET open_runs = open_runs + (CASE WHEN NEW.status IN ('pending', 'queued', 'running') THEN 1 ELSE -1 END)
+                WHERE id = NEW.submission_id;
+        END;
+    CREATE TRIGGER runs_open_delete AFTER DELETE ON runs
+        WHEN OLD.submission_id IS NOT NULL AND OLD.status IN ('pending', 'queued', 'running')
+        BEGIN UPDATE submissions SET open_runs = open_runs - 1 WHERE id = OLD.submission_id; END;
+    "#,
+    // 9: several hosts on one queue: the host a run ran on, when it was not this one (the
     // receipt says it).
     r#"
     ALTER TABLE runs ADD COLUMN ran_on TEXT;

@@ -343,3 +343,135 @@ fn the_cluster_exporter_sees_new_and_requeued_runs_and_an_end_elsewhere_is_recor
     assert_eq!((failed.status, failed.error.as_deref()), (RunStatus::Failed, Some("boom")));
     assert_eq!(store.counts().unwrap().completed, 1);
 }
+
+/// A batch of many rows, encoded into one shared buffer with a reused scratch: every row
+/// must come back as it went in, whatever the rows before it held.
+#[test]
+fn prepared_rows_come_back_exactly_as_they_went_in() {
+    let (_d, mut store) = store();
+    let mut jobs = Vec::new();
+    for i in 0..(ROWS_PER_INSERT * 2 + 5) {
+        let mut s = spec(&format!("prompt {i} \"quoted\" ünïcode"));
+        if i % 2 == 0 {
+            s.name = Some(format!("job-{i}"));
+            s.negative_prompt = Some("blurry".into());
+            s.controls.insert(Hint::Depth, Control::from_file(0.25, "/v/depth.mp4".into()));
+        }
+        s.priority = (i % 3) as i32;
+        jobs.push(crate::spec::Job { line: i as u64 + 1, spec: s });
+    }
+    let mut batch = PreparedRuns::default();
+    let mut ids = Vec::new();
+    for job in &jobs {
+        let id = ids::new_id(IdKind::Run);
+        batch.push(&id, job).unwrap();
+        ids.push(id);
+    }
+    let mut w = store.begin_submission("jobs.jsonl", "abc", "jobs").unwrap();
+    w.add_prepared(&batch).unwrap();
+    w.commit().unwrap();
+    for (id, job) in ids.iter().zip(&jobs) {
+        let run = store.run(id).unwrap();
+        assert_eq!(run.spec, job.spec);
+        assert_eq!(run.name, job.spec.name);
+        assert_eq!(run.control_set, job.spec.control_set());
+        assert_eq!(run.priority, job.spec.priority);
+        assert_eq!(run.line, Some(job.line));
+        let prompt = store.prompt(&run.prompt_id).unwrap();
+        assert_eq!(prompt.prompt, job.spec.prompt);
+        assert_eq!(prompt.negative_prompt, job.spec.negative_prompt);
+        assert_eq!(prompt.inputs, inputs_of(&job.spec));
+        assert_eq!(prompt.inputs.depth.is_some(), job.spec.controls.contains_key(&Hint::Depth));
+    }
+}
+
+/// `open_runs` (migration 8) against the truth, a count over the runs, after every kind of
+/// change: starts, ends, a retry, an upscale child, a cancel, a deletion.
+#[test]
+fn a_submissions_open_run_count_follows_every_change() {
+    let (_d, mut store) = store();
+    let mut w = store.begin_submission("jobs.jsonl", "abc", "jobs").unwrap();
+    let runs: Vec<String> = (0..4).map(|i| w.add(&crate::spec::Job { line: i + 1, spec: spec("p") }).unwrap()).collect();
+    let (sub, _) = w.commit().unwrap();
+    let check = |store: &Store, want: i64| {
+        let counted: i64 = store.conn.query_row("SELECT open_runs FROM submissions WHERE id = ?1", [&sub.id], |r| r.get(0)).unwrap();
+        let truth: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM runs WHERE submission_id = ?1 AND status IN ('pending', 'queued', 'running')",
+                [&sub.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((counted, truth), (want, want));
+    };
+    check(&store, 4);
+    store.change(&runs[0], Change::Start).unwrap();
+    check(&store, 4);
+    store.complete(&runs[0], serde_json::json!({"output_dir": "/o/a"}), Some(("rs_child00000001", spec("up")))).unwrap();
+    check(&store, 4); // a ended, its upscale child is queued
+    store.change(&runs[1], Change::Start).unwrap();
+    store.finish_unsuccessfully(&runs[1], Change::Fail { error: "bad".into() }).unwrap();
+    check(&store, 3);
+    store.change(&runs[1], Change::Queue { detail: "retry".into() }).unwrap();
+    check(&store, 4);
+    store.request_cancel("rs_child00000001").unwrap();
+    check(&store, 3);
+    store.delete_runs(std::slice::from_ref(&runs[2]), true).unwrap(); // queued: needs force
+    check(&store, 2);
+    store.delete_runs(std::slice::from_ref(&runs[0]), false).unwrap();
+    check(&store, 2); // an ended run's deletion changes nothing
+}
+
+/// A store made before migration 8 gets its open-run counts from its runs, and loses the
+/// index they replace.
+#[test]
+fn migration_8_counts_the_open_runs_of_an_existing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cosmos.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &schema::MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO prompts (id, text, inputs, created_at) VALUES ('ps_a', 't', '{}', 'now');
+             INSERT INTO submissions (id, file, sha256, status, runs, received_at) VALUES
+                 ('sb_a', 'a.jsonl', 'x', 'accepted', 3, 'now'), ('sb_b', 'b.jsonl', 'y', 'accepted', 1, 'now');",
+        )
+        .unwrap();
+        for (id, sb, status) in
+            [("rs_1", "sb_a", "queued"), ("rs_2", "sb_a", "running"), ("rs_3", "sb_a", "failed"), ("rs_4", "sb_b", "completed")]
+        {
+            conn.execute(
+                "INSERT INTO runs (id, prompt_id, status, spec, control_set, submission_id, created_at, updated_at) \
+                 VALUES (?1, 'ps_a', ?3, '{}', 'edge', ?2, 'now', 'now')",
+                [id, sb, status],
+            )
+            .unwrap();
+        }
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len() as i64);
+    let open = |sb: &str| -> i64 { store.conn.query_row("SELECT open_runs FROM submissions WHERE id = ?1", [sb], |r| r.get(0)).unwrap() };
+    assert_eq!((open("sb_a"), open("sb_b")), (2, 0));
+    let index: i64 =
+        store.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'runs_open_by_submission'", [], |r| r.get(0)).unwrap();
+    assert_eq!(index, 0);
+    let page: i64 = store.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(page, 4096, "an existing store keeps its page size");
+    store.tune_for_intake().unwrap();
+    let pages: i64 = store.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+    assert_eq!(pages * page, 256 << 20);
+}
+
+#[test]
+fn a_new_store_has_32_kib_pages_and_checkpoints_at_256_mib() {
+    let (_d, store) = store();
+    let page: i64 = store.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(page, PAGE_SIZE);
+    store.tune_for_intake().unwrap();
+    let pages: i64 = store.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+    assert_eq!(pages * page, 256 << 20);
+}
