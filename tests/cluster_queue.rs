@@ -575,6 +575,7 @@ fn ended_runs_are_delivered_to_their_origin_host_once_with_their_home_record_and
     let home = serde_json::json!({"prompt_id": "ps_1", "submission": "sb_1", "line": 3, "batch": null});
     origin.enqueue(&[NewRun { id: "rs_home", spec: &s, created_at: Timestamp::now(), parent_id: None, home: Some(&home) }]).unwrap();
     assert!(origin.undelivered(10).unwrap().is_empty(), "nothing ended yet");
+    assert!(runner.open_inputs().unwrap().contains(&s.visual_input), "a queued run's input is in use");
     let claim = runner.claim(&req("0", None, HOUR)).unwrap().expect("claim");
     assert_eq!(claim.run.home.as_ref(), Some(&home), "the runner gets the origin's record");
     // An OOM's remedy, kept for the next attempt (by the holder only).
@@ -585,6 +586,7 @@ fn ended_runs_are_delivered_to_their_origin_host_once_with_their_home_record_and
     let again = runner.claim(&req("0", None, HOUR)).unwrap().expect("claim again");
     assert_eq!(again.run.remedy.as_ref(), Some(&remedy));
     runner.finish("rs_home", again.token, &done()).unwrap();
+    assert!(runner.open_inputs().unwrap().is_empty(), "no open run names an input now");
     assert!(runner.undelivered(10).unwrap().is_empty(), "another host's run is not the runner's to deliver");
     let ended = origin.undelivered(10).unwrap();
     assert_eq!(ended.iter().map(|r| (r.id.as_str(), r.ran_on.as_deref())).collect::<Vec<_>>(), [("rs_home", Some("runner"))]);

@@ -347,6 +347,13 @@ impl Home {
             if n > 0 {
                 tracing::info!(runs = n, "pruned delivered runs from the shared queue (daemon.prune_after)");
             }
+            // Inputs no open run names and none named for as long (each host prunes; a
+            // file another host removed first is simply gone).
+            let open = self.queue.open_inputs()?;
+            let gone = self.shared.prune_inputs(after, &open);
+            if gone > 0 {
+                tracing::info!(files = gone, "pruned inputs no open run names from cluster.shared_dir (daemon.prune_after)");
+            }
         }
         let counts = self.queue.counts()?;
         let hosts: Vec<Value> = self

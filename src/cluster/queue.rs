@@ -603,6 +603,25 @@ impl PgQueue {
         })
     }
 
+    /// Every input path the runs still open (queued or running) name, on any host.
+    pub fn open_inputs(&mut self) -> Result<std::collections::HashSet<std::path::PathBuf>> {
+        self.conn.run("read the open runs' inputs", |c| {
+            let rows = c.query("SELECT spec FROM cosmos_runs WHERE status IN ('queued', 'running')", &[])?;
+            let mut out = std::collections::HashSet::new();
+            for row in rows {
+                let spec: Value = row.try_get(0)?;
+                if let Ok(spec) = serde_json::from_value::<RunSpec>(spec) {
+                    out.insert(spec.visual_input.clone());
+                    for c in spec.controls.values() {
+                        out.extend(c.input.iter().cloned());
+                        out.extend(c.mask_path.iter().cloned());
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The origin host has the ended run in its outbox and store: it is not delivered again.
     pub fn mark_delivered(&mut self, run_id: &str) -> Result<()> {
         let host = self.host_id.clone();

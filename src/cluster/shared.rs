@@ -86,6 +86,11 @@ impl SharedDir {
     /// Copies `from` to `to` unless `to` is there already (content-addressed: the same).
     fn copy_once(&self, from: &Path, to: &Path) -> Result<(), PathIo> {
         if to.is_file() {
+            // Named again: its time says so, and pruning (by age) leaves it be. (Setting the
+            // time needs only ownership, not write permission: a read-only open will do.)
+            if let Ok(f) = std::fs::File::open(to) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(());
         }
         if let Some(dir) = to.parent() {
@@ -100,6 +105,30 @@ impl SharedDir {
             let _ = std::fs::remove_file(&tmp);
         }
         copied
+    }
+}
+
+impl SharedDir {
+    /// Removes shared inputs not named for `older_than` (by their time, which every new
+    /// use renews) that no run still open in the queue names (`open`: their paths).
+    /// Returns how many went.
+    pub fn prune_inputs(&self, older_than: std::time::Duration, open: &std::collections::HashSet<PathBuf>) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.inputs()) else { return 0 };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= older_than);
+            if old && !open.contains(&path) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 
@@ -172,15 +201,36 @@ mod tests {
         shared.share_inputs(&mut spec, &local).expect("share");
         assert_eq!(spec.visual_input, shared.inputs().join("abc.mp4"));
         assert_eq!(std::fs::read(&spec.visual_input).expect("read"), b"video bytes");
-        // Already there: not written again (content-addressed).
+        // Already there: not written again (content-addressed), but its time is renewed.
+        let shared_copy = shared.inputs().join("abc.mp4");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        std::fs::File::open(&shared_copy).and_then(|f| f.set_modified(old)).expect("age it");
         std::fs::write(&video, b"changed").expect("write");
         let mut again = spec_on(video);
         shared.share_inputs(&mut again, &local).expect("share");
         assert_eq!(std::fs::read(&again.visual_input).expect("read"), b"video bytes");
+        let age = std::fs::metadata(&shared_copy).and_then(|m| m.modified()).expect("mtime").elapsed().unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(3600), "a use renews the copy's time: {age:?}");
         // Outside the local store: as it was.
         let mut elsewhere = spec_on(PathBuf::from("/mnt/videos/x.mp4"));
         shared.share_inputs(&mut elsewhere, &local).expect("share");
         assert_eq!(elsewhere.visual_input, PathBuf::from("/mnt/videos/x.mp4"));
+    }
+
+    #[test]
+    fn shared_inputs_are_pruned_only_when_old_and_named_by_no_open_run() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let shared = SharedDir::new(t.path());
+        shared.create_all().expect("create");
+        let (a, b) = (shared.inputs().join("a.mp4"), shared.inputs().join("b.mp4"));
+        for f in [&a, &b] {
+            std::fs::write(f, b"v").expect("write");
+        }
+        let none = std::collections::HashSet::new();
+        assert_eq!(shared.prune_inputs(std::time::Duration::from_secs(3600), &none), 0, "young files stay");
+        let open: std::collections::HashSet<PathBuf> = [a.clone()].into();
+        assert_eq!(shared.prune_inputs(std::time::Duration::ZERO, &open), 1);
+        assert!(a.is_file() && !b.exists(), "the one an open run names stays");
     }
 
     #[test]
