@@ -55,10 +55,12 @@ impl ClusterSlot {
         // A slot blocked on an unreachable database cannot see a stop or its worker: it
         // tries again at its next turn instead (the lease keeper decides when a held lease
         // is lost).
-        queue.reconnect_within((lease / 3).min(Duration::from_secs(10)));
-        // And no single wait (a commit on a cut link) may outlast a third of the lease:
-        // the slot must be back in time to see its lease lost and discard the attempt.
-        queue.limit_waits((lease / 3).min(Duration::from_secs(10)));
+        // And no single wait (a commit on a cut link) may outlast a sixth of the lease: the
+        // slot must be back in time to see its lease lost and discard the attempt (a wait
+        // and its retry together stay within a third).
+        let wait = (lease / 6).min(Duration::from_secs(10));
+        queue.reconnect_within(wait);
+        queue.limit_waits(wait);
         let waker = match queue.waker() {
             Ok(w) => Some(w),
             Err(e) => {

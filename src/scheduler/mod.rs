@@ -447,7 +447,13 @@ impl Scheduler {
             std::thread::sleep(POLL);
             return Ok(());
         }
-        match self.pick()? {
+        let picked = self.pick();
+        if picked.is_err() {
+            // No next run to dispatch first (the store or the shared queue does not answer):
+            // what finished is published now, or (its lease lost) discarded.
+            self.publish_pending();
+        }
+        match picked? {
             Some(run) => {
                 self.set_waiting(None);
                 self.attempt(run)?;
