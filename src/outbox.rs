@@ -40,6 +40,13 @@ pub struct Outbox {
     pub mode: u32,
 }
 
+/// Submissions of up to this many runs have their receipt rewritten at each run's end; a
+/// larger one's at most every [`RECEIPT_EVERY`] (rewriting a 100,000-line receipt at every
+/// run's end would cost more than the runs). The scheduler and, on a shared queue, the
+/// origin host's delivery both follow this.
+pub const RECEIPT_AT_ONCE: u64 = 1000;
+pub const RECEIPT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Outbox {
     pub fn new(layout: &Layout, mode: u32) -> Outbox {
         Outbox { layout: layout.clone(), mode }

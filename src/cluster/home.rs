@@ -18,12 +18,12 @@
 use super::{ClusterError, HostBeat, NewRun, Outcome, PgQueue, QueueRun, SharedDir, SlotBeat};
 use crate::config::Config;
 use crate::layout::{run_files, Layout};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, RECEIPT_AT_ONCE, RECEIPT_EVERY};
 use crate::store::{Batch, EndedElsewhere, Run, RunStatus, Store};
 use crate::time::Timestamp;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +32,6 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(250);
 /// Runs per enqueue call (one transaction).
 const EXPORT_CHUNK: usize = 500;
-/// Submissions of up to this many runs have their receipt rewritten at each delivery; a
-/// larger one's at most every [`RECEIPT_EVERY`] (as the scheduler does).
-const RECEIPT_AT_ONCE: u64 = 1000;
-const RECEIPT_EVERY: Duration = Duration::from_secs(5);
 
 /// One of this host's slots, as the heartbeat reports it.
 #[derive(Debug, Clone, Default)]
@@ -245,7 +241,7 @@ impl Home {
                 Some(from) if from.is_dir() => {
                     let to = self.outbox.run_dir(&ended.id);
                     super::copy_folder_into(&from, &to, &self.layout.outbox_staging())?;
-                    let child = self.child_of(&to)?.map(Box::new);
+                    let child = self.child_of(&ended.id)?.map(Box::new);
                     let outputs = json!({
                         "type": if batch.is_some() { "batch_inference" } else { "inference" },
                         "output_dir": to,
@@ -284,11 +280,9 @@ impl Home {
     }
 
     /// The upscale child a delivered run's manifest names, as the shared queue holds it.
-    fn child_of(&mut self, folder: &Path) -> Result<Option<(String, crate::spec::RunSpec)>, HomeError> {
-        let text = std::fs::read_to_string(folder.join(run_files::MANIFEST_JSON)).unwrap_or_default();
-        let manifest: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let Some(id) = manifest["children"].get(0).and_then(Value::as_str) else { return Ok(None) };
-        match self.queue.run(id) {
+    fn child_of(&mut self, run_id: &str) -> Result<Option<(String, crate::spec::RunSpec)>, HomeError> {
+        let Some(id) = self.outbox.published_child(run_id) else { return Ok(None) };
+        match self.queue.run(&id) {
             Ok(child) => Ok(Some((child.id, child.spec))),
             Err(ClusterError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
@@ -356,24 +350,8 @@ impl Home {
             }
         }
         let counts = self.queue.counts()?;
-        let hosts: Vec<Value> = self
-            .queue
-            .hosts()?
-            .into_iter()
-            .map(|h| {
-                json!({
-                    "host_id": h.host_id,
-                    "version": h.version,
-                    "pid": h.pid,
-                    "started_at": h.started_at.rfc3339(),
-                    "heartbeat_at": h.heartbeat_at.rfc3339(),
-                    "seconds_since_heartbeat": h.seconds_since_heartbeat,
-                    "slots": h.slots.iter().map(|s| json!({
-                        "slot": s.slot, "gpus": s.gpus, "loaded_controls": s.loaded_controls, "state": s.state, "run_id": s.run_id,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        // The same shape as `cosmos status --json` prints (HostView as serde writes it).
+        let hosts = serde_json::to_value(self.queue.hosts()?).unwrap_or(Value::Null);
         (self.setup.status)(json!({
             "host_id": self.host,
             "database": self.queue.target(),

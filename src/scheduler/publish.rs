@@ -151,10 +151,7 @@ impl Scheduler {
     }
 }
 
-/// Submissions of up to this many runs have their receipt rewritten at each run's end.
-pub const RECEIPT_AT_ONCE: u64 = 1000;
-/// How long a larger submission's receipt may lag its runs.
-pub const RECEIPT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub use crate::outbox::{RECEIPT_AT_ONCE, RECEIPT_EVERY};
 
 /// The upscale run that follows a completed run: control `upscale` at `weight` on the
 /// parent's output video.
